@@ -1,1 +1,28 @@
-pub fn placeholder() {}
+//! `divisor-encoder`: Divisor's encoder unit. It keeps the media library and streams
+//! encoded frames of its assets over the link to protocol units.
+//!
+//! The public surface, for the `divisor-encoder` binary and the monolithic server:
+//!
+//! ```no_run
+//! # async fn run(link: divisor_link::Link) -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use divisor_encoder::{serve_link, Catalog, Library};
+//!
+//! let library = Arc::new(Library::open("sample-library")?);
+//! // Probing is blocking: at start-up, or inside spawn_blocking.
+//! let catalog = Arc::new(Catalog::scan(&library));
+//! tokio::spawn(serve_link(link, library.clone(), catalog.clone()));
+//! # Ok(()) }
+//! ```
+//!
+//! Modules:
+//! - [`storage`]: the library folder ([`Library`], path safety) and its [`Catalog`];
+//! - [`ingest`]: the file demuxer ([`ingest::FileSource`]) and H.264/AAC bitstream helpers;
+//! - [`session`]: serving one link ([`serve_link`]): channels, seek, pause, credits.
+
+pub mod ingest;
+pub mod session;
+pub mod storage;
+
+pub use session::{serve_link, SessionError};
+pub use storage::{AssetInfo, Catalog, Library, StorageError};

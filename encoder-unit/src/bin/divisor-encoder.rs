@@ -1,0 +1,157 @@
+//! `divisor-encoder`: the encoder unit as a process. Serves the media library to protocol
+//! units over the link, either listening for them or dialling one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use divisor_encoder::{serve_link, Catalog, Library};
+use divisor_link::{LinkConfig, LinkError, LinkListener, Role, TransportKind};
+use tracing::{error, info, warn};
+
+/// Divisor encoder unit: streams the frames of a media library over the link to protocol
+/// units (which packetise and send RTP to clients).
+#[derive(Debug, Parser)]
+#[command(name = "divisor-encoder", version, about, long_about = None)]
+struct Args {
+    /// Folder holding the media files (MP4, MOV, MKV, MPEG-TS with H.264 and AAC/Opus).
+    /// Every file is probed at start-up; asset names are paths relative to this folder.
+    #[arg(long, value_name = "DIR", default_value = "sample-library")]
+    library: PathBuf,
+
+    /// Accept links from protocol units on this address (several at once).
+    /// This is the default mode.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "0.0.0.0:7400",
+        conflicts_with = "link_connect"
+    )]
+    link_listen: SocketAddr,
+
+    /// Instead of listening, dial the protocol unit at this address (host names allowed),
+    /// and dial again with backoff whenever the link drops.
+    #[arg(long, value_name = "ADDR:PORT")]
+    link_connect: Option<String>,
+
+    /// File holding the pre-shared link key (the same file as the protocol unit's).
+    #[arg(long, value_name = "FILE", default_value = "divisor-link.key")]
+    link_key_file: PathBuf,
+
+    /// Link transport: tcp (tokio) or uring (io_uring).
+    #[arg(long, value_name = "tcp|uring", default_value = "tcp")]
+    link_transport: TransportKind,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+
+    if !args.library.is_dir() {
+        bail!(
+            "library folder {} does not exist (or is not a folder); pass --library DIR",
+            args.library.display()
+        );
+    }
+    let library = Arc::new(
+        Library::open(&args.library)
+            .with_context(|| format!("opening library folder {}", args.library.display()))?,
+    );
+    let key = divisor_link::read_key_file(&args.link_key_file).with_context(|| {
+        format!(
+            "reading link key file {} (pass --link-key-file FILE)",
+            args.link_key_file.display()
+        )
+    })?;
+    let cfg = LinkConfig {
+        key,
+        role: Role::Encoder,
+        transport: args.link_transport,
+    };
+
+    let lib = library.clone();
+    let catalog = Arc::new(
+        tokio::task::spawn_blocking(move || Catalog::scan(&lib))
+            .await
+            .context("probing the library")?,
+    );
+
+    match args.link_connect {
+        Some(target) => dial(cfg, &target, library, catalog).await,
+        None => listen(cfg, args.link_listen, library, catalog).await,
+    }
+}
+
+async fn listen(
+    cfg: LinkConfig,
+    addr: SocketAddr,
+    library: Arc<Library>,
+    catalog: Arc<Catalog>,
+) -> Result<()> {
+    let listener = LinkListener::bind(&cfg, addr)
+        .await
+        .with_context(|| format!("listening for links on {addr}"))?;
+    info!(addr = %listener.local_addr(), transport = ?cfg.transport, "waiting for protocol units");
+    loop {
+        match listener.accept().await {
+            Ok(link) => {
+                let (library, catalog) = (library.clone(), catalog.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_link(link, library, catalog).await {
+                        warn!("{e}");
+                    }
+                });
+            }
+            Err(LinkError::Closed) => bail!("the link listener on {addr} stopped"),
+            Err(e) => {
+                warn!("accepting a link: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn dial(
+    cfg: LinkConfig,
+    target: &str,
+    library: Arc<Library>,
+    catalog: Arc<Catalog>,
+) -> Result<()> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let addr = match resolve(target).await {
+            Ok(a) => a,
+            Err(e) => {
+                error!("{e:#}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        info!(%addr, transport = ?cfg.transport, "dialling the protocol unit");
+        let link = divisor_link::connect_with_backoff(&cfg, addr).await;
+        match serve_link(link, library.clone(), catalog.clone()).await {
+            Ok(()) => info!(%addr, "link closed; dialling again"),
+            Err(e) => warn!(%addr, "{e}; dialling again"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn resolve(target: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("resolving --link-connect {target}"))?
+        .next()
+        .with_context(|| format!("--link-connect {target} resolves to no address"))
+}

@@ -1,0 +1,482 @@
+//! Serving one link: the channels a protocol unit opens on it, each streaming one asset.
+//!
+//! The dispatcher ([`serve_link`]) is async and owns the link's receiving side. Each open
+//! channel gets its own std thread owning the (blocking) demuxer; commands reach it over an
+//! unbounded queue, its messages go back through a small bounded queue drained by a tokio
+//! task into the link sender. So one slow or broken file never holds up another channel,
+//! and a full link applies back-pressure to the demuxer threads only.
+//!
+//! Flow control: the worker holds the channel's credits (one per frame sent, all tracks;
+//! end-of-stream markers need none). Credits survive seeks and pauses: the protocol unit
+//! grants its window once and returns the credits of frames it drops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use divisor_link::{
+    ChannelId, Codec, ErrorCode, Frame, FrameFlags, Link, LinkError, LinkSender, Message,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::ingest::{Demuxed, FileSource, IngestError};
+use crate::storage::{AssetInfo, Catalog, Library, StorageError};
+
+/// How many messages a channel may queue towards the link sender.
+const OUTBOX: usize = 16;
+
+/// Why [`serve_link`] stopped other than by the link closing normally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("link to {peer} failed: {source}")]
+    Link {
+        peer: String,
+        #[source]
+        source: LinkError,
+    },
+}
+
+/// What the dispatcher tells a channel's worker.
+#[derive(Debug)]
+enum Command {
+    Seek { request: u32, position_ms: u64 },
+    Pause,
+    Resume,
+    Credits(u32),
+    KeyframeRequest(u8),
+    Close,
+}
+
+/// Serve one link until it closes: open assets of `library` as channels, and stream them
+/// under credit-based flow control. Returns `Ok(())` when the link closes normally, an
+/// error if it failed (malformed bytes, I/O). Every open channel is freed on return.
+///
+/// `catalog` is updated with assets opened for the first time.
+pub async fn serve_link(
+    link: Link,
+    library: Arc<Library>,
+    catalog: Arc<Catalog>,
+) -> Result<(), SessionError> {
+    let Link {
+        sender,
+        mut receiver,
+        peer,
+    } = link;
+    info!(%peer, "link up: serving");
+    let mut channels: HashMap<ChannelId, mpsc::UnboundedSender<Command>> = HashMap::new();
+    let result = loop {
+        let msg = match receiver.recv().await {
+            Ok(m) => m,
+            Err(LinkError::Closed) => break Ok(()),
+            Err(source) => {
+                break Err(SessionError::Link {
+                    peer: peer.clone(),
+                    source,
+                })
+            }
+        };
+        // Forget channels whose worker has ended (failed open, link error).
+        channels.retain(|_, tx| !tx.is_closed());
+        let (channel, command) = match msg {
+            Message::Open { channel, asset } => {
+                if channel == 0 {
+                    reply_error(&sender, 0, ErrorCode::BadRequest, "channel 0 is the link itself")
+                        .await;
+                } else if channels.contains_key(&channel) {
+                    let text = format!("channel {channel} is already open");
+                    reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
+                } else {
+                    match spawn_channel(
+                        channel,
+                        asset,
+                        &peer,
+                        sender.clone(),
+                        library.clone(),
+                        catalog.clone(),
+                    ) {
+                        Ok(tx) => {
+                            channels.insert(channel, tx);
+                        }
+                        Err(e) => {
+                            let text = format!("cannot start channel {channel}: {e}");
+                            warn!(%peer, "{text}");
+                            reply_error(&sender, channel, ErrorCode::Internal, &text).await;
+                        }
+                    }
+                }
+                continue;
+            }
+            Message::Seek {
+                channel,
+                request,
+                position_ms,
+            } => (
+                channel,
+                Command::Seek {
+                    request,
+                    position_ms,
+                },
+            ),
+            Message::Pause { channel } => (channel, Command::Pause),
+            Message::Resume { channel } => (channel, Command::Resume),
+            Message::Close { channel } => (channel, Command::Close),
+            Message::Credits { channel, frames } => (channel, Command::Credits(frames)),
+            Message::KeyframeRequest { channel, track } => {
+                (channel, Command::KeyframeRequest(track))
+            }
+            Message::Error {
+                channel,
+                code,
+                message,
+            } => {
+                warn!(%peer, channel, ?code, "peer reports an error: {message}");
+                continue;
+            }
+            Message::Hello { .. } | Message::Auth { .. } => {
+                warn!(%peer, "ignoring a handshake message on an established link");
+                continue;
+            }
+            Message::Announce { channel, .. }
+            | Message::SeekDone { channel, .. }
+            | Message::Frame(Frame { channel, .. }) => {
+                warn!(%peer, channel, "unexpected message for the encoder unit");
+                reply_error(
+                    &sender,
+                    channel,
+                    ErrorCode::BadRequest,
+                    "the encoder unit does not accept Announce, SeekDone or Frame",
+                )
+                .await;
+                continue;
+            }
+        };
+        let close = matches!(command, Command::Close);
+        let delivered = channels
+            .get(&channel)
+            .is_some_and(|tx| tx.send(command).is_ok());
+        if close || !delivered {
+            channels.remove(&channel);
+        }
+        if !delivered {
+            debug!(%peer, channel, "message for a channel that is not open");
+            let text = format!("channel {channel} is not open");
+            reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
+        }
+    };
+    match &result {
+        Ok(()) => info!(%peer, open_channels = channels.len(), "link closed"),
+        Err(e) => warn!(%peer, open_channels = channels.len(), "{e}"),
+    }
+    // Dropping the command queues ends every worker.
+    drop(channels);
+    result
+}
+
+async fn reply_error(sender: &LinkSender, channel: ChannelId, code: ErrorCode, message: &str) {
+    let _ = sender
+        .send(Message::Error {
+            channel,
+            code,
+            message: message.to_string(),
+        })
+        .await;
+}
+
+fn spawn_channel(
+    channel: ChannelId,
+    asset: String,
+    peer: &str,
+    sender: LinkSender,
+    library: Arc<Library>,
+    catalog: Arc<Catalog>,
+) -> std::io::Result<mpsc::UnboundedSender<Command>> {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUTBOX);
+    let peer = peer.to_string();
+    std::thread::Builder::new()
+        .name(format!("channel-{channel}"))
+        .spawn({
+            let peer = peer.clone();
+            move || {
+                let mut worker = Worker {
+                    channel,
+                    peer,
+                    asset,
+                    cmds: cmd_rx,
+                    out: out_tx,
+                    credits: 0,
+                    flowing: false,
+                    at_end: false,
+                    in_hand: None,
+                    discontinuity: Vec::new(),
+                    track_end: Vec::new(),
+                    frames_sent: 0,
+                    codecs: Vec::new(),
+                };
+                worker.run(&library, &catalog);
+            }
+        })?;
+    tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            if sender.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(cmd_tx)
+}
+
+/// The link went away (or its queue did): the worker stops.
+struct Gone;
+
+struct Worker {
+    channel: ChannelId,
+    peer: String,
+    asset: String,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    out: mpsc::Sender<Message>,
+    credits: u64,
+    flowing: bool,
+    at_end: bool,
+    /// The next frame, read but not yet sent (waiting for a credit, or paused).
+    in_hand: Option<Frame>,
+    /// Per track: the next frame gets DISCONTINUITY (after a seek).
+    discontinuity: Vec<bool>,
+    /// Per track: end time (pts + duration) of the last frame sent, for the EOS marker.
+    track_end: Vec<i64>,
+    frames_sent: u64,
+    /// Per track: its codec, as announced.
+    codecs: Vec<Codec>,
+}
+
+impl Worker {
+    fn send(&self, msg: Message) -> Result<(), Gone> {
+        self.out.blocking_send(msg).map_err(|_| Gone)
+    }
+
+    fn error(&self, code: ErrorCode, message: String) -> Result<(), Gone> {
+        self.send(Message::Error {
+            channel: self.channel,
+            code,
+            message,
+        })
+    }
+
+    fn run(&mut self, library: &Library, catalog: &Catalog) {
+        let Some(mut source) = self.open(library, catalog) else {
+            return;
+        };
+        let _ = self.serve(&mut source);
+        info!(
+            peer = %self.peer,
+            channel = self.channel,
+            asset = %self.asset,
+            frames_sent = self.frames_sent,
+            "channel closed"
+        );
+    }
+
+    /// Resolve and open the asset, answering Announce or Error.
+    fn open(&mut self, library: &Library, catalog: &Catalog) -> Option<FileSource> {
+        let opened = library
+            .resolve(&self.asset)
+            .map_err(|e| {
+                let code = match e {
+                    StorageError::Forbidden { .. } => ErrorCode::Forbidden,
+                    StorageError::NotFound { .. } => ErrorCode::NotFound,
+                    _ => ErrorCode::Internal,
+                };
+                (code, e.to_string())
+            })
+            .and_then(|path| {
+                FileSource::open(&path).map_err(|e| {
+                    let code = match e {
+                        IngestError::Open { .. } | IngestError::Unsupported(_) => {
+                            ErrorCode::UnsupportedMedia
+                        }
+                        _ => ErrorCode::Internal,
+                    };
+                    (code, format!("{}: {e}", self.asset))
+                })
+            });
+        match opened {
+            Ok(source) => {
+                catalog.record(AssetInfo::from_source(&self.asset, &source));
+                let tracks = source.tracks().to_vec();
+                info!(
+                    peer = %self.peer,
+                    channel = self.channel,
+                    asset = %self.asset,
+                    duration_ms = ?source.duration_ms(),
+                    tracks = tracks.len(),
+                    "open"
+                );
+                self.discontinuity = vec![false; tracks.len()];
+                self.track_end = vec![0; tracks.len()];
+                self.codecs = tracks.iter().map(|t| t.codec).collect();
+                let announce = Message::Announce {
+                    channel: self.channel,
+                    duration_ms: source.duration_ms(),
+                    tracks,
+                };
+                self.send(announce).ok()?;
+                Some(source)
+            }
+            Err((code, message)) => {
+                warn!(
+                    peer = %self.peer,
+                    channel = self.channel,
+                    asset = %self.asset,
+                    ?code,
+                    "open refused: {message}"
+                );
+                let _ = self.error(code, message);
+                None
+            }
+        }
+    }
+
+    /// Whether there is work to do without waiting for a command.
+    fn can_work(&self) -> bool {
+        self.flowing && !self.at_end && (self.in_hand.is_none() || self.credits > 0)
+    }
+
+    fn serve(&mut self, source: &mut FileSource) -> Result<(), Gone> {
+        loop {
+            // Commands first, so Pause/Seek/Close take effect after the frame in hand.
+            let cmd = if self.can_work() {
+                match self.cmds.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Err(Gone),
+                }
+            } else {
+                Some(self.cmds.blocking_recv().ok_or(Gone)?)
+            };
+            if let Some(cmd) = cmd {
+                if !self.command(cmd, source)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.step(source)?;
+        }
+    }
+
+    /// Apply one command; false on Close.
+    fn command(&mut self, cmd: Command, source: &mut FileSource) -> Result<bool, Gone> {
+        let (peer, channel) = (&self.peer, self.channel);
+        match cmd {
+            Command::Credits(n) => {
+                self.credits = self.credits.saturating_add(u64::from(n));
+            }
+            Command::Seek {
+                request,
+                position_ms,
+            } => {
+                self.in_hand = None;
+                match source.seek(position_ms) {
+                    Ok(real) => {
+                        info!(%peer, channel, request, asked_ms = position_ms, real_ms = real, "seek");
+                        self.at_end = false;
+                        self.flowing = true;
+                        self.discontinuity.iter_mut().for_each(|d| *d = true);
+                        self.send(Message::SeekDone {
+                            channel,
+                            request,
+                            position_ms: real,
+                        })?;
+                    }
+                    Err(e) => {
+                        warn!(%peer, channel, request, asked_ms = position_ms, "seek failed: {e}");
+                        self.flowing = false;
+                        self.error(ErrorCode::Internal, format!("{}: {e}", self.asset))?;
+                    }
+                }
+            }
+            Command::Pause => {
+                info!(%peer, channel, frames_sent = self.frames_sent, "pause");
+                self.flowing = false;
+            }
+            Command::Resume => {
+                if self.at_end {
+                    info!(%peer, channel, "resume at end of stream: nothing left to send");
+                } else {
+                    info!(%peer, channel, credits = self.credits, "resume");
+                    self.flowing = true;
+                }
+            }
+            Command::KeyframeRequest(track) => {
+                debug!(%peer, channel, track, "keyframe request: stored files keep their own GOP");
+            }
+            Command::Close => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Read the next frame if none is in hand, and send it if a credit allows.
+    fn step(&mut self, source: &mut FileSource) -> Result<(), Gone> {
+        if self.in_hand.is_none() {
+            match source.next_frame() {
+                Ok(Demuxed::Frame(f)) => self.in_hand = Some(f),
+                Ok(Demuxed::End) => return self.end_of_stream(None),
+                Err(e) => return self.end_of_stream(Some(e)),
+            }
+        }
+        if self.credits == 0 {
+            return Ok(());
+        }
+        if let Some(mut frame) = self.in_hand.take() {
+            frame.channel = self.channel;
+            let t = usize::from(frame.track);
+            if let Some(d) = self.discontinuity.get_mut(t) {
+                if *d {
+                    frame.flags.insert(FrameFlags::DISCONTINUITY);
+                    *d = false;
+                }
+            }
+            if let Some(end) = self.track_end.get_mut(t) {
+                *end = frame.pts + i64::from(frame.duration);
+            }
+            self.credits -= 1;
+            self.frames_sent += 1;
+            self.send(Message::Frame(frame))?;
+        }
+        Ok(())
+    }
+
+    /// One END_OF_STREAM frame per track (no credit needed); the channel stays open.
+    fn end_of_stream(&mut self, error: Option<IngestError>) -> Result<(), Gone> {
+        match error {
+            None => info!(peer = %self.peer, channel = self.channel, frames_sent = self.frames_sent, "end of stream"),
+            Some(e) => warn!(
+                peer = %self.peer,
+                channel = self.channel,
+                asset = %self.asset,
+                "ending the stream early: {e}"
+            ),
+        }
+        self.at_end = true;
+        self.flowing = false;
+        self.in_hand = None;
+        for track in 0..self.codecs.len() {
+            let codec = self.codecs[track];
+            let end = self.track_end.get(track).copied().unwrap_or(0);
+            let mut flags = FrameFlags::END_OF_STREAM;
+            if self.discontinuity.get(track).copied().unwrap_or(false) {
+                flags.insert(FrameFlags::DISCONTINUITY);
+            }
+            self.send(Message::Frame(Frame {
+                channel: self.channel,
+                track: track as u8,
+                codec,
+                flags,
+                pts: end,
+                dts: end,
+                duration: 0,
+                data: bytes::Bytes::new(),
+            }))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! What each RTSP method does. [`respond`] turns one request into one complete reply.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtsp_types::headers::{self, HeaderName, NptRange, NptTime, Range, RtpLowerTransport, RtpProfile, Transport, Transports};
+use rtsp_types::{Method, Request, Response, StatusCode, Version};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::error::RtspError;
+use super::target::{self, Target};
+use super::{serialize, Connection, SERVER_NAME};
+use crate::session::playout::Playout;
+use crate::session::sink::{bind_udp_pair, Sink};
+use crate::session::{driver, Command, SessionHandle};
+
+/// How long a request may wait on the session or the encoder unit.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// A successful answer: extra headers and an optional body.
+#[derive(Default)]
+struct Reply {
+    headers: Vec<(HeaderName, String)>,
+    body: Option<(&'static str, Vec<u8>)>,
+}
+
+impl Reply {
+    fn header(mut self, name: HeaderName, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// Answer one request; never fails: errors become RTSP error replies.
+pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Bytes {
+    let cseq = req.header(&headers::CSEQ).map(|v| v.as_str().to_string());
+    let url = req.request_uri().map(|u| u.as_str().to_string()).unwrap_or_default();
+    let result = match &cseq {
+        None => Err(RtspError::bad_request("CSeq header missing")),
+        Some(_) if req.version() != Version::V1_0 => Err(RtspError::new(505, "only RTSP/1.0 is spoken here")),
+        Some(_) => handle(conn, req).await,
+    };
+    match result {
+        Ok(reply) => {
+            let mut builder = Response::builder(Version::V1_0, StatusCode::Ok).header(headers::SERVER, SERVER_NAME);
+            if let Some(cseq) = &cseq {
+                builder = builder.header(headers::CSEQ, cseq.as_str());
+            }
+            for (name, value) in reply.headers {
+                builder = builder.header(name, value);
+            }
+            let body = match reply.body {
+                Some((content_type, body)) => {
+                    builder = builder.header(headers::CONTENT_TYPE, content_type);
+                    body
+                }
+                None => Vec::new(),
+            };
+            serialize(&builder.build(body))
+        }
+        Err(e) => {
+            warn!(peer = %conn.peer, method = ?req.method(), %url, "RTSP {e}");
+            super::error_response(cseq.as_deref(), &e)
+        }
+    }
+}
+
+async fn handle(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, RtspError> {
+    let session = session_of(conn, req)?;
+    if let Some(s) = &session {
+        s.touch();
+    }
+    match req.method() {
+        Method::Options => Ok(Reply::default().header(headers::PUBLIC, PUBLIC)),
+        Method::Describe => describe(conn, req).await,
+        Method::Setup => setup(conn, req, session).await,
+        Method::Play => play(req, required(session)?).await,
+        Method::Pause => pause(required(session)?).await,
+        Method::Teardown => teardown(conn, required(session)?),
+        // Keep-alive: any session it names was touched above.
+        Method::GetParameter | Method::SetParameter => Ok(with_session(Reply::default(), session.as_deref(), conn)),
+        Method::Announce | Method::Record | Method::Redirect | Method::PlayNotify => {
+            Err(RtspError::new(405, "this server only plays"))
+        }
+        Method::Extension(name) => Err(RtspError::new(501, format!("method {name} not implemented"))),
+    }
+}
+
+/// The session named by the `Session` header, if any; 454 if it names an unknown one.
+fn session_of(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Option<Arc<SessionHandle>>, RtspError> {
+    let Some(value) = req.header(&headers::SESSION) else {
+        return Ok(None);
+    };
+    let id = value.as_str().split(';').next().unwrap_or("").trim();
+    conn.ctx
+        .sessions
+        .get(id)
+        .map(Some)
+        .ok_or_else(RtspError::session_not_found)
+}
+
+fn required(session: Option<Arc<SessionHandle>>) -> Result<Arc<SessionHandle>, RtspError> {
+    session.ok_or_else(|| RtspError::session_not_found())
+}
+
+fn with_session(reply: Reply, session: Option<&SessionHandle>, conn: &Connection) -> Reply {
+    match session {
+        Some(s) => reply.header(
+            headers::SESSION,
+            format!("{};timeout={}", s.id, conn.ctx.sessions.timeout.as_secs()),
+        ),
+        None => reply,
+    }
+}
+
+async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, RtspError> {
+    let Target { asset, .. } = target::parse(req.request_uri())?;
+    let channel = conn.ctx.upstream.open(&asset).await?;
+    let sdp = crate::sdp::describe(&channel.tracks, channel.duration_ms, conn.local.ip(), &asset)
+        .map_err(|e| RtspError::new(415, format!("cannot describe {asset}: {e}")))?;
+    drop(channel);
+    let mut base = req.request_uri().map(|u| u.as_str().to_string()).unwrap_or_default();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    Ok(Reply {
+        body: Some(("application/sdp", sdp.into_bytes())),
+        ..Default::default()
+    }
+    .header(headers::CONTENT_BASE, base))
+}
+
+/// The transport a client asked for, as we will serve it.
+enum Wanted {
+    Udp { rtp_port: u16, rtcp_port: u16 },
+    Interleaved { rtp: u8, rtcp: u8 },
+}
+
+fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspError> {
+    let transports = req
+        .typed_header::<Transports>()
+        .map_err(|_| RtspError::bad_request("malformed Transport header"))?
+        .ok_or_else(|| RtspError::unsupported_transport("Transport header missing"))?;
+    for t in transports.iter() {
+        let Transport::Rtp(rtp) = t else { continue };
+        if rtp.profile != RtpProfile::Avp || rtp.params.multicast {
+            continue;
+        }
+        match rtp.lower_transport {
+            Some(RtpLowerTransport::Tcp) => {
+                let (rtp_ch, rtcp_ch) = match rtp.params.interleaved {
+                    Some((a, b)) => (a, b.unwrap_or(a.wrapping_add(1))),
+                    None => (track * 2, track * 2 + 1),
+                };
+                return Ok(Wanted::Interleaved { rtp: rtp_ch, rtcp: rtcp_ch });
+            }
+            None | Some(RtpLowerTransport::Udp) => {
+                let Some((rtp_port, rtcp)) = rtp.params.client_port else {
+                    continue;
+                };
+                if rtp_port == 0 {
+                    continue;
+                }
+                let rtcp_port = rtcp.unwrap_or(rtp_port.saturating_add(1));
+                return Ok(Wanted::Udp { rtp_port, rtcp_port });
+            }
+            _ => continue,
+        }
+    }
+    Err(RtspError::unsupported_transport(
+        "only RTP/AVP unicast over UDP (with client_port) or RTP/AVP/TCP interleaved is served",
+    ))
+}
+
+async fn setup(conn: &Connection, req: &Request<Vec<u8>>, session: Option<Arc<SessionHandle>>) -> Result<Reply, RtspError> {
+    let target = target::parse(req.request_uri())?;
+    let track = target
+        .track
+        .ok_or_else(|| RtspError::new(459, "SETUP names the presentation; name one track (…/trackID=N)"))?;
+    let wanted = choose_transport(req, track)?;
+    let session = match session {
+        Some(s) if s.asset != target.asset => {
+            return Err(RtspError::new(459, "a session plays one asset; SETUP a new session for another"))
+        }
+        Some(s) => s,
+        None => create_session(conn, &target.asset).await?,
+    };
+    if !session.tracks.iter().any(|t| t.track == track) {
+        return Err(RtspError::not_found(format!("{} has no track {track}", target.asset)));
+    }
+    let (sink, transport) = match wanted {
+        Wanted::Udp { rtp_port, rtcp_port } => {
+            let (rtp, rtcp) = bind_udp_pair(conn.local.ip())
+                .await
+                .map_err(|e| RtspError::new(500, format!("no UDP ports: {e}")))?;
+            let server_rtp = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+            let sink = Sink::Udp {
+                rtp: Arc::new(rtp),
+                rtcp: Arc::new(rtcp),
+                rtp_dest: (conn.peer.ip(), rtp_port).into(),
+                rtcp_dest: (conn.peer.ip(), rtcp_port).into(),
+            };
+            let transport = format!(
+                "RTP/AVP;unicast;client_port={rtp_port}-{rtcp_port};server_port={server_rtp}-{}",
+                server_rtp + 1
+            );
+            (sink, transport)
+        }
+        Wanted::Interleaved { rtp, rtcp } => {
+            conn.interleaved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rtcp, (session.clone(), track));
+            let sink = Sink::Interleaved {
+                writer: conn.writer.clone(),
+                rtp_channel: rtp,
+                rtcp_channel: rtcp,
+            };
+            (sink, format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}"))
+        }
+    };
+    let ssrc = ask(&session, |reply| Command::Setup { track, sink, reply }).await??;
+    if let Some(url) = req.request_uri() {
+        let mut urls = session.track_urls.lock().unwrap_or_else(|p| p.into_inner());
+        urls.retain(|(t, _)| *t != track);
+        urls.push((track, url.as_str().to_string()));
+    }
+    info!(session = %session.id, asset = %session.asset, track, %transport, peer = %conn.peer, "setup");
+    Ok(with_session(Reply::default(), Some(&session), conn).header(headers::TRANSPORT, format!("{transport};ssrc={ssrc:08X}")))
+}
+
+async fn create_session(conn: &Connection, asset: &str) -> Result<Arc<SessionHandle>, RtspError> {
+    let channel = conn.ctx.upstream.open(asset).await?;
+    let playout = Playout::new(&channel.tracks, "divisor")
+        .map_err(|e| RtspError::new(415, format!("cannot stream {asset}: {e}")))?;
+    let (commands, rx) = mpsc::channel(64);
+    let last_seen = Arc::new(Mutex::new(Instant::now()));
+    let session = conn.ctx.sessions.insert(
+        asset,
+        channel.duration_ms,
+        channel.tracks.clone(),
+        commands,
+        conn.id,
+        last_seen.clone(),
+    );
+    driver::spawn(channel, playout, rx, last_seen, session.id.clone());
+    info!(session = %session.id, %asset, peer = %conn.peer, "session created");
+    Ok(session)
+}
+
+/// Send a command to a session's driver and wait for its answer.
+async fn ask<T>(
+    session: &SessionHandle,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, RtspError> {
+    let (tx, rx) = oneshot::channel();
+    session
+        .commands
+        .send(make(tx))
+        .await
+        .map_err(|_| RtspError::session_not_found())?;
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(RtspError::session_not_found()),
+        Err(_) => Err(RtspError::new(504, "the encoder unit did not answer in time")),
+    }
+}
+
+/// Requested start in milliseconds; `None` for "from where it is".
+fn requested_start(req: &Request<Vec<u8>>, duration_ms: Option<u64>) -> Result<Option<u64>, RtspError> {
+    let range = req
+        .typed_header::<Range>()
+        .map_err(|_| RtspError::new(457, "malformed Range header"))?;
+    let start = match range {
+        None => return Ok(None),
+        Some(Range::Npt(NptRange::From(t))) | Some(Range::Npt(NptRange::FromTo(t, _))) => t,
+        Some(Range::Npt(NptRange::Empty)) => return Ok(None),
+        Some(_) => return Err(RtspError::new(457, "only npt ranges with a start are supported")),
+    };
+    let ms = match start {
+        NptTime::Now => return Ok(None),
+        NptTime::Seconds(s, nanos) => s * 1000 + u64::from(nanos.unwrap_or(0)) / 1_000_000,
+        NptTime::Hms(h, m, s, nanos) => {
+            ((h * 60 + u64::from(m)) * 60 + u64::from(s)) * 1000 + u64::from(nanos.unwrap_or(0)) / 1_000_000
+        }
+    };
+    if let Some(d) = duration_ms {
+        if ms > d {
+            return Err(RtspError::new(457, format!("start {ms} ms is past the end ({d} ms)")));
+        }
+    }
+    Ok(Some(ms))
+}
+
+async fn play(req: &Request<Vec<u8>>, session: Arc<SessionHandle>) -> Result<Reply, RtspError> {
+    let start_ms = requested_start(req, session.duration_ms)?;
+    let info = ask(&session, |reply| Command::Play { start_ms, reply }).await??;
+    let urls = session.track_urls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let rtp_info: Vec<String> = info
+        .tracks
+        .iter()
+        .filter_map(|t| {
+            let url = urls.iter().find(|(track, _)| *track == t.track)?.1.clone();
+            Some(format!("url={url};seq={};rtptime={}", t.seq, t.rtptime))
+        })
+        .collect();
+    let range = match session.duration_ms {
+        Some(d) => format!("npt={}-{}", npt(info.start_ms), npt(d)),
+        None => format!("npt={}-", npt(info.start_ms)),
+    };
+    Ok(Reply::default()
+        .header(headers::SESSION, session.id.clone())
+        .header(headers::RANGE, range)
+        .header(headers::RTP_INFO, rtp_info.join(",")))
+}
+
+fn npt(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+async fn pause(session: Arc<SessionHandle>) -> Result<Reply, RtspError> {
+    let position = ask(&session, |reply| Command::Pause { reply }).await??;
+    Ok(Reply::default()
+        .header(headers::SESSION, session.id.clone())
+        .header(headers::RANGE, format!("npt={}-", npt(position))))
+}
+
+fn teardown(conn: &Connection, session: Arc<SessionHandle>) -> Result<Reply, RtspError> {
+    conn.ctx.sessions.remove(&session.id);
+    conn.interleaved
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, (s, _)| s.id != session.id);
+    info!(session = %session.id, asset = %session.asset, "teardown");
+    Ok(Reply::default().header(headers::SESSION, session.id.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(range: Option<&str>) -> Request<Vec<u8>> {
+        let mut b = Request::builder(Method::Play, Version::V1_0)
+            .request_uri(rtsp_types::Url::parse("rtsp://h/vod/a.mp4").unwrap())
+            .header(headers::CSEQ, "3");
+        if let Some(r) = range {
+            b = b.header(headers::RANGE, r);
+        }
+        b.build(Vec::new())
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(requested_start(&request(None), Some(10_000)).unwrap(), None);
+        assert_eq!(requested_start(&request(Some("npt=5.000-")), Some(10_000)).unwrap(), Some(5000));
+        assert_eq!(requested_start(&request(Some("npt=0-")), None).unwrap(), Some(0));
+        assert_eq!(requested_start(&request(Some("npt=now-")), None).unwrap(), None);
+        assert_eq!(requested_start(&request(Some("npt=99-")), Some(10_000)).unwrap_err().status, 457);
+        assert_eq!(requested_start(&request(Some("npt=abc")), Some(10_000)).unwrap_err().status, 457);
+        assert_eq!(npt(4040), "4.040");
+    }
+}

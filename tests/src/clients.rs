@@ -1,0 +1,268 @@
+//! Real clients run in the client namespace: ffprobe, ffmpeg, GStreamer, tshark.
+
+use crate::cmd::{kill_group, CmdOutput};
+use crate::netns::{Node, Topology};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// RTSP lower transport a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtpTransport {
+    /// RTP/AVP over UDP unicast.
+    Udp,
+    /// RTP/AVP/TCP interleaved in the RTSP connection.
+    Tcp,
+}
+
+impl RtpTransport {
+    pub fn flag(self) -> &'static str {
+        match self {
+            RtpTransport::Udp => "udp",
+            RtpTransport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Result of decoding a stream with ffmpeg.
+#[derive(Debug)]
+pub struct Decode {
+    /// Video frames decoded (ffmpeg's final `frame=` progress value).
+    pub frames: u64,
+    /// Lines of ffmpeg's stderr that report decode/transport trouble.
+    pub error_lines: Vec<String>,
+    pub out: CmdOutput,
+}
+
+impl Decode {
+    /// A failure message with the relevant output.
+    pub fn report(&self) -> String {
+        format!(
+            "frames={} error_lines={:?}\n{}",
+            self.frames,
+            self.error_lines,
+            self.out.failure_report()
+        )
+    }
+}
+
+/// stderr fragments (lower-case) that mean frames were damaged or lost on the way.
+const TROUBLE: &[&str] = &[
+    "error",
+    "missed",
+    "conceal",
+    "corrupt",
+    "invalid",
+    "non-existing",
+    "max delay reached",
+    "packet loss",
+    "out of order",
+    "no frame",
+    "decoding for stream",
+];
+
+/// The lines of `stderr` that report trouble (see `TROUBLE`).
+pub fn trouble_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            TROUBLE.iter().any(|t| l.contains(t))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+impl Topology {
+    /// `ffprobe -show_streams -show_format -of json` of `url` from the client ns.
+    pub fn ffprobe_json(&self, url: &str, transport: RtpTransport) -> Result<Value> {
+        let out = self
+            .run_in(
+                Node::Client,
+                "ffprobe",
+                [
+                    "-v",
+                    "error",
+                    "-rw_timeout",
+                    "10000000",
+                    "-rtsp_transport",
+                    transport.flag(),
+                    "-show_streams",
+                    "-show_format",
+                    "-of",
+                    "json",
+                    url,
+                ],
+                Duration::from_secs(30),
+            )?
+            .check()
+            .with_context(|| format!("ffprobe {url} over {transport:?}"))?;
+        serde_json::from_str(&out.stdout).with_context(|| format!("ffprobe JSON: {}", out.stdout))
+    }
+
+    /// Decodes `url` to `-f null` with ffmpeg from the client ns and counts the video
+    /// frames. `input_opts` go before `-i` (e.g. `-ss 5`). Every stream is decoded, so audio
+    /// errors show up in `error_lines` too. Runs with `-fps_mode passthrough` so the count
+    /// is exactly the decoder's output (no frame duplication or dropping).
+    pub fn ffmpeg_decode(
+        &self,
+        url: &str,
+        transport: RtpTransport,
+        input_opts: &[&str],
+        timeout: Duration,
+    ) -> Result<Decode> {
+        let mut args: Vec<&str> = vec![
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "warning",
+            "-rw_timeout",
+            "10000000",
+            "-rtsp_transport",
+            transport.flag(),
+        ];
+        args.extend_from_slice(input_opts);
+        args.extend_from_slice(&[
+            "-i",
+            url,
+            "-map",
+            "0:v:0",
+            "-map",
+            "0:a?",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "null",
+            "-",
+            "-progress",
+            "pipe:1",
+        ]);
+        let out = self.run_in(Node::Client, "ffmpeg", args, timeout)?;
+        // -progress prints blocks of key=value; the last `frame=` is the total.
+        let frames = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("frame="))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or(0);
+        let error_lines = trouble_lines(&out.stderr);
+        Ok(Decode {
+            frames,
+            error_lines,
+            out,
+        })
+    }
+
+    /// Plays `url` to the end with `gst-launch-1.0 -e rtspsrc ! decodebin ! fakesink`
+    /// (one decode branch per stream, clock-synchronised sinks). Returns the finished
+    /// command; success means GStreamer reached EOS and exited 0.
+    pub fn gst_play(&self, url: &str, transport: RtpTransport, timeout: Duration) -> Result<CmdOutput> {
+        let location = format!("location={url}");
+        let protocols = format!("protocols={}", transport.flag());
+        self.run_in(
+            Node::Client,
+            "gst-launch-1.0",
+            [
+                "-e",
+                "rtspsrc",
+                &location,
+                &protocols,
+                "name=src",
+                "src.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "sync=true",
+                "src.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "sync=true",
+            ],
+            timeout,
+        )
+    }
+
+    /// Starts a tshark capture on interface `iface` of `node`, written to
+    /// `<log_dir>/<name>.pcapng`; returns once tshark reports it is capturing.
+    pub fn start_capture(&self, node: Node, iface: &str, name: &str) -> Result<Capture> {
+        let file = self.log_dir.join(format!("{name}.pcapng"));
+        let log = self.log_path(name);
+        let f = OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = self
+            .command(node, "tshark")
+            .args(["-n", "-i", iface, "-w"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .process_group(0)
+            .spawn()
+            .context("starting tshark")?;
+        let mut cap = Capture {
+            child: Some(child),
+            file,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Capturing on")
+            {
+                // dumpcap prints before the first packet is read; give it a moment.
+                thread::sleep(Duration::from_millis(300));
+                return Ok(cap);
+            }
+            if let Some(Ok(Some(st))) = cap.child.as_mut().map(|c| c.try_wait()) {
+                bail!(
+                    "tshark exited with {st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tshark did not start capturing: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running tshark capture; stopped (and flushed) by [`Capture::stop`] or on drop.
+pub struct Capture {
+    child: Option<Child>,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    /// Stops tshark (SIGTERM, it flushes the file) and returns the capture file.
+    pub fn stop(mut self) -> PathBuf {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&mut c, Duration::from_secs(10));
+        }
+        self.file.clone()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&mut c, Duration::from_secs(5));
+        }
+    }
+}
