@@ -116,7 +116,15 @@ fn body_len(msg: &Message) -> usize {
                 + tracks
                     .iter()
                     .map(|t| {
-                        1 + 1 + 4 + 2 + 2 + 4 + 1 + 4 + 2 + t.params.iter().map(|p| 4 + p.len()).sum::<usize>()
+                        1 + 1
+                            + 4
+                            + 2
+                            + 2
+                            + 4
+                            + 1
+                            + 4
+                            + 2
+                            + t.params.iter().map(|p| 4 + p.len()).sum::<usize>()
                     })
                     .sum::<usize>()
         }
@@ -139,7 +147,10 @@ pub fn encoded_len(msg: &Message) -> usize {
 pub fn check(msg: &Message) -> Result<(), EncodeError> {
     let len = encoded_len(msg);
     if len > MAX_MESSAGE_SIZE {
-        return Err(EncodeError::TooLarge { len, max: MAX_MESSAGE_SIZE });
+        return Err(EncodeError::TooLarge {
+            len,
+            max: MAX_MESSAGE_SIZE,
+        });
     }
     if let Message::Announce { tracks, .. } = msg {
         if tracks.len() > u16::MAX as usize {
@@ -182,7 +193,11 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
     check(msg)?;
     put_header(msg, out);
     match msg {
-        Message::Hello { version, role, nonce } => {
+        Message::Hello {
+            version,
+            role,
+            nonce,
+        } => {
             out.put_u16(*version);
             out.put_u8(role.to_u8());
             out.put_slice(nonce);
@@ -192,7 +207,11 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
             out.put_u32(*channel);
             put_bytes(out, asset.as_bytes());
         }
-        Message::Announce { channel, duration_ms, tracks } => {
+        Message::Announce {
+            channel,
+            duration_ms,
+            tracks,
+        } => {
             out.put_u32(*channel);
             out.put_u8(duration_ms.is_some() as u8);
             out.put_u64(duration_ms.unwrap_or(0));
@@ -212,8 +231,16 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
                 }
             }
         }
-        Message::Seek { channel, request, position_ms }
-        | Message::SeekDone { channel, request, position_ms } => {
+        Message::Seek {
+            channel,
+            request,
+            position_ms,
+        }
+        | Message::SeekDone {
+            channel,
+            request,
+            position_ms,
+        } => {
             out.put_u32(*channel);
             out.put_u32(*request);
             out.put_u64(*position_ms);
@@ -229,7 +256,11 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
             out.put_u32(*channel);
             out.put_u32(*frames);
         }
-        Message::Error { channel, code, message } => {
+        Message::Error {
+            channel,
+            code,
+            message,
+        } => {
             out.put_u32(*channel);
             out.put_u8(code.to_u8());
             put_bytes(out, message.as_bytes());
@@ -247,7 +278,10 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
 pub fn encode_frame_header<B: BufMut>(frame: &Frame, out: &mut B) -> Result<(), EncodeError> {
     let msg_len = HEADER_LEN + FRAME_FIXED + frame.data.len();
     if msg_len > MAX_MESSAGE_SIZE {
-        return Err(EncodeError::TooLarge { len: msg_len, max: MAX_MESSAGE_SIZE });
+        return Err(EncodeError::TooLarge {
+            len: msg_len,
+            max: MAX_MESSAGE_SIZE,
+        });
     }
     out.put_u32((msg_len - LEN_PREFIX) as u32);
     out.put_u16(PROTOCOL_VERSION);
@@ -270,7 +304,10 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     }
     let total = len as usize + LEN_PREFIX;
     if total > MAX_MESSAGE_SIZE {
-        return Err(DecodeError::TooLarge { len: total, max: MAX_MESSAGE_SIZE });
+        return Err(DecodeError::TooLarge {
+            len: total,
+            max: MAX_MESSAGE_SIZE,
+        });
     }
     Ok(Some(total))
 }
@@ -314,9 +351,9 @@ pub fn decode_bytes(buf: &mut BytesMut) -> Result<Option<Message>, DecodeError> 
 pub fn decode_whole(whole: &Bytes) -> Result<Message, DecodeError> {
     match peek_len(whole)? {
         Some(total) if total == whole.len() => parse(whole, Some(whole)),
-        Some(total) if total > whole.len() => {
-            Err(DecodeError::Truncated { kind: whole.get(6).copied().unwrap_or(0) })
-        }
+        Some(total) if total > whole.len() => Err(DecodeError::Truncated {
+            kind: whole.get(6).copied().unwrap_or(0),
+        }),
         Some(total) => Err(DecodeError::TrailingBytes {
             kind: whole.get(6).copied().unwrap_or(0),
             extra: whole.len() - total,
@@ -386,7 +423,9 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, DecodeError> {
         let n = self.u32()? as usize;
         let s = self.take(n)?;
-        std::str::from_utf8(s).map(str::to_owned).map_err(|_| DecodeError::InvalidUtf8)
+        std::str::from_utf8(s)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8)
     }
     fn codec(&mut self) -> Result<Codec, DecodeError> {
         let c = self.u8()?;
@@ -401,16 +440,27 @@ fn parse(whole: &[u8], src: Option<&Bytes>) -> Result<Message, DecodeError> {
     }
     check_version(&whole[LEN_PREFIX..])?;
     let k = whole[6];
-    let mut r = Reader { buf: &whole[HEADER_LEN..], src, kind: k };
+    let mut r = Reader {
+        buf: &whole[HEADER_LEN..],
+        src,
+        kind: k,
+    };
     let msg = match k {
         kind::HELLO => {
             let version = r.u16()?;
             let role_code = r.u8()?;
             let role = Role::from_u8(role_code).ok_or(DecodeError::UnknownRole(role_code))?;
-            Message::Hello { version, role, nonce: r.arr32()? }
+            Message::Hello {
+                version,
+                role,
+                nonce: r.arr32()?,
+            }
         }
         kind::AUTH => Message::Auth { mac: r.arr32()? },
-        kind::OPEN => Message::Open { channel: r.u32()?, asset: r.string()? },
+        kind::OPEN => Message::Open {
+            channel: r.u32()?,
+            asset: r.string()?,
+        },
         kind::ANNOUNCE => {
             let channel = r.u32()?;
             let tag = r.u8()?;
@@ -449,22 +499,42 @@ fn parse(whole: &[u8], src: Option<&Bytes>) -> Result<Message, DecodeError> {
                     params,
                 });
             }
-            Message::Announce { channel, duration_ms, tracks }
+            Message::Announce {
+                channel,
+                duration_ms,
+                tracks,
+            }
         }
-        kind::SEEK => Message::Seek { channel: r.u32()?, request: r.u32()?, position_ms: r.u64()? },
-        kind::SEEK_DONE => {
-            Message::SeekDone { channel: r.u32()?, request: r.u32()?, position_ms: r.u64()? }
-        }
+        kind::SEEK => Message::Seek {
+            channel: r.u32()?,
+            request: r.u32()?,
+            position_ms: r.u64()?,
+        },
+        kind::SEEK_DONE => Message::SeekDone {
+            channel: r.u32()?,
+            request: r.u32()?,
+            position_ms: r.u64()?,
+        },
         kind::PAUSE => Message::Pause { channel: r.u32()? },
         kind::RESUME => Message::Resume { channel: r.u32()? },
         kind::CLOSE => Message::Close { channel: r.u32()? },
-        kind::KEYFRAME_REQUEST => Message::KeyframeRequest { channel: r.u32()?, track: r.u8()? },
-        kind::CREDITS => Message::Credits { channel: r.u32()?, frames: r.u32()? },
+        kind::KEYFRAME_REQUEST => Message::KeyframeRequest {
+            channel: r.u32()?,
+            track: r.u8()?,
+        },
+        kind::CREDITS => Message::Credits {
+            channel: r.u32()?,
+            frames: r.u32()?,
+        },
         kind::ERROR => {
             let channel = r.u32()?;
             let c = r.u8()?;
             let code = ErrorCode::from_u8(c).ok_or(DecodeError::UnknownErrorCode(c))?;
-            Message::Error { channel, code, message: r.string()? }
+            Message::Error {
+                channel,
+                code,
+                message: r.string()?,
+            }
         }
         kind::FRAME => Message::Frame(Frame {
             channel: r.u32()?,
@@ -479,7 +549,10 @@ fn parse(whole: &[u8], src: Option<&Bytes>) -> Result<Message, DecodeError> {
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !r.buf.is_empty() {
-        return Err(DecodeError::TrailingBytes { kind: k, extra: r.buf.len() });
+        return Err(DecodeError::TrailingBytes {
+            kind: k,
+            extra: r.buf.len(),
+        });
     }
     Ok(msg)
 }
@@ -510,9 +583,16 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         vec![
-            Message::Hello { version: PROTOCOL_VERSION, role: Role::Encoder, nonce: [9; 32] },
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Encoder,
+                nonce: [9; 32],
+            },
             Message::Auth { mac: [0xab; 32] },
-            Message::Open { channel: 3, asset: "films/été.mp4".into() },
+            Message::Open {
+                channel: 3,
+                asset: "films/été.mp4".into(),
+            },
             Message::Announce {
                 channel: 3,
                 duration_ms: Some(123_456),
@@ -526,7 +606,10 @@ mod tests {
                         sample_rate: 0,
                         channels: 0,
                         bitrate: 4_000_000,
-                        params: vec![Bytes::from_static(b"\x67sps"), Bytes::from_static(b"\x68pps")],
+                        params: vec![
+                            Bytes::from_static(b"\x67sps"),
+                            Bytes::from_static(b"\x68pps"),
+                        ],
                     },
                     TrackInfo {
                         track: 1,
@@ -541,15 +624,37 @@ mod tests {
                     },
                 ],
             },
-            Message::Announce { channel: 4, duration_ms: None, tracks: vec![] },
-            Message::Seek { channel: 3, request: 2, position_ms: 60_000 },
-            Message::SeekDone { channel: 3, request: 2, position_ms: 59_000 },
+            Message::Announce {
+                channel: 4,
+                duration_ms: None,
+                tracks: vec![],
+            },
+            Message::Seek {
+                channel: 3,
+                request: 2,
+                position_ms: 60_000,
+            },
+            Message::SeekDone {
+                channel: 3,
+                request: 2,
+                position_ms: 59_000,
+            },
             Message::Pause { channel: 3 },
             Message::Resume { channel: 3 },
             Message::Close { channel: 3 },
-            Message::KeyframeRequest { channel: 3, track: 0 },
-            Message::Credits { channel: 3, frames: 32 },
-            Message::Error { channel: 0, code: ErrorCode::AuthFailed, message: "nope".into() },
+            Message::KeyframeRequest {
+                channel: 3,
+                track: 0,
+            },
+            Message::Credits {
+                channel: 3,
+                frames: 32,
+            },
+            Message::Error {
+                channel: 0,
+                code: ErrorCode::AuthFailed,
+                message: "nope".into(),
+            },
             Message::Frame(frame(0)),
             Message::Frame(frame(1000)),
         ]
@@ -620,7 +725,10 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        assert_eq!(decode(&with_kind_body(200, &[])), Err(DecodeError::UnknownKind(200)));
+        assert_eq!(
+            decode(&with_kind_body(200, &[])),
+            Err(DecodeError::UnknownKind(200))
+        );
     }
 
     #[test]
@@ -628,7 +736,14 @@ mod tests {
         let mut f = enc(&Message::Frame(frame(3))).to_vec();
         f[HEADER_LEN + 5] = 77;
         assert_eq!(decode(&f), Err(DecodeError::UnknownCodec(77)));
-        let hello = with_kind_body(kind::HELLO, &[0, 1, 9].iter().chain(&[0u8; 32]).copied().collect::<Vec<_>>());
+        let hello = with_kind_body(
+            kind::HELLO,
+            &[0, 1, 9]
+                .iter()
+                .chain(&[0u8; 32])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(decode(&hello), Err(DecodeError::UnknownRole(9)));
         let err = with_kind_body(kind::ERROR, &[0, 0, 0, 0, 42, 0, 0, 0, 0]);
         assert_eq!(decode(&err), Err(DecodeError::UnknownErrorCode(42)));
@@ -646,7 +761,12 @@ mod tests {
     #[test]
     fn truncated_body() {
         let b = with_kind_body(kind::CREDITS, &[0, 0, 0, 1, 0]);
-        assert_eq!(decode(&b), Err(DecodeError::Truncated { kind: kind::CREDITS }));
+        assert_eq!(
+            decode(&b),
+            Err(DecodeError::Truncated {
+                kind: kind::CREDITS
+            })
+        );
         // A byte array whose length runs past the message.
         let b = with_kind_body(kind::OPEN, &[0, 0, 0, 1, 0, 0, 1, 0, b'a']);
         assert_eq!(decode(&b), Err(DecodeError::Truncated { kind: kind::OPEN }));
@@ -655,7 +775,13 @@ mod tests {
     #[test]
     fn trailing_bytes() {
         let b = with_kind_body(kind::PAUSE, &[0, 0, 0, 1, 0xff]);
-        assert_eq!(decode(&b), Err(DecodeError::TrailingBytes { kind: kind::PAUSE, extra: 1 }));
+        assert_eq!(
+            decode(&b),
+            Err(DecodeError::TrailingBytes {
+                kind: kind::PAUSE,
+                extra: 1
+            })
+        );
     }
 
     #[test]
@@ -666,10 +792,19 @@ mod tests {
 
     #[test]
     fn encode_rejects_oversized() {
-        let f = Frame { data: Bytes::from(vec![0u8; MAX_MESSAGE_SIZE]), ..frame(0) };
+        let f = Frame {
+            data: Bytes::from(vec![0u8; MAX_MESSAGE_SIZE]),
+            ..frame(0)
+        };
         let mut b = BytesMut::new();
-        assert!(matches!(encode(&Message::Frame(f.clone()), &mut b), Err(EncodeError::TooLarge { .. })));
-        assert!(matches!(encode_frame_header(&f, &mut b), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            encode(&Message::Frame(f.clone()), &mut b),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            encode_frame_header(&f, &mut b),
+            Err(EncodeError::TooLarge { .. })
+        ));
         assert!(b.is_empty());
     }
 
@@ -697,34 +832,106 @@ mod tests {
             any::<u32>(),
             proptest::collection::vec(arb_bytes(), 0..3),
         )
-            .prop_map(|(track, codec, clock_rate, width, height, sample_rate, channels, bitrate, params)| {
-                TrackInfo { track, codec, clock_rate, width, height, sample_rate, channels, bitrate, params }
-            })
+            .prop_map(
+                |(
+                    track,
+                    codec,
+                    clock_rate,
+                    width,
+                    height,
+                    sample_rate,
+                    channels,
+                    bitrate,
+                    params,
+                )| {
+                    TrackInfo {
+                        track,
+                        codec,
+                        clock_rate,
+                        width,
+                        height,
+                        sample_rate,
+                        channels,
+                        bitrate,
+                        params,
+                    }
+                },
+            )
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u16>(), arb_role(), any::<[u8; 32]>())
-                .prop_map(|(version, role, nonce)| Message::Hello { version, role, nonce }),
+            (any::<u16>(), arb_role(), any::<[u8; 32]>()).prop_map(|(version, role, nonce)| {
+                Message::Hello {
+                    version,
+                    role,
+                    nonce,
+                }
+            }),
             any::<[u8; 32]>().prop_map(|mac| Message::Auth { mac }),
             (any::<u32>(), ".{0,20}").prop_map(|(channel, asset)| Message::Open { channel, asset }),
-            (any::<u32>(), any::<Option<u64>>(), proptest::collection::vec(arb_track(), 0..3))
-                .prop_map(|(channel, duration_ms, tracks)| Message::Announce { channel, duration_ms, tracks }),
-            (any::<u32>(), any::<u32>(), any::<u64>())
-                .prop_map(|(channel, request, position_ms)| Message::Seek { channel, request, position_ms }),
-            (any::<u32>(), any::<u32>(), any::<u64>())
-                .prop_map(|(channel, request, position_ms)| Message::SeekDone { channel, request, position_ms }),
+            (
+                any::<u32>(),
+                any::<Option<u64>>(),
+                proptest::collection::vec(arb_track(), 0..3)
+            )
+                .prop_map(|(channel, duration_ms, tracks)| Message::Announce {
+                    channel,
+                    duration_ms,
+                    tracks
+                }),
+            (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                |(channel, request, position_ms)| Message::Seek {
+                    channel,
+                    request,
+                    position_ms
+                }
+            ),
+            (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                |(channel, request, position_ms)| Message::SeekDone {
+                    channel,
+                    request,
+                    position_ms
+                }
+            ),
             any::<u32>().prop_map(|channel| Message::Pause { channel }),
             any::<u32>().prop_map(|channel| Message::Resume { channel }),
             any::<u32>().prop_map(|channel| Message::Close { channel }),
-            (any::<u32>(), any::<u8>()).prop_map(|(channel, track)| Message::KeyframeRequest { channel, track }),
-            (any::<u32>(), any::<u32>()).prop_map(|(channel, frames)| Message::Credits { channel, frames }),
-            (any::<u32>(), arb_code(), ".{0,20}")
-                .prop_map(|(channel, code, message)| Message::Error { channel, code, message }),
-            (any::<u32>(), any::<u8>(), arb_codec(), any::<u8>(), any::<i64>(), any::<i64>(), any::<u32>(), arb_bytes())
-                .prop_map(|(channel, track, codec, flags, pts, dts, duration, data)| {
-                    Message::Frame(Frame { channel, track, codec, flags: FrameFlags(flags), pts, dts, duration, data })
-                }),
+            (any::<u32>(), any::<u8>())
+                .prop_map(|(channel, track)| Message::KeyframeRequest { channel, track }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(channel, frames)| Message::Credits { channel, frames }),
+            (any::<u32>(), arb_code(), ".{0,20}").prop_map(|(channel, code, message)| {
+                Message::Error {
+                    channel,
+                    code,
+                    message,
+                }
+            }),
+            (
+                any::<u32>(),
+                any::<u8>(),
+                arb_codec(),
+                any::<u8>(),
+                any::<i64>(),
+                any::<i64>(),
+                any::<u32>(),
+                arb_bytes()
+            )
+                .prop_map(
+                    |(channel, track, codec, flags, pts, dts, duration, data)| {
+                        Message::Frame(Frame {
+                            channel,
+                            track,
+                            codec,
+                            flags: FrameFlags(flags),
+                            pts,
+                            dts,
+                            duration,
+                            data,
+                        })
+                    }
+                ),
         ]
     }
 

@@ -28,7 +28,9 @@ impl CreditGate {
     /// A gate holding `initial` credits.
     pub fn new(initial: u32) -> CreditGate {
         CreditGate {
-            state: Mutex::new(GateState { credits: initial as u64 }),
+            state: Mutex::new(GateState {
+                credits: initial as u64,
+            }),
             notify: Notify::new(),
         }
     }
@@ -97,7 +99,11 @@ impl CreditGranter {
     /// `window`: frames the sender may have in flight; `batch`: how many consumed frames
     /// make one grant (clamped to 1..=window).
     pub fn new(window: u32, batch: u32) -> CreditGranter {
-        CreditGranter { window, batch: batch.clamp(1, window.max(1)), consumed: 0 }
+        CreditGranter {
+            window,
+            batch: batch.clamp(1, window.max(1)),
+            consumed: 0,
+        }
     }
 
     /// Credits to grant when the channel starts (or restarts after a seek).
@@ -163,7 +169,11 @@ mod tests {
         let gate = CreditGate::new(5);
         gate.reset();
         assert_eq!(gate.available(), 0);
-        assert!(tokio::time::timeout(Duration::from_millis(10), gate.acquire()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), gate.acquire())
+                .await
+                .is_err()
+        );
         gate.grant(2);
         gate.acquire().await;
         assert_eq!(gate.available(), 1);

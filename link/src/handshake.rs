@@ -26,7 +26,12 @@ type HmacSha256 = Hmac<Sha256>;
 /// Domain separation for the MAC: another protocol using the same key never produces ours.
 pub const MAC_CONTEXT: &[u8] = b"divisor-link-v1";
 
-fn mac_for(key: &[u8], sender: Role, receiver_nonce: &[u8; 32], sender_nonce: &[u8; 32]) -> HmacSha256 {
+fn mac_for(
+    key: &[u8],
+    sender: Role,
+    receiver_nonce: &[u8; 32],
+    sender_nonce: &[u8; 32],
+) -> HmacSha256 {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
     let mut mac = match HmacSha256::new_from_slice(key) {
         Ok(m) => m,
@@ -40,8 +45,16 @@ fn mac_for(key: &[u8], sender: Role, receiver_nonce: &[u8; 32], sender_nonce: &[
 }
 
 /// The MAC `sender` sends to prove it knows `key`.
-pub fn compute_mac(key: &[u8], sender: Role, receiver_nonce: &[u8; 32], sender_nonce: &[u8; 32]) -> [u8; 32] {
-    mac_for(key, sender, receiver_nonce, sender_nonce).finalize().into_bytes().into()
+pub fn compute_mac(
+    key: &[u8],
+    sender: Role,
+    receiver_nonce: &[u8; 32],
+    sender_nonce: &[u8; 32],
+) -> [u8; 32] {
+    mac_for(key, sender, receiver_nonce, sender_nonce)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Constant-time check of a MAC received from `sender`.
@@ -52,7 +65,9 @@ pub fn verify_mac(
     sender_nonce: &[u8; 32],
     mac: &[u8; 32],
 ) -> bool {
-    mac_for(key, sender, receiver_nonce, sender_nonce).verify_slice(mac).is_ok()
+    mac_for(key, sender, receiver_nonce, sender_nonce)
+        .verify_slice(mac)
+        .is_ok()
 }
 
 /// A fresh random nonce.
@@ -67,10 +82,17 @@ pub fn check_hello(
     msg: Message,
 ) -> Result<(Role, [u8; 32]), (LinkError, Option<ErrorCode>)> {
     match msg {
-        Message::Hello { version, role, nonce } => {
+        Message::Hello {
+            version,
+            role,
+            nonce,
+        } => {
             if version != PROTOCOL_VERSION {
                 return Err((
-                    LinkError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version },
+                    LinkError::VersionMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: version,
+                    },
                     Some(ErrorCode::VersionMismatch),
                 ));
             }
@@ -92,10 +114,21 @@ pub fn check_hello(
 /// What an unexpected handshake message means: a peer's error, or a protocol violation.
 fn unexpected(msg: Message, wanted: &str) -> (LinkError, Option<ErrorCode>) {
     match msg {
-        Message::Error { code: ErrorCode::AuthFailed, .. } => (LinkError::PeerRejectedKey, None),
-        Message::Error { code: ErrorCode::VersionMismatch, message, .. } => {
-            (LinkError::Peer { code: ErrorCode::VersionMismatch, message }, None)
-        }
+        Message::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        } => (LinkError::PeerRejectedKey, None),
+        Message::Error {
+            code: ErrorCode::VersionMismatch,
+            message,
+            ..
+        } => (
+            LinkError::Peer {
+                code: ErrorCode::VersionMismatch,
+                message,
+            },
+            None,
+        ),
         Message::Error { code, message, .. } => (LinkError::Peer { code, message }, None),
         other => (
             LinkError::Handshake(format!("expected {wanted}, got {}", kind_name(&other))),
@@ -131,7 +164,12 @@ pub async fn run(
     role: Role,
 ) -> Result<(), LinkError> {
     let nonce = new_nonce();
-    tx.send(Message::Hello { version: PROTOCOL_VERSION, role, nonce }).await?;
+    tx.send(Message::Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        nonce,
+    })
+    .await?;
     let result = exchange(tx, rx, key, role, &nonce).await;
     if let Err((e, Some(code))) = &result {
         let message = match code {
@@ -139,7 +177,13 @@ pub async fn run(
             _ => e.to_string(),
         };
         // Best effort: the link may already be gone.
-        let _ = tx.send(Message::Error { channel: 0, code: *code, message }).await;
+        let _ = tx
+            .send(Message::Error {
+                channel: 0,
+                code: *code,
+                message,
+            })
+            .await;
     }
     result.map_err(|(e, _)| e)
 }
@@ -154,7 +198,9 @@ async fn exchange(
     let hello = rx.recv().await.map_err(|e| (e, None))?;
     let (peer_role, peer_nonce) = check_hello(role, nonce, hello)?;
     let mac = compute_mac(key, role, &peer_nonce, nonce);
-    tx.send(Message::Auth { mac }).await.map_err(|e| (e, None))?;
+    tx.send(Message::Auth { mac })
+        .await
+        .map_err(|e| (e, None))?;
     match rx.recv().await.map_err(|e| (e, None))? {
         Message::Auth { mac } => {
             if verify_mac(key, peer_role, nonce, &peer_nonce, &mac) {
@@ -172,7 +218,17 @@ mod tests {
     use super::*;
     use crate::mem_pair;
 
-    async fn both(key_a: &[u8], role_a: Role, key_b: &[u8], role_b: Role) -> (Result<(), LinkError>, Result<(), LinkError>, crate::Link, crate::Link) {
+    async fn both(
+        key_a: &[u8],
+        role_a: Role,
+        key_b: &[u8],
+        role_b: Role,
+    ) -> (
+        Result<(), LinkError>,
+        Result<(), LinkError>,
+        crate::Link,
+        crate::Link,
+    ) {
         let (mut a, mut b) = mem_pair();
         let (ra, rb) = tokio::join!(
             run(&a.sender, &mut a.receiver, key_a, role_a),
@@ -186,8 +242,14 @@ mod tests {
         let (ra, rb, a, mut b) = both(b"k", Role::Encoder, b"k", Role::Protocol).await;
         ra.expect("a ok");
         rb.expect("b ok");
-        a.sender.send(Message::Pause { channel: 1 }).await.expect("send");
-        assert_eq!(b.receiver.recv().await.expect("recv"), Message::Pause { channel: 1 });
+        a.sender
+            .send(Message::Pause { channel: 1 })
+            .await
+            .expect("send");
+        assert_eq!(
+            b.receiver.recv().await.expect("recv"),
+            Message::Pause { channel: 1 }
+        );
     }
 
     #[tokio::test]
@@ -207,12 +269,20 @@ mod tests {
         let peer = async {
             let _ = b.receiver.recv().await;
             b.sender
-                .send(Message::Hello { version: PROTOCOL_VERSION, role: Role::Protocol, nonce: [1; 32] })
+                .send(Message::Hello {
+                    version: PROTOCOL_VERSION,
+                    role: Role::Protocol,
+                    nonce: [1; 32],
+                })
                 .await
                 .expect("hello");
             let _ = b.receiver.recv().await; // our Auth
             b.sender
-                .send(Message::Error { channel: 0, code: ErrorCode::AuthFailed, message: "link key mismatch".into() })
+                .send(Message::Error {
+                    channel: 0,
+                    code: ErrorCode::AuthFailed,
+                    message: "link key mismatch".into(),
+                })
                 .await
                 .expect("err");
         };
@@ -235,27 +305,51 @@ mod tests {
         let peer = async {
             let _ = b.receiver.recv().await;
             b.sender
-                .send(Message::Hello { version: PROTOCOL_VERSION + 1, role: Role::Protocol, nonce: [1; 32] })
+                .send(Message::Hello {
+                    version: PROTOCOL_VERSION + 1,
+                    role: Role::Protocol,
+                    nonce: [1; 32],
+                })
                 .await
                 .expect("hello");
             b.receiver.recv().await
         };
         let (r, reply) = tokio::join!(run(&a.sender, &mut a.receiver, b"k", Role::Encoder), peer);
-        assert!(matches!(r, Err(LinkError::VersionMismatch { theirs, .. }) if theirs == PROTOCOL_VERSION + 1));
-        assert!(matches!(reply, Ok(Message::Error { code: ErrorCode::VersionMismatch, .. })));
+        assert!(
+            matches!(r, Err(LinkError::VersionMismatch { theirs, .. }) if theirs == PROTOCOL_VERSION + 1)
+        );
+        assert!(matches!(
+            reply,
+            Ok(Message::Error {
+                code: ErrorCode::VersionMismatch,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]
     async fn garbage_instead_of_hello_fails() {
         let (mut a, mut b) = mem_pair();
         let peer = async {
-            b.sender.send(Message::Credits { channel: 9, frames: 1 }).await.expect("send");
+            b.sender
+                .send(Message::Credits {
+                    channel: 9,
+                    frames: 1,
+                })
+                .await
+                .expect("send");
             let _ = b.receiver.recv().await; // our hello
             b.receiver.recv().await
         };
         let (r, reply) = tokio::join!(run(&a.sender, &mut a.receiver, b"k", Role::Encoder), peer);
         assert!(matches!(r, Err(LinkError::Handshake(_))), "{r:?}");
-        assert!(matches!(reply, Ok(Message::Error { code: ErrorCode::BadRequest, .. })));
+        assert!(matches!(
+            reply,
+            Ok(Message::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]

@@ -42,7 +42,9 @@ impl std::str::FromStr for TransportKind {
         match s {
             "tcp" => Ok(TransportKind::Tcp),
             "uring" | "io_uring" | "io-uring" => Ok(TransportKind::Uring),
-            other => Err(format!("unknown link transport {other:?}: use tcp or uring")),
+            other => Err(format!(
+                "unknown link transport {other:?}: use tcp or uring"
+            )),
         }
     }
 }
@@ -68,7 +70,9 @@ pub enum LinkError {
     PeerRejectedKey,
     #[error("link protocol version mismatch: we speak {ours}, the peer speaks {theirs}")]
     VersionMismatch { ours: u16, theirs: u16 },
-    #[error("both ends of the link claim the role {0:?}: connect an encoder unit to a protocol unit")]
+    #[error(
+        "both ends of the link claim the role {0:?}: connect an encoder unit to a protocol unit"
+    )]
     SameRole(Role),
     #[error("link handshake timed out after {0:?}: the peer is silent or not a divisor link")]
     HandshakeTimeout(Duration),
@@ -169,13 +173,19 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Start the configured transport on an already connected socket and authenticate: what
 /// [`connect`] and [`LinkListener`] do after connecting/accepting. Public for callers that
 /// manage sockets themselves (and for tests). Times out after [`HANDSHAKE_TIMEOUT`].
-pub async fn establish(cfg: &LinkConfig, stream: TcpStream, peer: String) -> Result<Link, LinkError> {
+pub async fn establish(
+    cfg: &LinkConfig,
+    stream: TcpStream,
+    peer: String,
+) -> Result<Link, LinkError> {
     if cfg.key.is_empty() {
         return Err(LinkError::EmptyKey);
     }
     stream.set_nodelay(true)?;
     let mut link = match cfg.transport {
-        TransportKind::Tcp => transport::start_link(transport::tcp::TcpTransport::new(stream), peer)?,
+        TransportKind::Tcp => {
+            transport::start_link(transport::tcp::TcpTransport::new(stream), peer)?
+        }
         TransportKind::Uring => {
             let std = stream.into_std()?;
             transport::start_link(transport::uring::UringTransport::new(std)?, peer)?
@@ -246,7 +256,11 @@ impl LinkListener {
         let (tx, rx) = mpsc::channel(16);
         let cfg = cfg.clone();
         let task = tokio::spawn(accept_loop(listener, cfg, tx));
-        Ok(LinkListener { local, ready: Mutex::new(rx), _task: AbortOnDrop(task.abort_handle()) })
+        Ok(LinkListener {
+            local,
+            ready: Mutex::new(rx),
+            _task: AbortOnDrop(task.abort_handle()),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -329,7 +343,10 @@ mod tests {
         let empty = dir.join("empty.key");
         std::fs::write(&empty, " \n").expect("write");
         let e = read_key_file(&empty).expect_err("empty");
-        assert!(e.to_string().contains("empty.key") && e.to_string().contains("empty"), "{e}");
+        assert!(
+            e.to_string().contains("empty.key") && e.to_string().contains("empty"),
+            "{e}"
+        );
         let good = dir.join("good.key");
         std::fs::write(&good, "s3cret\n").expect("write");
         assert_eq!(read_key_file(&good).expect("good"), b"s3cret");
@@ -339,15 +356,24 @@ mod tests {
     #[test]
     fn transport_kind_parses() {
         assert_eq!("tcp".parse::<TransportKind>(), Ok(TransportKind::Tcp));
-        assert_eq!("io_uring".parse::<TransportKind>(), Ok(TransportKind::Uring));
+        assert_eq!(
+            "io_uring".parse::<TransportKind>(),
+            Ok(TransportKind::Uring)
+        );
         assert!("udp".parse::<TransportKind>().is_err());
     }
 
     #[tokio::test]
     async fn mem_pair_moves_messages_and_closes() {
         let (a, mut b) = mem_pair();
-        a.sender.send(Message::Pause { channel: 1 }).await.expect("send");
-        assert_eq!(b.receiver.recv().await.expect("recv"), Message::Pause { channel: 1 });
+        a.sender
+            .send(Message::Pause { channel: 1 })
+            .await
+            .expect("send");
+        assert_eq!(
+            b.receiver.recv().await.expect("recv"),
+            Message::Pause { channel: 1 }
+        );
         drop(a);
         assert!(matches!(b.receiver.recv().await, Err(LinkError::Closed)));
     }

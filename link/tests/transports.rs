@@ -12,7 +12,11 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(20);
 
 fn cfg(role: Role, key: &[u8], transport: TransportKind) -> LinkConfig {
-    LinkConfig { key: key.to_vec(), role, transport }
+    LinkConfig {
+        key: key.to_vec(),
+        role,
+        transport,
+    }
 }
 
 fn any_addr() -> SocketAddr {
@@ -20,7 +24,9 @@ fn any_addr() -> SocketAddr {
 }
 
 async fn pair(kind: TransportKind) -> (Link, Link) {
-    let l = LinkListener::bind(&cfg(Role::Protocol, b"secret", kind), any_addr()).await.expect("bind");
+    let l = LinkListener::bind(&cfg(Role::Protocol, b"secret", kind), any_addr())
+        .await
+        .expect("bind");
     let ccfg = cfg(Role::Encoder, b"secret", kind);
     let (client, server) = tokio::join!(connect(&ccfg, l.local_addr()), l.accept());
     (client.expect("connect"), server.expect("accept"))
@@ -30,9 +36,19 @@ async fn pair(kind: TransportKind) -> (Link, Link) {
 /// (every 500th) 1 MB frames.
 fn mixed(i: u32, from: u8) -> Message {
     match i % 7 {
-        0 => Message::Credits { channel: i, frames: i * 3 },
-        1 => Message::Open { channel: i, asset: format!("asset-{i}-{from}.mp4") },
-        2 => Message::Error { channel: i, code: ErrorCode::NotFound, message: "x".repeat((i % 50) as usize) },
+        0 => Message::Credits {
+            channel: i,
+            frames: i * 3,
+        },
+        1 => Message::Open {
+            channel: i,
+            asset: format!("asset-{i}-{from}.mp4"),
+        },
+        2 => Message::Error {
+            channel: i,
+            code: ErrorCode::NotFound,
+            message: "x".repeat((i % 50) as usize),
+        },
         _ => {
             let len = if i % 500 == 3 {
                 1 << 20
@@ -49,7 +65,11 @@ fn mixed(i: u32, from: u8) -> Message {
                 pts: i as i64 * 3000,
                 dts: i as i64 * 3000 - 1,
                 duration: 3000,
-                data: Bytes::from((0..len).map(|j| (j as u32 ^ i) as u8 ^ from).collect::<Vec<u8>>()),
+                data: Bytes::from(
+                    (0..len)
+                        .map(|j| (j as u32 ^ i) as u8 ^ from)
+                        .collect::<Vec<u8>>(),
+                ),
             })
         }
     }
@@ -59,7 +79,11 @@ async fn exchange(kind: TransportKind) {
     const N: u32 = 10_000;
     let (a, b) = pair(kind).await;
     let run = |link: Link, me: u8, peer: u8| async move {
-        let Link { sender, mut receiver, .. } = link;
+        let Link {
+            sender,
+            mut receiver,
+            ..
+        } = link;
         let send = tokio::spawn(async move {
             for i in 0..N {
                 sender.send(mixed(i, me)).await.expect("send");
@@ -79,7 +103,9 @@ async fn exchange(kind: TransportKind) {
     // Peer closes -> Closed.
     let (sa, mut rxa) = ra;
     drop(rb);
-    let end = tokio::time::timeout(T, rxa.recv()).await.expect("close in time");
+    let end = tokio::time::timeout(T, rxa.recv())
+        .await
+        .expect("close in time");
     assert!(matches!(end, Err(LinkError::Closed)), "{end:?}");
     drop(sa);
 }
@@ -96,7 +122,9 @@ async fn uring_ten_thousand_mixed_both_ways() {
 
 #[tokio::test]
 async fn mixed_transports_interoperate() {
-    let l = LinkListener::bind(&cfg(Role::Protocol, b"k", TransportKind::Uring), any_addr()).await.expect("bind");
+    let l = LinkListener::bind(&cfg(Role::Protocol, b"k", TransportKind::Uring), any_addr())
+        .await
+        .expect("bind");
     let ccfg = cfg(Role::Encoder, b"k", TransportKind::Tcp);
     let (c, s) = tokio::join!(connect(&ccfg, l.local_addr()), l.accept());
     let (c, mut s) = (c.expect("connect"), s.expect("accept"));
@@ -110,7 +138,9 @@ async fn mixed_transports_interoperate() {
 
 async fn wrong_key(kind: TransportKind) {
     // Server side through `establish` on a raw listener, so both errors are visible.
-    let raw = tokio::net::TcpListener::bind(any_addr()).await.expect("bind");
+    let raw = tokio::net::TcpListener::bind(any_addr())
+        .await
+        .expect("bind");
     let addr = raw.local_addr().expect("addr");
     let server = async {
         let (s, peer) = raw.accept().await.expect("accept");
@@ -127,9 +157,15 @@ async fn wrong_key(kind: TransportKind) {
         );
     }
     // And the listener keeps serving after rejecting a wrong key.
-    let l = LinkListener::bind(&cfg(Role::Protocol, b"right", kind), any_addr()).await.expect("bind");
+    let l = LinkListener::bind(&cfg(Role::Protocol, b"right", kind), any_addr())
+        .await
+        .expect("bind");
     let bad = connect(&cfg(Role::Encoder, b"wrong", kind), l.local_addr()).await;
-    assert!(matches!(bad, Err(LinkError::AuthFailed | LinkError::PeerRejectedKey)), "{:?}", bad.err());
+    assert!(
+        matches!(bad, Err(LinkError::AuthFailed | LinkError::PeerRejectedKey)),
+        "{:?}",
+        bad.err()
+    );
     let ccfg = cfg(Role::Encoder, b"right", kind);
     let (good, acc) = tokio::join!(connect(&ccfg, l.local_addr()), l.accept());
     good.expect("good connect");
@@ -148,9 +184,22 @@ async fn uring_wrong_key() {
 
 #[tokio::test]
 async fn same_role_is_refused() {
-    let l = LinkListener::bind(&cfg(Role::Encoder, b"k", TransportKind::Tcp), any_addr()).await.expect("bind");
-    let r = connect(&cfg(Role::Encoder, b"k", TransportKind::Tcp), l.local_addr()).await;
-    assert!(matches!(r, Err(LinkError::SameRole(Role::Encoder) | LinkError::Peer { .. })), "{:?}", r.err());
+    let l = LinkListener::bind(&cfg(Role::Encoder, b"k", TransportKind::Tcp), any_addr())
+        .await
+        .expect("bind");
+    let r = connect(
+        &cfg(Role::Encoder, b"k", TransportKind::Tcp),
+        l.local_addr(),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(LinkError::SameRole(Role::Encoder) | LinkError::Peer { .. })
+        ),
+        "{:?}",
+        r.err()
+    );
 }
 
 /// Reads one message from a raw socket; `None` at EOF.
@@ -169,10 +218,17 @@ async fn read_msg(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Message> {
 async fn expect_malformed_reply(s: &mut TcpStream) {
     let mut buf = BytesMut::new();
     let mut saw = false;
-    while let Some(m) = tokio::time::timeout(T, read_msg(s, &mut buf)).await.expect("reply in time") {
+    while let Some(m) = tokio::time::timeout(T, read_msg(s, &mut buf))
+        .await
+        .expect("reply in time")
+    {
         match m {
             Message::Hello { .. } => {}
-            Message::Error { code: ErrorCode::Malformed, channel: 0, .. } => saw = true,
+            Message::Error {
+                code: ErrorCode::Malformed,
+                channel: 0,
+                ..
+            } => saw = true,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -180,7 +236,9 @@ async fn expect_malformed_reply(s: &mut TcpStream) {
 }
 
 async fn bad_peers(kind: TransportKind) {
-    let l = LinkListener::bind(&cfg(Role::Protocol, b"k", kind), any_addr()).await.expect("bind");
+    let l = LinkListener::bind(&cfg(Role::Protocol, b"k", kind), any_addr())
+        .await
+        .expect("bind");
     let addr = l.local_addr();
     // A peer that stays silent must not block the others (handshakes run concurrently).
     let _silent = TcpStream::connect(addr).await.expect("connect");
@@ -188,7 +246,11 @@ async fn bad_peers(kind: TransportKind) {
     let mut frame = BytesMut::new();
     codec::encode(&mixed(3, 1), &mut frame).expect("encode");
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
-        ("garbage", b"\x00\x00\x00\x05\xde\xad\xbe\xef\x00".to_vec(), false),
+        (
+            "garbage",
+            b"\x00\x00\x00\x05\xde\xad\xbe\xef\x00".to_vec(),
+            false,
+        ),
         ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
         ("1 GiB length prefix", vec![0x40, 0, 0, 0, 0, 1, 13], false),
         ("truncated frame", frame[..frame.len() / 2].to_vec(), true),
@@ -205,8 +267,14 @@ async fn bad_peers(kind: TransportKind) {
     let ccfg = cfg(Role::Encoder, b"k", kind);
     let (good, acc) = tokio::join!(connect(&ccfg, addr), l.accept());
     let (good, mut acc) = (good.expect("good connect"), acc.expect("good accept"));
-    good.sender.send(Message::Pause { channel: 5 }).await.expect("send");
-    assert_eq!(acc.receiver.recv().await.expect("recv"), Message::Pause { channel: 5 });
+    good.sender
+        .send(Message::Pause { channel: 5 })
+        .await
+        .expect("send");
+    assert_eq!(
+        acc.receiver.recv().await.expect("recv"),
+        Message::Pause { channel: 5 }
+    );
 }
 
 #[tokio::test]
@@ -222,13 +290,22 @@ async fn uring_bad_peers_then_good_one() {
 /// An authenticated peer that then sends garbage: the receiver gets a decode error.
 async fn malformed_after_handshake(kind: TransportKind) {
     let key = b"k";
-    let l = LinkListener::bind(&cfg(Role::Protocol, key, kind), any_addr()).await.expect("bind");
+    let l = LinkListener::bind(&cfg(Role::Protocol, key, kind), any_addr())
+        .await
+        .expect("bind");
     let mut s = TcpStream::connect(l.local_addr()).await.expect("connect");
     let client = async {
         let nonce = new_nonce();
         let mut out = BytesMut::new();
-        codec::encode(&Message::Hello { version: PROTOCOL_VERSION, role: Role::Encoder, nonce }, &mut out)
-            .expect("encode");
+        codec::encode(
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Encoder,
+                nonce,
+            },
+            &mut out,
+        )
+        .expect("encode");
         s.write_all(&out).await.expect("write");
         let mut buf = BytesMut::new();
         let Some(Message::Hello { nonce: theirs, .. }) = read_msg(&mut s, &mut buf).await else {
@@ -240,22 +317,48 @@ async fn malformed_after_handshake(kind: TransportKind) {
         codec::encode(&Message::Pause { channel: 1 }, &mut out).expect("encode");
         out.extend_from_slice(&[0, 0, 0, 3, 0, 1, 200]); // unknown kind
         s.write_all(&out).await.expect("write");
-        let Some(Message::Auth { .. }) = read_msg(&mut s, &mut buf).await else { panic!("no auth") };
+        let Some(Message::Auth { .. }) = read_msg(&mut s, &mut buf).await else {
+            panic!("no auth")
+        };
         (s, buf)
     };
     let (link, (mut s, mut buf)) = tokio::join!(l.accept(), client);
     let mut link = link.expect("accept");
-    assert_eq!(link.receiver.recv().await.expect("first"), Message::Pause { channel: 1 });
-    let e = tokio::time::timeout(T, link.receiver.recv()).await.expect("in time");
-    assert!(matches!(e, Err(LinkError::Decode(DecodeError::UnknownKind(200)))), "{e:?}");
+    assert_eq!(
+        link.receiver.recv().await.expect("first"),
+        Message::Pause { channel: 1 }
+    );
+    let e = tokio::time::timeout(T, link.receiver.recv())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(e, Err(LinkError::Decode(DecodeError::UnknownKind(200)))),
+        "{e:?}"
+    );
     assert!(matches!(link.receiver.recv().await, Err(LinkError::Closed)));
     // The peer is told, then the link is closed.
-    let reply = tokio::time::timeout(T, read_msg(&mut s, &mut buf)).await.expect("in time");
-    assert!(matches!(reply, Some(Message::Error { code: ErrorCode::Malformed, .. })), "{reply:?}");
+    let reply = tokio::time::timeout(T, read_msg(&mut s, &mut buf))
+        .await
+        .expect("in time");
+    assert!(
+        matches!(
+            reply,
+            Some(Message::Error {
+                code: ErrorCode::Malformed,
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
     // Sending on the dead link fails instead of hanging.
     let r = tokio::time::timeout(T, async {
         loop {
-            if link.sender.send(Message::Pause { channel: 1 }).await.is_err() {
+            if link
+                .sender
+                .send(Message::Pause { channel: 1 })
+                .await
+                .is_err()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -283,7 +386,9 @@ async fn backoff_waits_for_listener() {
     drop(probe);
     let server = async {
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let l = LinkListener::bind(&cfg(Role::Protocol, b"k", TransportKind::Tcp), addr).await.expect("bind");
+        let l = LinkListener::bind(&cfg(Role::Protocol, b"k", TransportKind::Tcp), addr)
+            .await
+            .expect("bind");
         l.accept().await.expect("accept")
     };
     let (c, _s) = tokio::time::timeout(T, async {
@@ -308,7 +413,16 @@ async fn oversized_message_is_refused_link_survives() {
         duration: 0,
         data: Bytes::from(vec![0u8; codec::MAX_MESSAGE_SIZE]),
     });
-    assert!(matches!(a.sender.send(huge).await, Err(LinkError::Encode(_))));
-    a.sender.send(Message::Resume { channel: 2 }).await.expect("send");
-    assert_eq!(b.receiver.recv().await.expect("recv"), Message::Resume { channel: 2 });
+    assert!(matches!(
+        a.sender.send(huge).await,
+        Err(LinkError::Encode(_))
+    ));
+    a.sender
+        .send(Message::Resume { channel: 2 })
+        .await
+        .expect("send");
+    assert_eq!(
+        b.receiver.recv().await.expect("recv"),
+        Message::Resume { channel: 2 }
+    );
 }

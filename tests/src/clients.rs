@@ -163,7 +163,12 @@ impl Topology {
     /// Plays `url` to the end with `gst-launch-1.0 -e rtspsrc ! decodebin ! fakesink`
     /// (one decode branch per stream, clock-synchronised sinks). Returns the finished
     /// command; success means GStreamer reached EOS and exited 0.
-    pub fn gst_play(&self, url: &str, transport: RtpTransport, timeout: Duration) -> Result<CmdOutput> {
+    pub fn gst_play(
+        &self,
+        url: &str,
+        transport: RtpTransport,
+        timeout: Duration,
+    ) -> Result<CmdOutput> {
         let location = format!("location={url}");
         let protocols = format!("protocols={}", transport.flag());
         self.run_in(

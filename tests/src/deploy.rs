@@ -83,7 +83,10 @@ impl Deployment {
         let rtsp_addr = SocketAddr::from((topo.rtsp_ip, RTSP_PORT));
         let link_addr = SocketAddr::from((topo.enc_ip, LINK_PORT));
         let key_file = topo.log_dir.join("link.key");
-        fs::write(&key_file, format!("divisor-test-key-{test}-0123456789abcdef\n"))?;
+        fs::write(
+            &key_file,
+            format!("divisor-test-key-{test}-0123456789abcdef\n"),
+        )?;
         let rtsp_listen = format!("0.0.0.0:{RTSP_PORT}");
         match kind {
             Kind::Split(t) => {

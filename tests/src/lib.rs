@@ -40,3 +40,56 @@ pub fn kind_label(kind: Kind) -> &'static str {
         Kind::Mono => "mono",
     }
 }
+
+/// Collects failed expectations so one run reports all of them, then panics at the end.
+#[derive(Debug, Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    pub fn new() -> Checks {
+        Checks::default()
+    }
+
+    /// Records `msg` unless `ok`.
+    pub fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) -> bool {
+        if !ok {
+            let m = msg();
+            eprintln!("CHECK FAILED: {m}");
+            self.failures.push(m);
+        }
+        ok
+    }
+
+    /// Records an error result.
+    pub fn ok<T>(&mut self, what: &str, r: anyhow::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.check(false, || format!("{what}: {e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Adds another collector's failures.
+    pub fn merge(&mut self, other: Checks) {
+        self.failures.extend(other.failures);
+    }
+
+    pub fn failures(&self) -> &[String] {
+        &self.failures
+    }
+
+    /// Panics listing every failure, if any.
+    pub fn finish(self) {
+        if !self.failures.is_empty() {
+            panic!(
+                "{} check(s) failed:\n - {}",
+                self.failures.len(),
+                self.failures.join("\n - ")
+            );
+        }
+    }
+}

@@ -46,17 +46,44 @@ const RECIPES: &[Recipe] = &[
     Recipe {
         name: CLIP_MP4,
         secs: 4,
-        args: &["-bf", "0", "-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart"],
+        args: &[
+            "-bf",
+            "0",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-movflags",
+            "+faststart",
+        ],
     },
     Recipe {
         name: BFRAMES_MP4,
         secs: 4,
-        args: &["-bf", "2", "-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart"],
+        args: &[
+            "-bf",
+            "2",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-movflags",
+            "+faststart",
+        ],
     },
     Recipe {
         name: LONG_MP4,
         secs: 10,
-        args: &["-bf", "0", "-c:a", "aac", "-b:a", "64k", "-movflags", "+faststart"],
+        args: &[
+            "-bf",
+            "0",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-movflags",
+            "+faststart",
+        ],
     },
     Recipe {
         name: CLIP_MKV,
@@ -177,17 +204,21 @@ pub fn asset(name: &str) -> Result<AssetInfo> {
         return Ok(a.clone());
     }
     let info = probe_file(name, &asset_path(name)?)?;
-    cache
-        .lock()
-        .unwrap()
-        .insert(name.to_string(), info.clone());
+    cache.lock().unwrap().insert(name.to_string(), info.clone());
     Ok(info)
 }
 
 fn probe_file(name: &str, path: &Path) -> Result<AssetInfo> {
     let out = run(
         Command::new("ffprobe")
-            .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+            .args([
+                "-v",
+                "error",
+                "-show_streams",
+                "-show_format",
+                "-of",
+                "json",
+            ])
             .arg(path),
         Duration::from_secs(30),
     )?
@@ -207,7 +238,10 @@ fn probe_file(name: &str, path: &Path) -> Result<AssetInfo> {
     let frames = run(
         Command::new("ffprobe")
             .args(["-v", "error", "-select_streams", "v:0", "-show_frames"])
-            .args(["-show_entries", "frame=pts_time,best_effort_timestamp_time,key_frame"])
+            .args([
+                "-show_entries",
+                "frame=pts_time,best_effort_timestamp_time,key_frame",
+            ])
             .args(["-of", "json"])
             .arg(path),
         Duration::from_secs(60),
@@ -246,5 +280,6 @@ fn probe_file(name: &str, path: &Path) -> Result<AssetInfo> {
 
 /// A number that ffprobe may print as a JSON number or as a string.
 pub fn json_f64(v: &Value) -> Option<f64> {
-    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }

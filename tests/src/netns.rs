@@ -49,6 +49,8 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Stopped on purpose by [`Topology::stop`]: not an early exit.
+    stopped: bool,
 }
 
 /// Three namespaces joined by two veth pairs. Dropping it stops every process started in
@@ -183,7 +185,10 @@ impl Topology {
         let f = OpenOptions::new().create(true).append(true).open(&log)?;
         let mut cmd = self.command(node, program);
         cmd.args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            )
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
@@ -199,6 +204,7 @@ impl Topology {
             name: name.to_string(),
             child,
             log,
+            stopped: false,
         });
         Ok(())
     }
@@ -275,7 +281,7 @@ impl Topology {
     /// Error if any spawned process has exited, with its log tail.
     pub fn check_alive(&self) -> Result<()> {
         let mut procs = self.procs.lock().unwrap();
-        for p in procs.iter_mut() {
+        for p in procs.iter_mut().filter(|p| !p.stopped) {
             if let Ok(Some(st)) = p.child.try_wait() {
                 let log = fs::read_to_string(&p.log).unwrap_or_default();
                 bail!(
@@ -301,6 +307,7 @@ impl Topology {
     pub fn stop(&self, name: &str) {
         let mut procs = self.procs.lock().unwrap();
         if let Some(p) = procs.iter_mut().find(|p| p.name == name) {
+            p.stopped = true;
             kill_group(&mut p.child, Duration::from_secs(3));
         }
     }

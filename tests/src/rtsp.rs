@@ -84,6 +84,11 @@ impl RtspConn {
         })
     }
 
+    /// Another handle to the socket (e.g. to write from a second thread).
+    pub fn try_clone_stream(&self) -> Result<TcpStream> {
+        Ok(self.stream.try_clone()?)
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes)?;
@@ -91,11 +96,19 @@ impl RtspConn {
     }
 
     /// Sends a request with the next CSeq (and Session, once known) and returns the reply.
-    pub fn request(&mut self, method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
         self.cseq += 1;
         let mut req = format!("{method} {url} RTSP/1.0\r\nCSeq: {}\r\n", self.cseq);
         if let Some(s) = &self.session {
-            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("Session")) {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("Session"))
+            {
                 req.push_str(&format!("Session: {s}\r\n"));
             }
         }
@@ -109,7 +122,10 @@ impl RtspConn {
             .with_context(|| format!("reply to {method} {url}"))?;
         let cseq = r.header("CSeq").map(str::trim);
         if cseq != Some(self.cseq.to_string().as_str()) {
-            bail!("{method} reply CSeq {cseq:?}, expected {}: {r:?}", self.cseq);
+            bail!(
+                "{method} reply CSeq {cseq:?}, expected {}: {r:?}",
+                self.cseq
+            );
         }
         if self.session.is_none() && r.status == 200 {
             self.session = r.session();
@@ -162,7 +178,8 @@ impl RtspConn {
             if left.is_zero() {
                 return Ok(None);
             }
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => self.closed = true,

@@ -8,12 +8,7 @@ use std::time::Duration;
 
 /// Dissector options: RTSP on our port (so tshark reads SDP and SETUP transports and knows
 /// each RTP stream's payload type and clock rate) and heuristic RTP as a fallback.
-const DECODE_OPTS: &[&str] = &[
-    "-o",
-    "rtp.heuristic_rtp:TRUE",
-    "-d",
-    "tcp.port==8554,rtsp",
-];
+const DECODE_OPTS: &[&str] = &["-o", "rtp.heuristic_rtp:TRUE", "-d", "tcp.port==8554,rtsp"];
 
 /// One row of `tshark -z rtp,streams`.
 #[derive(Debug, Clone)]
@@ -95,7 +90,14 @@ pub fn rtp_packets(file: &Path) -> Result<Vec<RtpPacket>> {
             .arg(file)
             .args(DECODE_OPTS)
             .args(["-Y", "rtp && !rtcp", "-T", "fields", "-E", "separator=,"])
-            .args(["-e", "frame.time_relative", "-e", "rtp.ssrc", "-e", "rtp.p_type"])
+            .args([
+                "-e",
+                "frame.time_relative",
+                "-e",
+                "rtp.ssrc",
+                "-e",
+                "rtp.p_type",
+            ])
             .args(["-e", "rtp.seq", "-e", "rtp.timestamp"]),
         Duration::from_secs(60),
     )?

@@ -28,7 +28,10 @@ fn topology_links_namespaces_and_cleans_up() {
         assert!(ping(Node::Protocol, t.enc_ip));
         assert!(ping(Node::Protocol, t.client_ip));
         assert!(ping(Node::Client, t.rtsp_ip));
-        assert!(!ping(Node::Client, t.enc_ip), "client must not reach the encoder");
+        assert!(
+            !ping(Node::Client, t.enc_ip),
+            "client must not reach the encoder"
+        );
 
         // A server in one ns, reached from a socket opened in another.
         t.spawn_in(
@@ -74,7 +77,11 @@ fn commands_time_out_and_are_killed() {
     .unwrap();
     assert!(out.timed_out);
     assert!(!out.success());
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     let ok = cmd::run(
         Command::new("sh").args(["-c", "echo hi; echo oops >&2; exit 3"]),
         Duration::from_secs(5),

@@ -568,6 +568,7 @@ impl FileSource {
                 ffi::AVSEEK_FLAG_BACKWARD as i32,
             )
         };
+        eprintln!("DBG seek_raw target {target_ms} ts {ts} ret {ret}");
         if ret >= 0 {
             return Ok(());
         }
@@ -593,6 +594,7 @@ impl FileSource {
                 return Ok(None);
             };
             scanned += 1;
+            eprintln!("DBG scan st {} pts {:?} dts {:?} key {} pos {}", pkt.stream(), pkt.pts(), pkt.dts(), pkt.is_key(), pkt.position());
             if pkt.stream() != anchor_stream {
                 self.pending.push_back(pkt);
                 continue;

@@ -11,7 +11,11 @@ pub fn pair() -> (Link, Link) {
     let (a_tx, b_rx) = mpsc::channel(QUEUE_DEPTH);
     let (b_tx, a_rx) = mpsc::channel(QUEUE_DEPTH);
     let end = |tx, rx| Link {
-        sender: LinkSender { tx, waker: None, _alive: None },
+        sender: LinkSender {
+            tx,
+            waker: None,
+            _alive: None,
+        },
         receiver: LinkReceiver {
             rx,
             shared: Arc::new(LinkShared::default()),

@@ -46,10 +46,18 @@ impl Transport for TcpTransport {
         let _ = self.stream.set_nodelay(true);
         let (rd, wr) = self.stream.into_split();
         let close = Arc::new(Notify::new());
-        let DriverEnds { outgoing, outgoing_weak, incoming, shared } = ends;
+        let DriverEnds {
+            outgoing,
+            outgoing_weak,
+            incoming,
+            shared,
+        } = ends;
         tokio::spawn(writer(wr, outgoing, shared.clone(), close.clone()));
         let reader = tokio::spawn(reader(rd, incoming, outgoing_weak, shared, close));
-        Ok(Started { guard: Some(Box::new(AbortOnDrop(reader.abort_handle()))), waker: None })
+        Ok(Started {
+            guard: Some(Box::new(AbortOnDrop(reader.abort_handle()))),
+            waker: None,
+        })
     }
 }
 
@@ -63,15 +71,14 @@ async fn reader(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let result: Result<(), LinkError> = async {
         loop {
-            loop {
-                match codec::decode_bytes(&mut buf)? {
-                    Some(m) => incoming.send(m).await.map_err(|_| LinkError::Closed)?,
-                    None => break,
-                }
+            while let Some(m) = codec::decode_bytes(&mut buf)? {
+                incoming.send(m).await.map_err(|_| LinkError::Closed)?;
             }
             // Reserve the whole of a large message at once; otherwise read in chunks.
             let want = match codec::peek_len(&buf)? {
-                Some(total) if total > buf.len() => (total - buf.len()).max(READ_CHUNK.min(64 * 1024)),
+                Some(total) if total > buf.len() => {
+                    (total - buf.len()).max(READ_CHUNK.min(64 * 1024))
+                }
                 _ => READ_CHUNK,
             };
             if buf.capacity() - buf.len() < want {
@@ -148,7 +155,10 @@ async fn writer(
             _ = close.notified(), if !closing => { closing = true; outgoing.close(); continue; }
         };
         let Some(first) = first else { break };
-        let mut batch = Batch { segs: Vec::new(), bytes: 0 };
+        let mut batch = Batch {
+            segs: Vec::new(),
+            bytes: 0,
+        };
         add_message(&first, &mut scratch, &mut batch);
         while batch.bytes < MAX_BATCH_BYTES && batch.segs.len() < MAX_IOV {
             match outgoing.try_recv() {
@@ -161,9 +171,14 @@ async fn writer(
         }
         let write = write_all_vectored(&mut wr, &mut batch.segs);
         let res = if closing {
-            tokio::time::timeout(CLOSE_FLUSH, write).await.unwrap_or_else(|_| {
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "flush on close timed out"))
-            })
+            tokio::time::timeout(CLOSE_FLUSH, write)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "flush on close timed out",
+                    ))
+                })
         } else {
             write.await
         };
@@ -186,8 +201,11 @@ async fn write_all_vectored(wr: &mut OwnedWriteHalf, segs: &mut [Bytes]) -> std:
             continue;
         }
         let n = {
-            let slices: Vec<IoSlice<'_>> =
-                segs[first..].iter().take(MAX_IOV).map(|s| IoSlice::new(s)).collect();
+            let slices: Vec<IoSlice<'_>> = segs[first..]
+                .iter()
+                .take(MAX_IOV)
+                .map(|s| IoSlice::new(s))
+                .collect();
             wr.write_vectored(&slices).await?
         };
         if n == 0 {

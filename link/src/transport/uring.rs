@@ -132,13 +132,18 @@ impl Transport for UringTransport {
         let mut probe = Probe::new();
         let zc_supported = ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::SendZc::CODE)
-            && std::env::var("DIVISOR_URING_ZC").map(|v| v != "0").unwrap_or(true);
+            && std::env::var("DIVISOR_URING_ZC")
+                .map(|v| v != "0")
+                .unwrap_or(true);
         let mut driver = Driver::new(ring, self.stream, waker.clone(), ends, zc_supported);
         std::thread::Builder::new()
             .name("divisor-link-uring".into())
             .spawn(move || driver.run())?;
         let w: Arc<dyn DriverWaker> = waker.clone();
-        Ok(Started { guard: Some(Box::new(RxGuard(waker))), waker: Some(w) })
+        Ok(Started {
+            guard: Some(Box::new(RxGuard(waker))),
+            waker: Some(w),
+        })
     }
 }
 
@@ -190,13 +195,25 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(ring: IoUring, stream: TcpStream, waker: Arc<UringWaker>, ends: DriverEnds, zc: bool) -> Driver {
+    fn new(
+        ring: IoUring,
+        stream: TcpStream,
+        waker: Arc<UringWaker>,
+        ends: DriverEnds,
+        zc: bool,
+    ) -> Driver {
         let fd = stream.as_raw_fd();
         let mut rbuf = vec![0u8; RBUF_SIZE].into_boxed_slice();
         let mut wbuf = vec![0u8; WBUF_SIZE].into_boxed_slice();
         let iovecs = [
-            libc::iovec { iov_base: rbuf.as_mut_ptr().cast(), iov_len: rbuf.len() },
-            libc::iovec { iov_base: wbuf.as_mut_ptr().cast(), iov_len: wbuf.len() },
+            libc::iovec {
+                iov_base: rbuf.as_mut_ptr().cast(),
+                iov_len: rbuf.len(),
+            },
+            libc::iovec {
+                iov_base: wbuf.as_mut_ptr().cast(),
+                iov_len: wbuf.len(),
+            },
         ];
         // SAFETY: both buffers are heap allocations owned by the driver, which keeps them
         // (and never moves their contents) until the ring is dropped.
@@ -204,7 +221,12 @@ impl Driver {
         if !fixed {
             tracing::debug!("io_uring buffer registration refused; using unregistered buffers");
         }
-        let DriverEnds { outgoing, outgoing_weak: _, incoming, shared } = ends;
+        let DriverEnds {
+            outgoing,
+            outgoing_weak: _,
+            incoming,
+            shared,
+        } = ends;
         Driver {
             ring,
             stream,
@@ -247,7 +269,10 @@ impl Driver {
     }
 
     fn write_finished(&self) -> bool {
-        (self.out_closed || self.write_failed) && self.ops.is_empty() && !self.write_inflight && self.held.is_none()
+        (self.out_closed || self.write_failed)
+            && self.ops.is_empty()
+            && !self.write_inflight
+            && self.held.is_none()
     }
 
     fn main_loop(&mut self) -> std::io::Result<()> {
@@ -345,14 +370,20 @@ impl Driver {
                         continue;
                     }
                     self.wlen += hdr;
-                    self.ops.push_back(WOp::Fixed { off: fixed_start, len: self.wlen - fixed_start });
+                    self.ops.push_back(WOp::Fixed {
+                        off: fixed_start,
+                        len: self.wlen - fixed_start,
+                    });
                     fixed_start = self.wlen;
                     self.ops.push_back(WOp::Payload(f.data.clone()));
                 }
                 _ if len > WBUF_SIZE => {
                     // A big control message (rare): encode it on its own.
                     if self.wlen > fixed_start {
-                        self.ops.push_back(WOp::Fixed { off: fixed_start, len: self.wlen - fixed_start });
+                        self.ops.push_back(WOp::Fixed {
+                            off: fixed_start,
+                            len: self.wlen - fixed_start,
+                        });
                         fixed_start = self.wlen;
                     }
                     let mut b = BytesMut::with_capacity(len);
@@ -378,7 +409,10 @@ impl Driver {
             }
         }
         if self.wlen > fixed_start {
-            self.ops.push_back(WOp::Fixed { off: fixed_start, len: self.wlen - fixed_start });
+            self.ops.push_back(WOp::Fixed {
+                off: fixed_start,
+                len: self.wlen - fixed_start,
+            });
         }
     }
 
@@ -402,9 +436,14 @@ impl Driver {
             Some(WOp::Fixed { off, len }) => {
                 let ptr = self.wbuf[*off..].as_ptr();
                 if self.fixed {
-                    opcode::WriteFixed::new(fd, ptr, *len as u32, 1).build().user_data(UD_WRITE)
+                    opcode::WriteFixed::new(fd, ptr, *len as u32, 1)
+                        .build()
+                        .user_data(UD_WRITE)
                 } else {
-                    opcode::Send::new(fd, ptr, *len as u32).flags(flags).build().user_data(UD_WRITE)
+                    opcode::Send::new(fd, ptr, *len as u32)
+                        .flags(flags)
+                        .build()
+                        .user_data(UD_WRITE)
                 }
             }
             Some(WOp::Payload(data)) => {
@@ -419,7 +458,10 @@ impl Driver {
                     self.zc_pending.insert(ud, data.clone());
                     e
                 } else {
-                    opcode::Send::new(fd, data.as_ptr(), data.len() as u32).flags(flags).build().user_data(UD_WRITE)
+                    opcode::Send::new(fd, data.as_ptr(), data.len() as u32)
+                        .flags(flags)
+                        .build()
+                        .user_data(UD_WRITE)
                 }
             }
         };
@@ -465,8 +507,11 @@ impl Driver {
     }
 
     fn reap(&mut self) {
-        let done: Vec<(u64, i32, u32)> =
-            self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())).collect();
+        let done: Vec<(u64, i32, u32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result(), c.flags()))
+            .collect();
         for (ud, res, flags) in done {
             match ud {
                 UD_READ => self.on_read(res),
@@ -555,7 +600,9 @@ impl Driver {
                     Some((b, _)) => b.get(6).copied(),
                     None => self.rbuf[self.rstart..self.rend].get(6).copied(),
                 };
-                self.decode_failed(DecodeError::Truncated { kind: kind.unwrap_or(0) });
+                self.decode_failed(DecodeError::Truncated {
+                    kind: kind.unwrap_or(0),
+                });
             } else {
                 self.finish_read(None);
             }
@@ -579,13 +626,17 @@ impl Driver {
                 if b.len() < *total {
                     return Ok(());
                 }
-                let Some((b, _)) = self.big.take() else { return Ok(()) };
+                let Some((b, _)) = self.big.take() else {
+                    return Ok(());
+                };
                 let m = codec::decode_whole(&b.freeze())?;
                 self.deliver(m);
                 continue;
             }
             let avail = &self.rbuf[self.rstart..self.rend];
-            let Some(total) = codec::peek_len(avail)? else { return Ok(()) };
+            let Some(total) = codec::peek_len(avail)? else {
+                return Ok(());
+            };
             if total >= ZC_THRESHOLD {
                 // Validate the version before committing memory to the message.
                 if avail.len() >= codec::LEN_PREFIX + 2 {
@@ -615,7 +666,7 @@ impl Driver {
         if self.pending_in.is_empty() {
             if let Some(tx) = &self.incoming {
                 match tx.try_send(m) {
-                    Ok(()) => return,
+                    Ok(()) => {}
                     Err(TrySendError::Full(m)) => self.pending_in.push_back(m),
                     Err(TrySendError::Closed(_)) => {
                         self.read_done = true;
@@ -692,7 +743,11 @@ impl Driver {
         self.waker.kick();
         self.incoming = None;
         let mut rounds = 0;
-        while self.read_inflight || self.efd_inflight || self.write_inflight || !self.zc_pending.is_empty() {
+        while self.read_inflight
+            || self.efd_inflight
+            || self.write_inflight
+            || !self.zc_pending.is_empty()
+        {
             if self.read_inflight || self.write_inflight {
                 // Make sure they complete: cancel whatever still waits.
                 let c = opcode::AsyncCancel::new(UD_READ).build().user_data(0);
@@ -706,7 +761,11 @@ impl Driver {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(_) => break,
             }
-            let done: Vec<(u64, u32)> = self.ring.completion().map(|c| (c.user_data(), c.flags())).collect();
+            let done: Vec<(u64, u32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.flags()))
+                .collect();
             for (ud, flags) in done {
                 match ud {
                     UD_READ => self.read_inflight = false,

@@ -297,8 +297,7 @@ mod tests {
             header: h.clone(),
             payload: Bytes::new(),
         };
-        let mut b: &mut [u8] = buf;
-        webrtc_util::marshal::Marshal::marshal_to(&p, &mut b).unwrap()
+        webrtc_util::marshal::Marshal::marshal_to(&p, buf).unwrap()
     }
 
     #[test]

@@ -26,6 +26,8 @@ const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAM
 struct Reply {
     headers: Vec<(HeaderName, String)>,
     body: Option<(&'static str, Vec<u8>)>,
+    /// Session to start sending once this reply is written.
+    start: Option<Arc<SessionHandle>>,
 }
 
 impl Reply {
@@ -35,8 +37,14 @@ impl Reply {
     }
 }
 
+/// The reply to write, and the session to start once it is written (after a PLAY).
+pub struct Responded {
+    pub bytes: Bytes,
+    pub start: Option<Arc<SessionHandle>>,
+}
+
 /// Answer one request; never fails: errors become RTSP error replies.
-pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Bytes {
+pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Responded {
     let cseq = req.header(&headers::CSEQ).map(|v| v.as_str().to_string());
     let url = req.request_uri().map(|u| u.as_str().to_string()).unwrap_or_default();
     let result = match &cseq {
@@ -46,6 +54,7 @@ pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Bytes {
     };
     match result {
         Ok(reply) => {
+            let start = reply.start.clone();
             let mut builder = Response::builder(Version::V1_0, StatusCode::Ok).header(headers::SERVER, SERVER_NAME);
             if let Some(cseq) = &cseq {
                 builder = builder.header(headers::CSEQ, cseq.as_str());
@@ -60,11 +69,17 @@ pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Bytes {
                 }
                 None => Vec::new(),
             };
-            serialize(&builder.build(body))
+            Responded {
+                bytes: serialize(&builder.build(body)),
+                start,
+            }
         }
         Err(e) => {
             warn!(peer = %conn.peer, method = ?req.method(), %url, "RTSP {e}");
-            super::error_response(cseq.as_deref(), &e)
+            Responded {
+                bytes: super::error_response(cseq.as_deref(), &e),
+                start: None,
+            }
         }
     }
 }
@@ -312,10 +327,13 @@ async fn play(req: &Request<Vec<u8>>, session: Arc<SessionHandle>) -> Result<Rep
         Some(d) => format!("npt={}-{}", npt(info.start_ms), npt(d)),
         None => format!("npt={}-", npt(info.start_ms)),
     };
-    Ok(Reply::default()
-        .header(headers::SESSION, session.id.clone())
-        .header(headers::RANGE, range)
-        .header(headers::RTP_INFO, rtp_info.join(",")))
+    Ok(Reply {
+        start: Some(session.clone()),
+        ..Default::default()
+    }
+    .header(headers::SESSION, session.id.clone())
+    .header(headers::RANGE, range)
+    .header(headers::RTP_INFO, rtp_info.join(",")))
 }
 
 fn npt(ms: u64) -> String {

@@ -121,8 +121,12 @@ async fn read_loop(conn: &Connection, rd: &mut tokio::net::tcp::OwnedReadHalf) -
             match next_message(&mut buf) {
                 Framed::Request(req) => {
                     let response = methods::respond(conn, &req).await;
-                    if conn.writer.send(response).await.is_err() {
+                    if conn.writer.send(response.bytes).await.is_err() {
                         return Ok(());
+                    }
+                    // The reply is queued ahead of any media on this connection.
+                    if let Some(session) = response.start {
+                        let _ = session.commands.send(Command::Go).await;
                     }
                 }
                 Framed::Interleaved { channel, data } => route_interleaved(conn, channel, data).await,

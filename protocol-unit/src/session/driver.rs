@@ -48,7 +48,8 @@ pub enum Command {
         sink: Sink,
         reply: oneshot::Sender<Result<u32, SessionError>>,
     },
-    /// Start (or jump to `start_ms`), or resume when `start_ms` is `None` after a pause.
+    /// Prepare play from `start_ms` (a seek), or from where it stands when `None` after a
+    /// first play. Nothing is sent until [`Command::Go`].
     Play {
         start_ms: Option<u64>,
         reply: oneshot::Sender<Result<PlayInfo, SessionError>>,
@@ -56,6 +57,8 @@ pub enum Command {
     Pause {
         reply: oneshot::Sender<Result<u64, SessionError>>,
     },
+    /// The PLAY reply is on its way to the client: start sending.
+    Go,
     /// An RTCP packet the client sent over the interleaved connection.
     Rtcp { track: u8, packet: Bytes },
     Teardown,
@@ -84,6 +87,7 @@ pub fn spawn(
             last_seen,
             label,
             credits_granted: false,
+            user_paused: false,
         };
         driver.run(events, commands).await;
         for t in &driver.rtcp_tasks {
@@ -101,6 +105,8 @@ struct Driver {
     last_seen: Arc<Mutex<Instant>>,
     label: String,
     credits_granted: bool,
+    /// The client paused: the encoder was told to stop and must be told to resume.
+    user_paused: bool,
 }
 
 impl Driver {
@@ -179,13 +185,6 @@ impl Driver {
                 let now = Instant::now();
                 match start_ms {
                     None if self.playout.has_started() => {
-                        if !self.playout.is_playing() {
-                            self.playout.resume(now);
-                            self.send(Message::Resume {
-                                channel: self.channel.id,
-                            })
-                            .await;
-                        }
                         let start_ms = (self.playout.position_us(now) / 1000).max(0) as u64;
                         info!(session = %self.label, start_ms, "play (resume)");
                         let _ = reply.send(Ok(PlayInfo {
@@ -210,9 +209,22 @@ impl Driver {
                     }
                 }
             }
+            Command::Go => {
+                if !self.playout.is_playing() {
+                    self.playout.resume(Instant::now());
+                }
+                if self.user_paused {
+                    self.user_paused = false;
+                    self.send(Message::Resume {
+                        channel: self.channel.id,
+                    })
+                    .await;
+                }
+            }
             Command::Pause { reply } => {
                 let now = Instant::now();
                 self.playout.pause(now);
+                self.user_paused = true;
                 self.send(Message::Pause {
                     channel: self.channel.id,
                 })
@@ -238,7 +250,7 @@ impl Driver {
                 ..
             } => {
                 let now = Instant::now();
-                if self.playout.on_seek_done(request, position_ms, now) {
+                if self.playout.on_seek_done(request, position_ms) {
                     if let Some((pending, reply)) = self.pending_play.take() {
                         if pending == request {
                             info!(session = %self.label, position_ms, "playing");

@@ -167,15 +167,16 @@ impl Playout {
         request
     }
 
-    /// The encoder confirmed seek `request` at `position_ms`; play starts now.
-    /// Returns false (and changes nothing) for an outdated request.
-    pub fn on_seek_done(&mut self, request: u32, position_ms: u64, now: Instant) -> bool {
+    /// The encoder confirmed seek `request` at `position_ms`. The core waits, paused at
+    /// that position, for [`Playout::resume`]: the RTSP reply to PLAY must reach the client
+    /// before the first packet does. Returns false (and changes nothing) for an outdated
+    /// request.
+    pub fn on_seek_done(&mut self, request: u32, position_ms: u64) -> bool {
         if self.state != (State::Seeking { request }) {
             return false;
         }
-        self.state = State::Playing {
-            epoch: now,
-            epoch_media_us: position_ms as i64 * 1000,
+        self.state = State::Paused {
+            media_us: position_ms as i64 * 1000,
         };
         true
     }
@@ -436,7 +437,8 @@ mod tests {
         assert!(p.enable_track(0));
         let req = p.begin_seek();
         let t0 = Instant::now();
-        assert!(p.on_seek_done(req, 0, t0));
+        assert!(p.on_seek_done(req, 0));
+        p.resume(t0);
         for i in 0..10 {
             p.on_frame(frame(i * 3600, FrameFlags::empty()));
         }
@@ -458,8 +460,9 @@ mod tests {
         let first = p.begin_seek();
         let second = p.begin_seek();
         p.on_frame(frame(0, FrameFlags::empty()));
-        assert!(!p.on_seek_done(first, 0, Instant::now()));
-        assert!(p.on_seek_done(second, 4000, Instant::now()));
+        assert!(!p.on_seek_done(first, 0));
+        assert!(p.on_seek_done(second, 4000));
+        p.resume(Instant::now());
         let mut out = Vec::new();
         p.poll(Instant::now(), SystemTime::now(), &mut out);
         assert!(rtp(&out).is_empty());
@@ -472,7 +475,8 @@ mod tests {
         p.enable_track(0);
         let req = p.begin_seek();
         let t0 = Instant::now();
-        p.on_seek_done(req, 0, t0);
+        p.on_seek_done(req, 0);
+        p.resume(t0);
         p.pause(t0 + Duration::from_millis(500));
         let later = t0 + Duration::from_secs(10);
         assert_eq!(p.position_us(later), 500_000);
@@ -489,7 +493,8 @@ mod tests {
         p.enable_track(0);
         let req = p.begin_seek();
         let t0 = Instant::now();
-        p.on_seek_done(req, 0, t0);
+        p.on_seek_done(req, 0);
+        p.resume(t0);
         p.on_frame(frame(0, FrameFlags::KEYFRAME));
         p.on_frame(frame(3600, FrameFlags::END_OF_STREAM));
         let mut out = Vec::new();
@@ -505,7 +510,8 @@ mod tests {
         p.enable_track(0);
         let req = p.begin_seek();
         let t0 = Instant::now();
-        p.on_seek_done(req, 0, t0);
+        p.on_seek_done(req, 0);
+        p.resume(t0);
         for i in 0..5 {
             p.on_frame(frame(i * 3600, FrameFlags::empty()));
         }

@@ -1,0 +1,67 @@
+//! `divisor-mono`: the monolithic server. The same encoder-unit and protocol-unit code as
+//! the split deployment, in one process, joined by the in-process link. It exists so the
+//! monolithic-versus-split comparison measures the split, not a second implementation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use divisor_encoder::{serve_link, Catalog, Library};
+use divisor_protocol::server::{serve_rtsp, FrontEndConfig};
+use divisor_protocol::upstream::Upstream;
+use tracing::{error, info};
+
+/// Divisor monolithic server: encoder unit and protocol unit in one process, joined by an
+/// in-process link. Serves the files of --library to RTSP clients as
+/// rtsp://HOST:PORT/vod/<file>.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Folder of media files (MP4, MOV, MKV, MPEG-TS with H.264 and AAC or Opus).
+    #[arg(long, value_name = "DIR", default_value = "sample-library")]
+    library: PathBuf,
+
+    /// Where RTSP clients connect.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8554")]
+    rtsp_listen: SocketAddr,
+
+    /// Seconds without a request or RTCP report after which a client's session is dropped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    session_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let library = Arc::new(
+        Library::open(&args.library)
+            .with_context(|| format!("cannot open the media library {}", args.library.display()))?,
+    );
+    let scan = library.clone();
+    let catalog = Arc::new(tokio::task::spawn_blocking(move || Catalog::scan(&scan)).await?);
+
+    let (encoder_end, protocol_end) = divisor_link::mem_pair();
+    tokio::spawn(async move {
+        match serve_link(encoder_end, library, catalog).await {
+            Ok(()) => info!("in-process link closed"),
+            Err(e) => error!("encoder side of the in-process link failed: {e}"),
+        }
+    });
+    let upstream = Upstream::new();
+    upstream.attach(protocol_end);
+    let front = FrontEndConfig {
+        rtsp_listen: args.rtsp_listen,
+        session_timeout: Duration::from_secs(args.session_timeout.max(1)),
+    };
+    serve_rtsp(&front, upstream).await
+}
