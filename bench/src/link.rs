@@ -56,10 +56,15 @@ pub fn run(args: LinkArgs) -> Result<()> {
         "divisor-bench link: {} s per measurement after {} ms warm-up, 127.0.0.1, {} CPUs",
         args.seconds,
         WARM_UP.as_millis(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     println!();
-    println!("{:>10}  {:<12} {:>12} {:>10} {:>8}", "frame", "path", "frames/s", "Gbit/s", "vs raw");
+    println!(
+        "{:>10}  {:<12} {:>12} {:>10} {:>8}",
+        "frame", "path", "frames/s", "Gbit/s", "vs raw"
+    );
     for &size in &args.sizes {
         if size == 0 {
             return Err(anyhow!("frame sizes must be positive"));
@@ -71,7 +76,9 @@ pub fn run(args: LinkArgs) -> Result<()> {
                 TransportKind::Tcp => "link tcp",
                 TransportKind::Uring => "link uring",
             };
-            let r = rt.block_on(link(kind, size, secs)).with_context(|| format!("{name}, {size} B"))?;
+            let r = rt
+                .block_on(link(kind, size, secs))
+                .with_context(|| format!("{name}, {size} B"))?;
             print_row(size, name, &r, Some(r.fps() / raw.fps()));
         }
     }
@@ -86,8 +93,17 @@ fn print_row(size: usize, path: &str, r: &Rate, ratio: Option<f64>) {
     } else {
         format!("{size} B")
     };
-    let ratio = ratio.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into());
-    println!("{:>10}  {:<12} {:>12.0} {:>10.2} {:>8}", size_s, path, r.fps(), r.gbps(size), ratio);
+    let ratio = ratio
+        .map(|x| format!("{:.0}%", x * 100.0))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{:>10}  {:<12} {:>12.0} {:>10.2} {:>8}",
+        size_s,
+        path,
+        r.fps(),
+        r.gbps(size),
+        ratio
+    );
 }
 
 /// Counts `unit`-sized pieces arriving between the end of the warm-up and `secs` later.
@@ -100,7 +116,11 @@ struct Window {
 impl Window {
     fn new(secs: Duration) -> Window {
         let start = Instant::now() + WARM_UP;
-        Window { start, end: start + secs, counted: 0 }
+        Window {
+            start,
+            end: start + secs,
+            counted: 0,
+        }
     }
     /// Returns false once the window is over.
     fn add(&mut self, n: u64) -> bool {
@@ -148,16 +168,24 @@ fn raw_tcp(size: usize, secs: Duration) -> Result<Rate> {
     stop.store(true, Ordering::Relaxed);
     drop(r);
     let _ = writer.join();
-    Ok(Rate { frames: w.counted / size as u64, secs: w.secs() })
+    Ok(Rate {
+        frames: w.counted / size as u64,
+        secs: w.secs(),
+    })
 }
 
 /// One link of `kind`; a task sends frames of `size` payload bytes, this one counts them.
 async fn link(kind: TransportKind, size: usize, secs: Duration) -> Result<Rate> {
     let any: SocketAddr = "127.0.0.1:0".parse()?;
-    let cfg = |role| LinkConfig { key: b"divisor-bench".to_vec(), role, transport: kind };
+    let cfg = |role| LinkConfig {
+        key: b"divisor-bench".to_vec(),
+        role,
+        transport: kind,
+    };
     let listener = LinkListener::bind(&cfg(Role::Protocol), any).await?;
     let enc_cfg = cfg(Role::Encoder);
-    let (client, server) = tokio::join!(connect(&enc_cfg, listener.local_addr()), listener.accept());
+    let (client, server) =
+        tokio::join!(connect(&enc_cfg, listener.local_addr()), listener.accept());
     let (client, mut server) = (client?, server?);
     // One payload shared by every frame: what the encoder unit does with a frame it sends
     // once per channel; the link must not copy it.
@@ -197,5 +225,8 @@ async fn link(kind: TransportKind, size: usize, secs: Duration) -> Result<Rate> 
     let _ = send_task.await;
     drop(server);
     drop(client);
-    Ok(Rate { frames: w.counted, secs: w.secs() })
+    Ok(Rate {
+        frames: w.counted,
+        secs: w.secs(),
+    })
 }

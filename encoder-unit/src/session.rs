@@ -10,7 +10,7 @@
 //! end-of-stream markers need none). Credits survive seeks and pauses: the protocol unit
 //! grants its window once and returns the credits of frames it drops.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 
 use divisor_link::{
@@ -80,28 +80,36 @@ pub async fn serve_link(
         let (channel, command) = match msg {
             Message::Open { channel, asset } => {
                 if channel == 0 {
-                    reply_error(&sender, 0, ErrorCode::BadRequest, "channel 0 is the link itself")
-                        .await;
-                } else if channels.contains_key(&channel) {
-                    let text = format!("channel {channel} is already open");
-                    reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
+                    reply_error(
+                        &sender,
+                        0,
+                        ErrorCode::BadRequest,
+                        "channel 0 is the link itself",
+                    )
+                    .await;
                 } else {
-                    match spawn_channel(
-                        channel,
-                        asset,
-                        &peer,
-                        sender.clone(),
-                        library.clone(),
-                        catalog.clone(),
-                    ) {
-                        Ok(tx) => {
-                            channels.insert(channel, tx);
+                    match channels.entry(channel) {
+                        Entry::Occupied(_) => {
+                            let text = format!("channel {channel} is already open");
+                            reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
                         }
-                        Err(e) => {
-                            let text = format!("cannot start channel {channel}: {e}");
-                            warn!(%peer, "{text}");
-                            reply_error(&sender, channel, ErrorCode::Internal, &text).await;
-                        }
+                        Entry::Vacant(slot) => match spawn_channel(
+                            channel,
+                            asset,
+                            &peer,
+                            sender.clone(),
+                            library.clone(),
+                            catalog.clone(),
+                        ) {
+                            Ok(tx) => {
+                                slot.insert(tx);
+                            }
+                            Err(e) => {
+                                let text = format!("cannot start channel {channel}: {e}");
+                                warn!(%peer, "{text}");
+                                reply_error(&sender, channel, ErrorCode::Internal, &text).await;
+                            }
+                        },
                     }
                 }
                 continue;
@@ -448,7 +456,9 @@ impl Worker {
     /// One END_OF_STREAM frame per track (no credit needed); the channel stays open.
     fn end_of_stream(&mut self, error: Option<IngestError>) -> Result<(), Gone> {
         match error {
-            None => info!(peer = %self.peer, channel = self.channel, frames_sent = self.frames_sent, "end of stream"),
+            None => {
+                info!(peer = %self.peer, channel = self.channel, frames_sent = self.frames_sent, "end of stream")
+            }
             Some(e) => warn!(
                 peer = %self.peer,
                 channel = self.channel,

@@ -24,12 +24,18 @@ fn catalog_probes_assets_and_rejects_the_rest() {
     let mp4 = cat.get("av.mp4").expect("av.mp4 in catalog");
     assert_eq!(mp4.tracks.len(), 2);
     let v = &mp4.tracks[0];
-    assert_eq!((v.codec, v.width, v.height, v.clock_rate), (Codec::H264, 320, 240, 90000));
+    assert_eq!(
+        (v.codec, v.width, v.height, v.clock_rate),
+        (Codec::H264, 320, 240, 90000)
+    );
     assert_eq!(v.params.len(), 2, "SPS + PPS");
     assert_eq!(h264::nal_type(&v.params[0]), h264::NAL_SPS);
     assert_eq!(h264::nal_type(&v.params[1]), h264::NAL_PPS);
     let a = &mp4.tracks[1];
-    assert_eq!((a.codec, a.sample_rate, a.clock_rate, a.channels), (Codec::Aac, 44100, 44100, 1));
+    assert_eq!(
+        (a.codec, a.sample_rate, a.clock_rate, a.channels),
+        (Codec::Aac, 44100, 44100, 1)
+    );
     assert_eq!(a.params.len(), 1);
     let d = mp4.duration_ms.unwrap();
     assert!((5900..=6100).contains(&d), "duration {d}");
@@ -45,7 +51,10 @@ fn catalog_probes_assets_and_rejects_the_rest() {
     let txt = rejected.get("notes.txt").expect("notes.txt rejected");
     assert!(txt.contains("not playable media"), "{txt}");
     let avi = rejected.get("old.avi").expect("old.avi rejected");
-    assert!(avi.contains("no H.264, AAC or Opus track (found: mpeg4, mp3)"), "{avi}");
+    assert!(
+        avi.contains("no H.264, AAC or Opus track (found: mpeg4, mp3)"),
+        "{avi}"
+    );
     assert!(rejected.contains_key("cut.mp4"));
 }
 
@@ -72,24 +81,40 @@ fn frames_are_annexb_with_params_on_keyframes_and_timed_from_zero() {
         let first = video[0];
         assert!(first.flags.contains(FrameFlags::KEYFRAME), "{name}");
         // 0 for MP4 and TS; the MKV remux starts video 23 ms after audio.
-        assert!((0..=9000).contains(&first.pts), "{name}: first video pts {}", first.pts);
+        assert!(
+            (0..=9000).contains(&first.pts),
+            "{name}: first video pts {}",
+            first.pts
+        );
         let mut keyframes = 0;
         let mut pts_sorted: Vec<i64> = Vec::new();
         for f in &video {
             assert!(h264::looks_annexb(&f.data), "{name}: Annex B");
             assert!(f.dts <= f.pts, "{name}: dts {} > pts {}", f.dts, f.pts);
-            let types: Vec<u8> = h264::split_annexb(&f.data).iter().map(|n| h264::nal_type(n)).collect();
+            let types: Vec<u8> = h264::split_annexb(&f.data)
+                .iter()
+                .map(|n| h264::nal_type(n))
+                .collect();
             if f.flags.contains(FrameFlags::KEYFRAME) {
                 keyframes += 1;
-                assert!(types.contains(&h264::NAL_SPS) && types.contains(&h264::NAL_PPS), "{name}: {types:?}");
+                assert!(
+                    types.contains(&h264::NAL_SPS) && types.contains(&h264::NAL_PPS),
+                    "{name}: {types:?}"
+                );
                 assert!(types.contains(&h264::NAL_IDR), "{name}: {types:?}");
             }
             pts_sorted.push(f.pts);
         }
         assert!(keyframes >= 6, "{name}: {keyframes} keyframes");
         // B-frames: pts not monotonic in decode order, but dts is.
-        assert!(video.windows(2).all(|w| w[0].dts < w[1].dts), "{name}: dts increasing");
-        assert!(video.windows(2).any(|w| w[1].pts < w[0].pts), "{name}: B-frames reorder");
+        assert!(
+            video.windows(2).all(|w| w[0].dts < w[1].dts),
+            "{name}: dts increasing"
+        );
+        assert!(
+            video.windows(2).any(|w| w[1].pts < w[0].pts),
+            "{name}: B-frames reorder"
+        );
         pts_sorted.sort();
         // 25 fps in a 90 kHz clock.
         assert_eq!(pts_sorted[1] - pts_sorted[0], 3600, "{name}");
@@ -100,9 +125,16 @@ fn frames_are_annexb_with_params_on_keyframes_and_timed_from_zero() {
         // AudioSpecificConfig: AAC-LC, 44100 Hz (index 4), mono.
         assert_eq!(&tracks[1].params[0][..2], &[0x12, 0x08], "{name}");
         for f in &audio {
-            assert!(!(f.data.len() >= 2 && f.data[0] == 0xff && f.data[1] & 0xf0 == 0xf0), "{name}: ADTS left");
+            assert!(
+                !(f.data.len() >= 2 && f.data[0] == 0xff && f.data[1] & 0xf0 == 0xf0),
+                "{name}: ADTS left"
+            );
         }
-        assert!(audio[0].pts.abs() < 44100 / 10, "{name}: first audio pts {}", audio[0].pts);
+        assert!(
+            audio[0].pts.abs() < 44100 / 10,
+            "{name}: first audio pts {}",
+            audio[0].pts
+        );
         assert!(audio.windows(2).all(|w| w[0].pts < w[1].pts), "{name}");
     }
 }
@@ -116,7 +148,9 @@ fn seek_lands_on_a_keyframe_at_or_before_the_target() {
         let mut first_video = None;
         let mut audio_pts = Vec::new();
         for _ in 0..60 {
-            let Demuxed::Frame(f) = src.next_frame().unwrap() else { break };
+            let Demuxed::Frame(f) = src.next_frame().unwrap() else {
+                break;
+            };
             if f.track == 0 && first_video.is_none() {
                 first_video = Some(f.clone());
             }
@@ -130,7 +164,10 @@ fn seek_lands_on_a_keyframe_at_or_before_the_target() {
         assert!(!audio_pts.is_empty());
         // Audio starts together with video.
         for p in audio_pts {
-            assert!(p * 1000 / 44100 >= start as i64, "{name}: audio {p} before {start} ms");
+            assert!(
+                p * 1000 / 44100 >= start as i64,
+                "{name}: audio {p} before {start} ms"
+            );
         }
         // Back to the start, and past the end.
         assert!(src.seek(0).unwrap() <= 100, "{name}");
@@ -145,7 +182,9 @@ fn opus_track_passes_through() {
     let frames = all_frames(&mut src);
     let opus: Vec<&Frame> = frames.iter().filter(|f| f.track == 1).collect();
     assert!(opus.len() > 100);
-    assert!(opus.iter().all(|f| f.codec == Codec::Opus && !f.data.is_empty()));
+    assert!(opus
+        .iter()
+        .all(|f| f.codec == Codec::Opus && !f.data.is_empty()));
     // 20 ms packets in a 48 kHz clock.
     assert_eq!(opus[2].pts - opus[1].pts, 960);
 }

@@ -49,7 +49,11 @@ pub enum LinkMode {
 }
 
 /// Keep `upstream` attached to an encoder unit, forever.
-pub async fn maintain_link(upstream: Upstream, config: LinkConfig, mode: LinkMode) -> anyhow::Result<()> {
+pub async fn maintain_link(
+    upstream: Upstream,
+    config: LinkConfig,
+    mode: LinkMode,
+) -> anyhow::Result<()> {
     match mode {
         LinkMode::Connect(addr) => loop {
             let link = divisor_link::connect_with_backoff(&config, addr).await;

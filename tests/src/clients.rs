@@ -88,7 +88,7 @@ impl Topology {
                 [
                     "-v",
                     "error",
-                    "-rw_timeout",
+                    "-timeout",
                     "10000000",
                     "-rtsp_transport",
                     transport.flag(),
@@ -122,7 +122,7 @@ impl Topology {
             "-nostats",
             "-loglevel",
             "warning",
-            "-rw_timeout",
+            "-timeout",
             "10000000",
             "-rtsp_transport",
             transport.flag(),

@@ -52,7 +52,9 @@ pub fn parse_adts(data: &[u8]) -> Result<AdtsHeader, String> {
         | (usize::from(data[5]) >> 5);
     let header_len = if protection_absent { 7 } else { 9 };
     if usize::from(sampling_index) >= SAMPLE_RATES.len() {
-        return Err(format!("ADTS sampling frequency index {sampling_index} is reserved"));
+        return Err(format!(
+            "ADTS sampling frequency index {sampling_index} is reserved"
+        ));
     }
     if frame_len < header_len {
         return Err(format!(

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use divisor_link::{Codec, Frame, FrameFlags, TrackInfo};
-use ffmpeg_next as ffmpeg;
 use ffmpeg::{codec, ffi, format, media, Packet, Rational, Rescale};
+use ffmpeg_next as ffmpeg;
 
 use super::{aac, h264, IngestError};
 
@@ -36,9 +36,13 @@ pub enum Demuxed {
 #[derive(Clone, Copy, Debug)]
 enum Payload {
     /// H.264 with `Some(n)`: n-byte length prefixes (AVCC); `None`: already Annex B.
-    H264 { nal_length_size: Option<usize> },
+    H264 {
+        nal_length_size: Option<usize>,
+    },
     /// AAC; `adts` when packets carry ADTS headers to strip.
-    Aac { adts: bool },
+    Aac {
+        adts: bool,
+    },
     Opus,
 }
 
@@ -150,7 +154,7 @@ impl FileSource {
         };
         let raw_duration = input.duration();
         let duration_ms = (raw_duration != ffi::AV_NOPTS_VALUE && raw_duration > 0)
-            .then(|| (raw_duration / 1000) as u64);
+            .then_some((raw_duration / 1000) as u64);
 
         let mut tracks = Vec::new();
         for index in [video, audio].into_iter().flatten() {
@@ -363,7 +367,9 @@ impl FileSource {
     }
 
     fn track_of(&self, stream_index: usize) -> Option<usize> {
-        self.tracks.iter().position(|t| t.stream_index == stream_index)
+        self.tracks
+            .iter()
+            .position(|t| t.stream_index == stream_index)
     }
 
     /// Read the next packet of a wanted stream from the file itself (not the queue).
@@ -408,10 +414,51 @@ impl FileSource {
             let Some(ti) = self.track_of(pkt.stream()) else {
                 continue;
             };
+            let mut pkt = pkt;
+            if pkt.dts().is_none() && pkt.pts().is_some() {
+                self.fill_dts(&mut pkt)?;
+            }
             if let Some(frame) = self.convert(ti, &pkt) {
                 return Ok(Demuxed::Frame(frame));
             }
         }
+    }
+
+    /// Some demuxers (Matroska with B-frames, right after the start or a seek) leave the
+    /// dts of the first packets unset. Extrapolate it back from the next packet of the
+    /// same stream that has one, looking ahead (and queueing) a few packets.
+    fn fill_dts(&mut self, pkt: &mut Packet) -> Result<(), IngestError> {
+        const LOOKAHEAD: usize = 64;
+        let stream = pkt.stream();
+        let mut i = 0;
+        let mut between = 0i64;
+        while i < LOOKAHEAD {
+            if i == self.pending.len() {
+                match self.read_from_input()? {
+                    Some(p) => self.pending.push_back(p),
+                    None => return Ok(()),
+                }
+            }
+            let p = &self.pending[i];
+            i += 1;
+            if p.stream() != stream {
+                continue;
+            }
+            between += 1;
+            if let Some(known) = p.dts() {
+                let step = if pkt.duration() > 0 {
+                    pkt.duration()
+                } else {
+                    p.duration()
+                };
+                if step > 0 {
+                    let dts = known - between * step;
+                    pkt.set_dts(Some(dts.min(pkt.pts().unwrap_or(dts))));
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Turn one packet into a frame; `None` to skip it (empty, undecodable sample,
@@ -523,27 +570,28 @@ impl FileSource {
     /// Seek to the keyframe at or before `position_ms` (of the first track: video when
     /// there is one) and return the position in ms where frames really start again. Frames
     /// of the other tracks earlier than that are dropped so all tracks start together.
+    /// Past the end, this is the last keyframe.
     pub fn seek(&mut self, position_ms: u64) -> Result<u64, IngestError> {
         let asked = i64::try_from(position_ms).unwrap_or(i64::MAX / 2000);
         let mut target = asked;
         let mut back_off = 1000;
         loop {
             self.seek_raw(target)?;
-            match self.scan_to_keyframe()? {
+            match self.scan_to_keyframe(asked)? {
                 Some(start_ms) if start_ms <= asked || target == 0 => {
                     let start_ms = start_ms.max(0);
                     self.drop_before_ms = Some(start_ms);
                     return Ok(start_ms as u64);
                 }
-                // The demuxer overshot (inexact index, e.g. MPEG-TS): go further back.
+                // The demuxer overshot (inexact seeking, e.g. MPEG-TS): go further back.
                 Some(_) => {}
-                // Nothing after that point: the target is past the last keyframe.
                 None if target == 0 => {
                     return Err(IngestError::Seek(format!(
                         "no keyframe in {}",
                         self.path.display()
                     )))
                 }
+                // Nothing after that point: the target is past the last keyframe.
                 None => {}
             }
             target = (target - back_off).max(0);
@@ -551,10 +599,31 @@ impl FileSource {
         }
     }
 
+    /// Formats whose seeking is a timestamp search over the byte stream (no index):
+    /// it may land after the keyframe it should find, so position 0 is sought by byte.
+    fn seeks_by_search(&self) -> bool {
+        matches!(
+            self.input.format().name(),
+            "mpegts" | "mpeg" | "mpegvideo" | "h264" | "aac"
+        )
+    }
+
     fn seek_raw(&mut self, target_ms: i64) -> Result<(), IngestError> {
         self.pending.clear();
         self.drop_before_ms = None;
+        for t in &mut self.tracks {
+            (t.last_pts, t.last_dts, t.last_duration) = (0, 0, 0);
+        }
         self.consecutive_errors = 0;
+        if target_ms == 0 && self.seeks_by_search() {
+            // SAFETY: the context is open and owned by `self.input`.
+            let ret = unsafe {
+                ffi::av_seek_frame(self.input.as_mut_ptr(), -1, 0, ffi::AVSEEK_FLAG_BYTE)
+            };
+            if ret >= 0 {
+                return Ok(());
+            }
+        }
         let anchor = &self.tracks[0];
         let abs_us = self.start_us + target_ms.saturating_mul(1000);
         let ts = abs_us.rescale(MICROS, anchor.time_base);
@@ -565,10 +634,9 @@ impl FileSource {
                 self.input.as_mut_ptr(),
                 stream,
                 ts,
-                ffi::AVSEEK_FLAG_BACKWARD as i32,
+                ffi::AVSEEK_FLAG_BACKWARD,
             )
         };
-        eprintln!("DBG seek_raw target {target_ms} ts {ts} ret {ret}");
         if ret >= 0 {
             return Ok(());
         }
@@ -584,35 +652,63 @@ impl FileSource {
         })
     }
 
-    /// After a raw seek: read up to the first keyframe of the anchor track, queue it and
-    /// the packets of the other tracks met on the way, and return its pts in ms.
-    fn scan_to_keyframe(&mut self) -> Result<Option<i64>, IngestError> {
+    /// After a raw seek: find the last keyframe of the anchor track at or before `asked_ms`
+    /// (or, if the seek overshot, the first keyframe after it), queue it and everything
+    /// after, and return its position in ms. `None` at the end of the file.
+    fn scan_to_keyframe(&mut self, asked_ms: i64) -> Result<Option<i64>, IngestError> {
         let anchor_stream = self.tracks[0].stream_index;
+        let (time_base, clock, offset) = {
+            let t = &self.tracks[0];
+            (t.time_base, t.clock, t.offset)
+        };
+        let to_ms = |ts: i64| (ts.rescale(time_base, clock) - offset).rescale(clock, MILLIS);
+        let mut best: Option<i64> = None;
+        let mut queue: VecDeque<Packet> = VecDeque::new();
         let mut scanned = 0;
         while scanned < MAX_SEEK_SCAN_PACKETS {
             let Some(pkt) = self.read_from_input()? else {
-                return Ok(None);
+                break;
             };
             scanned += 1;
-            eprintln!("DBG scan st {} pts {:?} dts {:?} key {} pos {}", pkt.stream(), pkt.pts(), pkt.dts(), pkt.is_key(), pkt.position());
             if pkt.stream() != anchor_stream {
-                self.pending.push_back(pkt);
+                // Other tracks: kept, and trimmed to the start position when converted.
+                queue.push_back(pkt);
                 continue;
             }
-            if !pkt.is_key() || pkt.data().is_none_or(|d| d.is_empty()) {
-                continue;
+            let ts_ms = pkt.pts().or(pkt.dts()).map(to_ms);
+            let usable = pkt.is_key() && pkt.data().is_some_and(|d| !d.is_empty());
+            match (usable, ts_ms, best) {
+                (true, Some(ms), _) if ms <= asked_ms => {
+                    // A later keyframe still at or before the target: start there.
+                    best = Some(ms);
+                    queue.retain(|p| p.stream() != anchor_stream);
+                    queue.push_back(pkt);
+                }
+                (true, Some(ms), None) => {
+                    // The first keyframe is already past the target (overshoot or end).
+                    best = Some(ms);
+                    queue.push_back(pkt);
+                    break;
+                }
+                (_, _, None) => {} // before the first keyframe: undecodable, dropped
+                (_, _, Some(_)) => {
+                    let dts_ms = pkt.dts().or(pkt.pts()).map(to_ms);
+                    queue.push_back(pkt);
+                    // Decode order is dts order: nothing later can start at or before
+                    // the target once a dts has passed it.
+                    if dts_ms.is_some_and(|d| d > asked_ms) {
+                        break;
+                    }
+                }
             }
-            let t = &self.tracks[0];
-            let Some(ts) = pkt.pts().or(pkt.dts()) else {
-                continue;
-            };
-            let pts = ts.rescale(t.time_base, t.clock) - t.offset;
-            self.pending.push_back(pkt);
-            return Ok(Some(pts.rescale(t.clock, MILLIS)));
         }
-        Err(IngestError::Seek(format!(
-            "no keyframe within {MAX_SEEK_SCAN_PACKETS} packets after seeking {}",
-            self.path.display()
-        )))
+        if best.is_none() && scanned >= MAX_SEEK_SCAN_PACKETS {
+            return Err(IngestError::Seek(format!(
+                "no keyframe within {MAX_SEEK_SCAN_PACKETS} packets after seeking {}",
+                self.path.display()
+            )));
+        }
+        self.pending = queue;
+        Ok(best)
     }
 }

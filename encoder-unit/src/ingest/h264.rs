@@ -69,7 +69,11 @@ pub fn parse_avcc(data: &[u8]) -> Result<AvcConfig, String> {
     let num_sps = usize::from(data[pos] & 0x1f);
     pos += 1;
     let sps = read_list(num_sps, &mut pos)?;
-    let num_pps = usize::from(*data.get(pos).ok_or("avcC record ends before the PPS count")?);
+    let num_pps = usize::from(
+        *data
+            .get(pos)
+            .ok_or("avcC record ends before the PPS count")?,
+    );
     pos += 1;
     let pps = read_list(num_pps, &mut pos)?;
     Ok(AvcConfig {
@@ -90,7 +94,9 @@ pub fn split_avcc(data: &[u8], nal_length_size: usize) -> Result<Vec<&[u8]>, Str
         let prefix = data
             .get(pos..pos + nal_length_size)
             .ok_or_else(|| format!("truncated NAL length prefix at byte {pos}"))?;
-        let len = prefix.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = prefix
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         pos += nal_length_size;
         let nal = data.get(pos..pos + len).ok_or_else(|| {
             format!(
@@ -148,13 +154,15 @@ pub fn looks_annexb(data: &[u8]) -> bool {
 pub fn write_annexb(nals: &[&[u8]], params: Option<&[Bytes]>) -> Bytes {
     let has_sps = nals.iter().any(|n| nal_type(n) == NAL_SPS);
     let has_pps = nals.iter().any(|n| nal_type(n) == NAL_PPS);
-    let insert = params.filter(|p| !p.is_empty() && !(has_sps && has_pps));
+    let already = has_sps && has_pps;
+    let insert = params.filter(|p| !(p.is_empty() || already));
     let size: usize = nals.iter().map(|n| n.len() + 4).sum::<usize>()
         + insert.map_or(0, |p| p.iter().map(|n| n.len() + 4).sum());
     let mut out = BytesMut::with_capacity(size);
     let mut inserted = insert.is_none();
     for (i, nal) in nals.iter().enumerate() {
-        if !inserted && !(i == 0 && nal_type(nal) == NAL_AUD) {
+        let after_aud = i == 0 && nal_type(nal) == NAL_AUD;
+        if !(inserted || after_aud) {
             for p in insert.unwrap_or_default() {
                 out.put_slice(&START_CODE);
                 out.put_slice(p);
@@ -177,7 +185,10 @@ pub fn write_annexb(nals: &[&[u8]], params: Option<&[Bytes]>) -> Bytes {
 pub fn find_params(nals: &[&[u8]]) -> Option<Vec<Bytes>> {
     let sps = nals.iter().find(|n| nal_type(n) == NAL_SPS)?;
     let pps = nals.iter().find(|n| nal_type(n) == NAL_PPS)?;
-    Some(vec![Bytes::copy_from_slice(sps), Bytes::copy_from_slice(pps)])
+    Some(vec![
+        Bytes::copy_from_slice(sps),
+        Bytes::copy_from_slice(pps),
+    ])
 }
 
 #[cfg(test)]
@@ -274,7 +285,15 @@ mod tests {
 
     #[test]
     fn splits_annexb_three_and_four_byte_codes() {
-        let data = [&[0u8, 0, 0, 1][..], SPS, &[0, 0, 1], PPS, &[0, 0, 0, 1], IDR].concat();
+        let data = [
+            &[0u8, 0, 0, 1][..],
+            SPS,
+            &[0, 0, 1],
+            PPS,
+            &[0, 0, 0, 1],
+            IDR,
+        ]
+        .concat();
         assert_eq!(split_annexb(&data), vec![SPS, PPS, IDR]);
         assert!(looks_annexb(&data));
         assert_eq!(find_params(&split_annexb(&data)).unwrap().len(), 2);

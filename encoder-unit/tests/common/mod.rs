@@ -38,10 +38,18 @@ pub fn media() -> &'static Media {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let src = [
-            "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
             "sine=frequency=440:sample_rate=44100",
         ];
-        let x264 = ["-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-bf", "2", "-pix_fmt", "yuv420p"];
+        let x264 = [
+            "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-bf", "2", "-pix_fmt", "yuv420p",
+        ];
         let mut a: Vec<&str> = src.to_vec();
         a.extend(["-t", "6"]);
         a.extend(x264);
@@ -49,7 +57,18 @@ pub fn media() -> &'static Media {
         ffmpeg(&a, &root);
         ffmpeg(&["-i", "av.mp4", "-c", "copy", "av.mkv"], &root);
         ffmpeg(&["-i", "av.mp4", "-c", "copy", "av.ts"], &root);
-        ffmpeg(&["-i", "av.mp4", "-c", "copy", "-movflags", "+faststart", "fast.mp4"], &root);
+        ffmpeg(
+            &[
+                "-i",
+                "av.mp4",
+                "-c",
+                "copy",
+                "-movflags",
+                "+faststart",
+                "fast.mp4",
+            ],
+            &root,
+        );
         let mut a: Vec<&str> = src.to_vec();
         a.extend(["-t", "3"]);
         a.extend(x264);
@@ -72,8 +91,15 @@ pub fn media() -> &'static Media {
 pub fn ffprobe_video_frames(path: &Path) -> u64 {
     let out = Command::new("ffprobe")
         .args([
-            "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-            "stream=nb_read_frames", "-of", "csv=p=0",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
         ])
         .arg(path)
         .output()

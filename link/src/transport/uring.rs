@@ -28,7 +28,7 @@ use super::{DriverEnds, DriverWaker, LinkShared, Started, Transport};
 use crate::codec::{self, DecodeError};
 use crate::{ErrorCode, LinkError, Message};
 use bytes::{Buf, Bytes, BytesMut};
-use io_uring::{cqueue, opcode, types, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -45,6 +45,8 @@ const WBUF_SIZE: usize = 1024 * 1024;
 const ZC_THRESHOLD: usize = 64 * 1024;
 /// Ring size.
 const RING_ENTRIES: u32 = 64;
+/// Most write operations submitted as one linked chain.
+const MAX_CHAIN: usize = 16;
 
 const UD_READ: u64 = 1;
 const UD_EFD: u64 = 2;
@@ -183,7 +185,8 @@ struct Driver {
     wbuf: Box<[u8]>,
     wlen: usize,
     ops: VecDeque<WOp>,
-    write_inflight: bool,
+    /// Write operations of the current chain still in the kernel.
+    writes_inflight: usize,
     write_failed: bool,
     shut_wr: bool,
     zc_next: u64,
@@ -250,7 +253,7 @@ impl Driver {
             wbuf,
             wlen: 0,
             ops: VecDeque::new(),
-            write_inflight: false,
+            writes_inflight: 0,
             write_failed: false,
             shut_wr: false,
             zc_next: 0,
@@ -271,7 +274,7 @@ impl Driver {
     fn write_finished(&self) -> bool {
         (self.out_closed || self.write_failed)
             && self.ops.is_empty()
-            && !self.write_inflight
+            && self.writes_inflight == 0
             && self.held.is_none()
     }
 
@@ -283,11 +286,11 @@ impl Driver {
                 self.pending_in.clear();
                 self.incoming = None;
             }
-            if !self.write_inflight && !self.write_failed {
+            if self.writes_inflight == 0 && !self.write_failed {
                 if self.ops.is_empty() {
                     self.fill_batch();
                 }
-                self.submit_write();
+                self.submit_writes();
             }
             if self.write_finished() && !self.shut_wr {
                 self.shut_wr = true;
@@ -305,7 +308,7 @@ impl Driver {
 
             // Sleep only if there is nothing to do right now; the flags tell tokio-side
             // handles to wake us. Re-check after publishing them (see `UringWaker`).
-            let can_write = !self.write_inflight && !self.write_failed && !self.out_closed;
+            let can_write = self.writes_inflight == 0 && !self.write_failed && !self.out_closed;
             let mut wait = 1;
             if can_write || !self.pending_in.is_empty() {
                 self.waker.sleeping.store(true, Ordering::SeqCst);
@@ -428,45 +431,57 @@ impl Driver {
         }
     }
 
-    fn submit_write(&mut self) {
+    /// Submits the queued write operations as one linked chain: the kernel runs them in
+    /// order, and a short or failed one cancels the rest (sends use `MSG_WAITALL`, so a short
+    /// send means an error). Completions then advance the queue; cancelled operations stay
+    /// queued and go again in the next chain.
+    fn submit_writes(&mut self) {
         let fd = types::Fd(self.fd);
         let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
-        let entry = match self.ops.front() {
-            None => return,
-            Some(WOp::Fixed { off, len }) => {
-                let ptr = self.wbuf[*off..].as_ptr();
-                if self.fixed {
-                    opcode::WriteFixed::new(fd, ptr, *len as u32, 1)
-                        .build()
-                        .user_data(UD_WRITE)
-                } else {
-                    opcode::Send::new(fd, ptr, *len as u32)
-                        .flags(flags)
-                        .build()
-                        .user_data(UD_WRITE)
+        let n = self.ops.len().min(MAX_CHAIN);
+        let mut entries = Vec::with_capacity(n);
+        for (i, op) in self.ops.iter().take(n).enumerate() {
+            let e = match op {
+                WOp::Fixed { off, len } => {
+                    let ptr = self.wbuf[*off..].as_ptr();
+                    if self.fixed {
+                        opcode::WriteFixed::new(fd, ptr, *len as u32, 1)
+                            .build()
+                            .user_data(UD_WRITE)
+                    } else {
+                        opcode::Send::new(fd, ptr, *len as u32)
+                            .flags(flags)
+                            .build()
+                            .user_data(UD_WRITE)
+                    }
                 }
-            }
-            Some(WOp::Payload(data)) => {
-                if self.zc && data.len() >= ZC_THRESHOLD {
-                    let id = self.zc_next;
-                    self.zc_next += 1;
-                    let ud = (id << 8) | UD_ZC_TAG;
-                    let e = opcode::SendZc::new(fd, data.as_ptr(), data.len() as u32)
-                        .flags(flags)
-                        .build()
-                        .user_data(ud);
-                    self.zc_pending.insert(ud, data.clone());
-                    e
-                } else {
-                    opcode::Send::new(fd, data.as_ptr(), data.len() as u32)
-                        .flags(flags)
-                        .build()
-                        .user_data(UD_WRITE)
+                WOp::Payload(data) => {
+                    if self.zc && data.len() >= ZC_THRESHOLD {
+                        let ud = (self.zc_next << 8) | UD_ZC_TAG;
+                        self.zc_next += 1;
+                        self.zc_pending.insert(ud, data.clone());
+                        opcode::SendZc::new(fd, data.as_ptr(), data.len() as u32)
+                            .flags(flags)
+                            .build()
+                            .user_data(ud)
+                    } else {
+                        opcode::Send::new(fd, data.as_ptr(), data.len() as u32)
+                            .flags(flags)
+                            .build()
+                            .user_data(UD_WRITE)
+                    }
                 }
-            }
-        };
-        self.push(entry);
-        self.write_inflight = true;
+            };
+            entries.push(if i + 1 < n {
+                e.flags(squeue::Flags::IO_LINK)
+            } else {
+                e
+            });
+        }
+        for e in entries {
+            self.push(e);
+            self.writes_inflight += 1;
+        }
     }
 
     fn submit_read(&mut self) {
@@ -475,7 +490,11 @@ impl Driver {
             let want = *total - big.len();
             big.reserve(want);
             let spare = big.spare_capacity_mut();
-            opcode::Recv::new(fd, spare.as_mut_ptr().cast(), want.min(spare.len()) as u32).build()
+            // MSG_WAITALL: the kernel completes the read only when the whole message is in,
+            // instead of waking us for every chunk.
+            opcode::Recv::new(fd, spare.as_mut_ptr().cast(), want.min(spare.len()) as u32)
+                .flags(libc::MSG_WAITALL)
+                .build()
         } else {
             if self.rstart == self.rend {
                 self.rstart = 0;
@@ -528,7 +547,7 @@ impl Driver {
                         if res == -libc::EOPNOTSUPP || res == -libc::EINVAL {
                             tracing::debug!("zero-copy send refused; falling back to send");
                             self.zc = false;
-                            self.write_inflight = false;
+                            self.writes_inflight -= 1;
                         } else {
                             self.on_write(res);
                         }
@@ -540,9 +559,12 @@ impl Driver {
     }
 
     fn on_write(&mut self, res: i32) {
-        self.write_inflight = false;
-        if res == -libc::EINTR || res == -libc::EAGAIN {
-            return; // resubmitted as is
+        self.writes_inflight = self.writes_inflight.saturating_sub(1);
+        if self.write_failed {
+            return;
+        }
+        if res == -libc::ECANCELED || res == -libc::EINTR || res == -libc::EAGAIN {
+            return; // still queued: goes again in the next chain
         }
         if res <= 0 {
             let e = if res == 0 {
@@ -745,13 +767,14 @@ impl Driver {
         let mut rounds = 0;
         while self.read_inflight
             || self.efd_inflight
-            || self.write_inflight
+            || self.writes_inflight > 0
             || !self.zc_pending.is_empty()
         {
-            if self.read_inflight || self.write_inflight {
-                // Make sure they complete: cancel whatever still waits.
-                let c = opcode::AsyncCancel::new(UD_READ).build().user_data(0);
-                self.push(c);
+            if rounds == 0 {
+                // The shutdown makes socket operations complete; cancel them too, in case.
+                for ud in [UD_READ, UD_WRITE] {
+                    self.push(opcode::AsyncCancel::new(ud).build().user_data(0));
+                }
             }
             if self.efd_inflight {
                 self.waker.kick();
@@ -770,13 +793,13 @@ impl Driver {
                 match ud {
                     UD_READ => self.read_inflight = false,
                     UD_EFD => self.efd_inflight = false,
-                    UD_WRITE => self.write_inflight = false,
+                    UD_WRITE => self.writes_inflight = self.writes_inflight.saturating_sub(1),
                     zc if zc & 0xff == UD_ZC_TAG => {
                         if cqueue::notif(flags) || !cqueue::more(flags) {
                             self.zc_pending.remove(&zc);
                         }
                         if !cqueue::notif(flags) {
-                            self.write_inflight = false;
+                            self.writes_inflight = self.writes_inflight.saturating_sub(1);
                         }
                     }
                     _ => {}

@@ -20,7 +20,12 @@ use divisor_protocol::upstream::Upstream;
 struct Args {
     /// Dial the encoder unit at this address (it runs with --link-listen). Redials with
     /// backoff whenever the link drops.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7400", conflicts_with = "link_listen")]
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:7400",
+        conflicts_with = "link_listen"
+    )]
     link_connect: SocketAddr,
 
     /// Instead of dialling, wait for the encoder unit to dial in here (it runs with
@@ -57,8 +62,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let key = divisor_link::read_key_file(&args.link_key_file)
-        .with_context(|| format!("cannot read the link key from {}", args.link_key_file.display()))?;
+    let key = divisor_link::read_key_file(&args.link_key_file).with_context(|| {
+        format!(
+            "cannot read the link key from {}",
+            args.link_key_file.display()
+        )
+    })?;
     let link = LinkConfig {
         key,
         role: Role::Protocol,

@@ -4,7 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtsp_types::headers::{self, HeaderName, NptRange, NptTime, Range, RtpLowerTransport, RtpProfile, Transport, Transports};
+use rtsp_types::headers::{
+    self, HeaderName, NptRange, NptTime, Range, RtpLowerTransport, RtpProfile, Transport,
+    Transports,
+};
 use rtsp_types::{Method, Request, Response, StatusCode, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -19,7 +22,8 @@ use crate::session::{driver, Command, SessionHandle};
 /// How long a request may wait on the session or the encoder unit.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+const PUBLIC: &str =
+    "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 
 /// A successful answer: extra headers and an optional body.
 #[derive(Default)]
@@ -46,16 +50,22 @@ pub struct Responded {
 /// Answer one request; never fails: errors become RTSP error replies.
 pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Responded {
     let cseq = req.header(&headers::CSEQ).map(|v| v.as_str().to_string());
-    let url = req.request_uri().map(|u| u.as_str().to_string()).unwrap_or_default();
+    let url = req
+        .request_uri()
+        .map(|u| u.as_str().to_string())
+        .unwrap_or_default();
     let result = match &cseq {
         None => Err(RtspError::bad_request("CSeq header missing")),
-        Some(_) if req.version() != Version::V1_0 => Err(RtspError::new(505, "only RTSP/1.0 is spoken here")),
+        Some(_) if req.version() != Version::V1_0 => {
+            Err(RtspError::new(505, "only RTSP/1.0 is spoken here"))
+        }
         Some(_) => handle(conn, req).await,
     };
     match result {
         Ok(reply) => {
             let start = reply.start.clone();
-            let mut builder = Response::builder(Version::V1_0, StatusCode::Ok).header(headers::SERVER, SERVER_NAME);
+            let mut builder = Response::builder(Version::V1_0, StatusCode::Ok)
+                .header(headers::SERVER, SERVER_NAME);
             if let Some(cseq) = &cseq {
                 builder = builder.header(headers::CSEQ, cseq.as_str());
             }
@@ -97,16 +107,24 @@ async fn handle(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, Rtsp
         Method::Pause => pause(required(session)?).await,
         Method::Teardown => teardown(conn, required(session)?),
         // Keep-alive: any session it names was touched above.
-        Method::GetParameter | Method::SetParameter => Ok(with_session(Reply::default(), session.as_deref(), conn)),
+        Method::GetParameter | Method::SetParameter => {
+            Ok(with_session(Reply::default(), session.as_deref(), conn))
+        }
         Method::Announce | Method::Record | Method::Redirect | Method::PlayNotify => {
             Err(RtspError::new(405, "this server only plays"))
         }
-        Method::Extension(name) => Err(RtspError::new(501, format!("method {name} not implemented"))),
+        Method::Extension(name) => Err(RtspError::new(
+            501,
+            format!("method {name} not implemented"),
+        )),
     }
 }
 
 /// The session named by the `Session` header, if any; 454 if it names an unknown one.
-fn session_of(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Option<Arc<SessionHandle>>, RtspError> {
+fn session_of(
+    conn: &Connection,
+    req: &Request<Vec<u8>>,
+) -> Result<Option<Arc<SessionHandle>>, RtspError> {
     let Some(value) = req.header(&headers::SESSION) else {
         return Ok(None);
     };
@@ -119,7 +137,7 @@ fn session_of(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Option<Arc<Se
 }
 
 fn required(session: Option<Arc<SessionHandle>>) -> Result<Arc<SessionHandle>, RtspError> {
-    session.ok_or_else(|| RtspError::session_not_found())
+    session.ok_or_else(RtspError::session_not_found)
 }
 
 fn with_session(reply: Reply, session: Option<&SessionHandle>, conn: &Connection) -> Reply {
@@ -135,10 +153,18 @@ fn with_session(reply: Reply, session: Option<&SessionHandle>, conn: &Connection
 async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, RtspError> {
     let Target { asset, .. } = target::parse(req.request_uri())?;
     let channel = conn.ctx.upstream.open(&asset).await?;
-    let sdp = crate::sdp::describe(&channel.tracks, channel.duration_ms, conn.local.ip(), &asset)
-        .map_err(|e| RtspError::new(415, format!("cannot describe {asset}: {e}")))?;
+    let sdp = crate::sdp::describe(
+        &channel.tracks,
+        channel.duration_ms,
+        conn.local.ip(),
+        &asset,
+    )
+    .map_err(|e| RtspError::new(415, format!("cannot describe {asset}: {e}")))?;
     drop(channel);
-    let mut base = req.request_uri().map(|u| u.as_str().to_string()).unwrap_or_default();
+    let mut base = req
+        .request_uri()
+        .map(|u| u.as_str().to_string())
+        .unwrap_or_default();
     if !base.ends_with('/') {
         base.push('/');
     }
@@ -171,7 +197,10 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
                     Some((a, b)) => (a, b.unwrap_or(a.wrapping_add(1))),
                     None => (track * 2, track * 2 + 1),
                 };
-                return Ok(Wanted::Interleaved { rtp: rtp_ch, rtcp: rtcp_ch });
+                return Ok(Wanted::Interleaved {
+                    rtp: rtp_ch,
+                    rtcp: rtcp_ch,
+                });
             }
             None | Some(RtpLowerTransport::Udp) => {
                 let Some((rtp_port, rtcp)) = rtp.params.client_port else {
@@ -181,7 +210,10 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
                     continue;
                 }
                 let rtcp_port = rtcp.unwrap_or(rtp_port.saturating_add(1));
-                return Ok(Wanted::Udp { rtp_port, rtcp_port });
+                return Ok(Wanted::Udp {
+                    rtp_port,
+                    rtcp_port,
+                });
             }
             _ => continue,
         }
@@ -191,24 +223,40 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
     ))
 }
 
-async fn setup(conn: &Connection, req: &Request<Vec<u8>>, session: Option<Arc<SessionHandle>>) -> Result<Reply, RtspError> {
+async fn setup(
+    conn: &Connection,
+    req: &Request<Vec<u8>>,
+    session: Option<Arc<SessionHandle>>,
+) -> Result<Reply, RtspError> {
     let target = target::parse(req.request_uri())?;
-    let track = target
-        .track
-        .ok_or_else(|| RtspError::new(459, "SETUP names the presentation; name one track (…/trackID=N)"))?;
+    let track = target.track.ok_or_else(|| {
+        RtspError::new(
+            459,
+            "SETUP names the presentation; name one track (…/trackID=N)",
+        )
+    })?;
     let wanted = choose_transport(req, track)?;
     let session = match session {
         Some(s) if s.asset != target.asset => {
-            return Err(RtspError::new(459, "a session plays one asset; SETUP a new session for another"))
+            return Err(RtspError::new(
+                459,
+                "a session plays one asset; SETUP a new session for another",
+            ))
         }
         Some(s) => s,
         None => create_session(conn, &target.asset).await?,
     };
     if !session.tracks.iter().any(|t| t.track == track) {
-        return Err(RtspError::not_found(format!("{} has no track {track}", target.asset)));
+        return Err(RtspError::not_found(format!(
+            "{} has no track {track}",
+            target.asset
+        )));
     }
     let (sink, transport) = match wanted {
-        Wanted::Udp { rtp_port, rtcp_port } => {
+        Wanted::Udp {
+            rtp_port,
+            rtcp_port,
+        } => {
             let (rtp, rtcp) = bind_udp_pair(conn.local.ip())
                 .await
                 .map_err(|e| RtspError::new(500, format!("no UDP ports: {e}")))?;
@@ -235,7 +283,10 @@ async fn setup(conn: &Connection, req: &Request<Vec<u8>>, session: Option<Arc<Se
                 rtp_channel: rtp,
                 rtcp_channel: rtcp,
             };
-            (sink, format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}"))
+            (
+                sink,
+                format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}"),
+            )
         }
     };
     let ssrc = ask(&session, |reply| Command::Setup { track, sink, reply }).await??;
@@ -245,7 +296,8 @@ async fn setup(conn: &Connection, req: &Request<Vec<u8>>, session: Option<Arc<Se
         urls.push((track, url.as_str().to_string()));
     }
     info!(session = %session.id, asset = %session.asset, track, %transport, peer = %conn.peer, "setup");
-    Ok(with_session(Reply::default(), Some(&session), conn).header(headers::TRANSPORT, format!("{transport};ssrc={ssrc:08X}")))
+    Ok(with_session(Reply::default(), Some(&session), conn)
+        .header(headers::TRANSPORT, format!("{transport};ssrc={ssrc:08X}")))
 }
 
 async fn create_session(conn: &Connection, asset: &str) -> Result<Arc<SessionHandle>, RtspError> {
@@ -281,12 +333,18 @@ async fn ask<T>(
     match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(RtspError::session_not_found()),
-        Err(_) => Err(RtspError::new(504, "the encoder unit did not answer in time")),
+        Err(_) => Err(RtspError::new(
+            504,
+            "the encoder unit did not answer in time",
+        )),
     }
 }
 
 /// Requested start in milliseconds; `None` for "from where it is".
-fn requested_start(req: &Request<Vec<u8>>, duration_ms: Option<u64>) -> Result<Option<u64>, RtspError> {
+fn requested_start(
+    req: &Request<Vec<u8>>,
+    duration_ms: Option<u64>,
+) -> Result<Option<u64>, RtspError> {
     let range = req
         .typed_header::<Range>()
         .map_err(|_| RtspError::new(457, "malformed Range header"))?;
@@ -294,18 +352,27 @@ fn requested_start(req: &Request<Vec<u8>>, duration_ms: Option<u64>) -> Result<O
         None => return Ok(None),
         Some(Range::Npt(NptRange::From(t))) | Some(Range::Npt(NptRange::FromTo(t, _))) => t,
         Some(Range::Npt(NptRange::Empty)) => return Ok(None),
-        Some(_) => return Err(RtspError::new(457, "only npt ranges with a start are supported")),
+        Some(_) => {
+            return Err(RtspError::new(
+                457,
+                "only npt ranges with a start are supported",
+            ))
+        }
     };
     let ms = match start {
         NptTime::Now => return Ok(None),
         NptTime::Seconds(s, nanos) => s * 1000 + u64::from(nanos.unwrap_or(0)) / 1_000_000,
         NptTime::Hms(h, m, s, nanos) => {
-            ((h * 60 + u64::from(m)) * 60 + u64::from(s)) * 1000 + u64::from(nanos.unwrap_or(0)) / 1_000_000
+            ((h * 60 + u64::from(m)) * 60 + u64::from(s)) * 1000
+                + u64::from(nanos.unwrap_or(0)) / 1_000_000
         }
     };
     if let Some(d) = duration_ms {
         if ms > d {
-            return Err(RtspError::new(457, format!("start {ms} ms is past the end ({d} ms)")));
+            return Err(RtspError::new(
+                457,
+                format!("start {ms} ms is past the end ({d} ms)"),
+            ));
         }
     }
     Ok(Some(ms))
@@ -314,7 +381,11 @@ fn requested_start(req: &Request<Vec<u8>>, duration_ms: Option<u64>) -> Result<O
 async fn play(req: &Request<Vec<u8>>, session: Arc<SessionHandle>) -> Result<Reply, RtspError> {
     let start_ms = requested_start(req, session.duration_ms)?;
     let info = ask(&session, |reply| Command::Play { start_ms, reply }).await??;
-    let urls = session.track_urls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let urls = session
+        .track_urls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let rtp_info: Vec<String> = info
         .tracks
         .iter()
@@ -374,11 +445,30 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(requested_start(&request(None), Some(10_000)).unwrap(), None);
-        assert_eq!(requested_start(&request(Some("npt=5.000-")), Some(10_000)).unwrap(), Some(5000));
-        assert_eq!(requested_start(&request(Some("npt=0-")), None).unwrap(), Some(0));
-        assert_eq!(requested_start(&request(Some("npt=now-")), None).unwrap(), None);
-        assert_eq!(requested_start(&request(Some("npt=99-")), Some(10_000)).unwrap_err().status, 457);
-        assert_eq!(requested_start(&request(Some("npt=abc")), Some(10_000)).unwrap_err().status, 457);
+        assert_eq!(
+            requested_start(&request(Some("npt=5.000-")), Some(10_000)).unwrap(),
+            Some(5000)
+        );
+        assert_eq!(
+            requested_start(&request(Some("npt=0-")), None).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            requested_start(&request(Some("npt=now-")), None).unwrap(),
+            None
+        );
+        assert_eq!(
+            requested_start(&request(Some("npt=99-")), Some(10_000))
+                .unwrap_err()
+                .status,
+            457
+        );
+        assert_eq!(
+            requested_start(&request(Some("npt=abc")), Some(10_000))
+                .unwrap_err()
+                .status,
+            457
+        );
         assert_eq!(npt(4040), "4.040");
     }
 }

@@ -80,7 +80,11 @@ pub struct Connection {
     pub interleaved: Mutex<HashMap<u8, (Arc<SessionHandle>, u8)>>,
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<RtspContext>) -> std::io::Result<()> {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<RtspContext>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let local = stream.local_addr()?;
     let (mut rd, mut wr) = stream.into_split();
@@ -113,7 +117,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<RtspContext>) 
     result
 }
 
-async fn read_loop(conn: &Connection, rd: &mut tokio::net::tcp::OwnedReadHalf) -> std::io::Result<()> {
+async fn read_loop(
+    conn: &Connection,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         // Answer every complete message in the buffer.
@@ -129,7 +136,9 @@ async fn read_loop(conn: &Connection, rd: &mut tokio::net::tcp::OwnedReadHalf) -
                         let _ = session.commands.send(Command::Go).await;
                     }
                 }
-                Framed::Interleaved { channel, data } => route_interleaved(conn, channel, data).await,
+                Framed::Interleaved { channel, data } => {
+                    route_interleaved(conn, channel, data).await
+                }
                 Framed::Ignored => {}
                 Framed::NeedMore => break,
                 Framed::Invalid { cseq, reason } => {
@@ -159,10 +168,16 @@ async fn read_loop(conn: &Connection, rd: &mut tokio::net::tcp::OwnedReadHalf) -
 
 enum Framed {
     Request(Request<Vec<u8>>),
-    Interleaved { channel: u8, data: Bytes },
+    Interleaved {
+        channel: u8,
+        data: Bytes,
+    },
     Ignored,
     NeedMore,
-    Invalid { cseq: Option<String>, reason: String },
+    Invalid {
+        cseq: Option<String>,
+        reason: String,
+    },
 }
 
 /// Cut the next message off the front of `buf`.
@@ -181,7 +196,10 @@ fn next_message(buf: &mut BytesMut) -> Framed {
         let channel = buf[1];
         let mut frame = buf.split_to(4 + len).freeze();
         frame.advance(4);
-        return Framed::Interleaved { channel, data: frame };
+        return Framed::Interleaved {
+            channel,
+            data: frame,
+        };
     }
     // Stray line breaks between messages are allowed (RFC 2326 section 4).
     if buf[0] == b'\r' || buf[0] == b'\n' {
@@ -226,10 +244,15 @@ async fn route_interleaved(conn: &Connection, channel: u8, data: Bytes) {
         Some((session, track)) => {
             let _ = session
                 .commands
-                .send(Command::Rtcp { track, packet: data })
+                .send(Command::Rtcp {
+                    track,
+                    packet: data,
+                })
                 .await;
         }
-        None => debug!(peer = %conn.peer, channel, "interleaved data on an unknown channel dropped"),
+        None => {
+            debug!(peer = %conn.peer, channel, "interleaved data on an unknown channel dropped")
+        }
     }
 }
 
@@ -265,7 +288,9 @@ mod tests {
 
     #[test]
     fn frames_requests_interleaved_and_garbage() {
-        let mut buf = BytesMut::from(&b"OPTIONS rtsp://h/vod/a RTSP/1.0\r\nCSeq: 1\r\n\r\n$\x01\x00\x02ab"[..]);
+        let mut buf = BytesMut::from(
+            &b"OPTIONS rtsp://h/vod/a RTSP/1.0\r\nCSeq: 1\r\n\r\n$\x01\x00\x02ab"[..],
+        );
         assert!(matches!(next_message(&mut buf), Framed::Request(_)));
         match next_message(&mut buf) {
             Framed::Interleaved { channel, data } => {
@@ -277,7 +302,9 @@ mod tests {
         assert!(matches!(next_message(&mut buf), Framed::NeedMore));
         let mut partial = BytesMut::from(&b"DESCRIBE rtsp://h/vod/a RTSP/1.0\r\nCSeq: 2\r\n"[..]);
         assert!(matches!(next_message(&mut partial), Framed::NeedMore));
-        let mut bad = BytesMut::from(&b"DESCRIBE rtsp://h/vod/a RTSP/1.0\r\nCSeq: 7\r\nthis line has no colon\r\n\r\n"[..]);
+        let mut bad = BytesMut::from(
+            &b"DESCRIBE rtsp://h/vod/a RTSP/1.0\r\nCSeq: 7\r\nthis line has no colon\r\n\r\n"[..],
+        );
         match next_message(&mut bad) {
             Framed::Invalid { cseq, .. } => assert_eq!(cseq.as_deref(), Some("7")),
             _ => panic!("expected invalid"),

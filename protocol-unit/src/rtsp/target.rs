@@ -18,9 +18,11 @@ pub struct Target {
 pub fn parse(url: Option<&Url>) -> Result<Target, RtspError> {
     let url = url.ok_or_else(|| RtspError::bad_request("request URL missing"))?;
     let path = url.path();
-    let rest = path
-        .strip_prefix("/vod/")
-        .ok_or_else(|| RtspError::not_found(format!("no such resource {path}: URLs look like /vod/<file>")))?;
+    let rest = path.strip_prefix("/vod/").ok_or_else(|| {
+        RtspError::not_found(format!(
+            "no such resource {path}: URLs look like /vod/<file>"
+        ))
+    })?;
     let (encoded_asset, track) = match rest.rsplit_once('/') {
         Some((asset, last)) if last.starts_with("trackID=") => {
             let track = crate::sdp::parse_track_id(last)
@@ -39,7 +41,9 @@ pub fn parse(url: Option<&Url>) -> Result<Target, RtspError> {
     // The encoder unit checks paths against its library too; refusing here as well keeps
     // obviously hostile names from ever crossing the link.
     if asset.starts_with('/') || asset.split('/').any(|c| c == "..") || asset.contains('\0') {
-        return Err(RtspError::forbidden(format!("{asset:?} points outside the library")));
+        return Err(RtspError::forbidden(format!(
+            "{asset:?} points outside the library"
+        )));
     }
     Ok(Target { asset, track })
 }
@@ -56,15 +60,24 @@ mod tests {
     fn asset_and_track() {
         assert_eq!(
             p("rtsp://h:8554/vod/demo.mp4").unwrap(),
-            Target { asset: "demo.mp4".into(), track: None }
+            Target {
+                asset: "demo.mp4".into(),
+                track: None
+            }
         );
         assert_eq!(
             p("rtsp://h:8554/vod/demo.mp4/").unwrap(),
-            Target { asset: "demo.mp4".into(), track: None }
+            Target {
+                asset: "demo.mp4".into(),
+                track: None
+            }
         );
         assert_eq!(
             p("rtsp://h:8554/vod/dir/my%20clip.mkv/trackID=1").unwrap(),
-            Target { asset: "dir/my clip.mkv".into(), track: Some(1) }
+            Target {
+                asset: "dir/my clip.mkv".into(),
+                track: Some(1)
+            }
         );
     }
 

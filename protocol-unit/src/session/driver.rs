@@ -60,7 +60,10 @@ pub enum Command {
     /// The PLAY reply is on its way to the client: start sending.
     Go,
     /// An RTCP packet the client sent over the interleaved connection.
-    Rtcp { track: u8, packet: Bytes },
+    Rtcp {
+        track: u8,
+        packet: Bytes,
+    },
     Teardown,
 }
 
@@ -156,7 +159,10 @@ impl Driver {
                     let _ = reply.send(Err(SessionError::NoSuchTrack(track)));
                     return;
                 }
-                if let Sink::Udp { rtcp, rtcp_dest, .. } = &sink {
+                if let Sink::Udp {
+                    rtcp, rtcp_dest, ..
+                } = &sink
+                {
                     self.rtcp_tasks.push(spawn_rtcp_listener(
                         rtcp.clone(),
                         *rtcp_dest,

@@ -62,11 +62,20 @@ enum State {
     /// Set up, never played.
     Idle,
     /// Waiting for the encoder to confirm seek `request`; frames until then are stale.
-    Seeking { request: u32 },
+    Seeking {
+        request: u32,
+    },
     /// Media time `epoch_media_us` is due at `epoch`.
-    Playing { epoch: Instant, epoch_media_us: i64 },
-    Paused { media_us: i64 },
-    Finished { media_us: i64 },
+    Playing {
+        epoch: Instant,
+        epoch_media_us: i64,
+    },
+    Paused {
+        media_us: i64,
+    },
+    Finished {
+        media_us: i64,
+    },
 }
 
 /// Where each track stands at the start of play: for the RTSP `RTP-Info` header.
@@ -90,7 +99,10 @@ pub struct Playout {
 impl Playout {
     /// A playout for `tracks`; SSRCs, first sequence numbers and timestamp offsets are random
     /// (RFC 3550 section 5.1).
-    pub fn new(tracks: &[TrackInfo], cname: &str) -> Result<Playout, crate::packetize::PacketizeError> {
+    pub fn new(
+        tracks: &[TrackInfo],
+        cname: &str,
+    ) -> Result<Playout, crate::packetize::PacketizeError> {
         let mut outs = Vec::with_capacity(tracks.len());
         for info in tracks {
             outs.push(TrackOut {
@@ -130,7 +142,10 @@ impl Playout {
 
     /// Tracks the client set up.
     pub fn enabled_tracks(&self) -> impl Iterator<Item = u8> + '_ {
-        self.tracks.iter().filter(|t| t.enabled).map(|t| t.info.track)
+        self.tracks
+            .iter()
+            .filter(|t| t.enabled)
+            .map(|t| t.info.track)
     }
 
     /// SSRC of `track`.
@@ -222,7 +237,9 @@ impl Playout {
             .map(|t| TrackStart {
                 track: t.info.track,
                 seq: t.seq,
-                rtptime: t.ts_offset.wrapping_add(micros_to_clock(media_us, t.info.clock_rate) as u32),
+                rtptime: t
+                    .ts_offset
+                    .wrapping_add(micros_to_clock(media_us, t.info.clock_rate) as u32),
                 ssrc: t.ssrc,
             })
             .collect()
@@ -258,7 +275,8 @@ impl Playout {
             epoch_media_us,
         } = self.state
         {
-            let media_now = epoch_media_us + now.saturating_duration_since(epoch).as_micros() as i64;
+            let media_now =
+                epoch_media_us + now.saturating_duration_since(epoch).as_micros() as i64;
             // Release frames in deadline order across tracks.
             loop {
                 let next = self
@@ -287,15 +305,27 @@ impl Playout {
                 .all(|t| t.eos && t.queue.is_empty());
             if all_done && self.tracks.iter().any(|t| t.enabled) {
                 for t in self.tracks.iter().filter(|t| t.enabled) {
-                    let rtp_time = t.ts_offset.wrapping_add(micros_to_clock(media_now, t.info.clock_rate) as u32);
-                    let mut packet = crate::rtcp::sender_report(t.ssrc, wall, rtp_time, t.packets, t.octets, &self.cname).to_vec();
+                    let rtp_time = t
+                        .ts_offset
+                        .wrapping_add(micros_to_clock(media_now, t.info.clock_rate) as u32);
+                    let mut packet = crate::rtcp::sender_report(
+                        t.ssrc,
+                        wall,
+                        rtp_time,
+                        t.packets,
+                        t.octets,
+                        &self.cname,
+                    )
+                    .to_vec();
                     packet.extend_from_slice(&crate::rtcp::bye(t.ssrc));
                     out.push(Action::Rtcp {
                         track: t.info.track,
                         packet: Bytes::from(packet),
                     });
                 }
-                self.state = State::Finished { media_us: media_now };
+                self.state = State::Finished {
+                    media_us: media_now,
+                };
                 out.push(Action::Finished);
             }
         }
@@ -309,7 +339,11 @@ impl Playout {
         let payloads = match t.packetizer.packetize(frame) {
             Ok(p) => p,
             Err(e) => {
-                warn!(track = t.info.track, pts = frame.pts, "frame dropped: cannot packetise: {e}");
+                warn!(
+                    track = t.info.track,
+                    pts = frame.pts,
+                    "frame dropped: cannot packetise: {e}"
+                );
                 return;
             }
         };
@@ -335,15 +369,28 @@ impl Playout {
     /// Sender reports: the RTP time of `media_now` is offset + media time in the track
     /// clock, the same mapping every packet's timestamp uses, so audio and video agree.
     fn reports(&mut self, now: Instant, wall: SystemTime, media_now: i64, out: &mut Vec<Action>) {
-        for t in self.tracks.iter_mut().filter(|t| t.enabled && t.packets > 0) {
+        for t in self
+            .tracks
+            .iter_mut()
+            .filter(|t| t.enabled && t.packets > 0)
+        {
             if t.next_report.is_some_and(|due| due > now) {
                 continue;
             }
             t.next_report = Some(now + SENDER_REPORT_INTERVAL);
-            let rtp_time = t.ts_offset.wrapping_add(micros_to_clock(media_now, t.info.clock_rate) as u32);
+            let rtp_time = t
+                .ts_offset
+                .wrapping_add(micros_to_clock(media_now, t.info.clock_rate) as u32);
             out.push(Action::Rtcp {
                 track: t.info.track,
-                packet: crate::rtcp::sender_report(t.ssrc, wall, rtp_time, t.packets, t.octets, &self.cname),
+                packet: crate::rtcp::sender_report(
+                    t.ssrc,
+                    wall,
+                    rtp_time,
+                    t.packets,
+                    t.octets,
+                    &self.cname,
+                ),
             });
         }
     }
@@ -364,9 +411,16 @@ impl Playout {
             .min()
             .map(|due| epoch + Duration::from_micros((due - epoch_media_us).max(0) as u64));
         let next_report = self.tracks.iter().filter_map(|t| t.next_report).min();
-        let all_eos = self.tracks.iter().filter(|t| t.enabled).all(|t| t.eos && t.queue.is_empty());
+        let all_eos = self
+            .tracks
+            .iter()
+            .filter(|t| t.enabled)
+            .all(|t| t.eos && t.queue.is_empty());
         let finish = all_eos.then_some(epoch);
-        [next_frame, next_report, finish].into_iter().flatten().min()
+        [next_frame, next_report, finish]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -517,7 +571,10 @@ mod tests {
         }
         let mut out = Vec::new();
         p.poll(t0 + Duration::from_secs(1), SystemTime::now(), &mut out);
-        let seqs: Vec<u16> = rtp(&out).iter().map(|b| u16::from_be_bytes([b[2], b[3]])).collect();
+        let seqs: Vec<u16> = rtp(&out)
+            .iter()
+            .map(|b| u16::from_be_bytes([b[2], b[3]]))
+            .collect();
         for w in seqs.windows(2) {
             assert_eq!(w[1], w[0].wrapping_add(1));
         }

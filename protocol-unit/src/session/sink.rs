@@ -54,10 +54,9 @@ impl Sink {
                 rtcp_channel,
             } => {
                 let channel = if rtcp { *rtcp_channel } else { *rtp_channel };
-                writer
-                    .send(interleave(channel, packet))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "RTSP connection closed"))
+                writer.send(interleave(channel, packet)).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "RTSP connection closed")
+                })
             }
         }
     }
