@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 /// Divisor encoder unit: streams the frames of a media library over the link to protocol
 /// units (which packetise and send RTP to clients).
 #[derive(Debug, Parser)]
-#[command(name = "divisor-encoder", version, about, long_about = None)]
+#[command(name = "divisor-encoder", version)]
 struct Args {
     /// Folder holding the media files (MP4, MOV, MKV, MPEG-TS with H.264 and AAC/Opus).
     /// Every file is probed at start-up; asset names are paths relative to this folder.
