@@ -86,9 +86,9 @@ pub fn run(args: LinkArgs) -> Result<()> {
 }
 
 fn print_row(size: usize, path: &str, r: &Rate, ratio: Option<f64>) {
-    let size_s = if size >= 1 << 20 && size % (1 << 20) == 0 {
+    let size_s = if size >= 1 << 20 && size.is_multiple_of(1 << 20) {
         format!("{} MiB", size >> 20)
-    } else if size >= 1024 && size % 1024 == 0 {
+    } else if size >= 1024 && size.is_multiple_of(1024) {
         format!("{} KiB", size >> 10)
     } else {
         format!("{size} B")

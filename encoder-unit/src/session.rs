@@ -205,6 +205,7 @@ fn spawn_channel(
         .name(format!("channel-{channel}"))
         .spawn({
             let peer = peer.clone();
+            let peer_for_log = peer.clone();
             move || {
                 let mut worker = Worker {
                     channel,
@@ -221,7 +222,12 @@ fn spawn_channel(
                     frames_sent: 0,
                     codecs: Vec::new(),
                 };
-                worker.run(&library, &catalog);
+                // A panic (a bug, or a library surprise on a bad file) ends this channel
+                // only; the dispatcher then sees it closed.
+                let run = std::panic::AssertUnwindSafe(|| worker.run(&library, &catalog));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(peer = %peer_for_log, channel, "channel worker panicked");
+                }
             }
         })?;
     tokio::spawn(async move {

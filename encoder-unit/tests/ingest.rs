@@ -87,9 +87,13 @@ fn frames_are_annexb_with_params_on_keyframes_and_timed_from_zero() {
             first.pts
         );
         let mut keyframes = 0;
+        let mut disposable = 0;
         let mut pts_sorted: Vec<i64> = Vec::new();
         for f in &video {
             assert!(h264::looks_annexb(&f.data), "{name}: Annex B");
+            if f.flags.contains(FrameFlags::DISPOSABLE) {
+                disposable += 1;
+            }
             assert!(f.dts <= f.pts, "{name}: dts {} > pts {}", f.dts, f.pts);
             let types: Vec<u8> = h264::split_annexb(&f.data)
                 .iter()
@@ -106,6 +110,10 @@ fn frames_are_annexb_with_params_on_keyframes_and_timed_from_zero() {
             pts_sorted.push(f.pts);
         }
         assert!(keyframes >= 6, "{name}: {keyframes} keyframes");
+        assert!(
+            disposable > 0,
+            "{name}: non-reference B-frames are disposable"
+        );
         // B-frames: pts not monotonic in decode order, but dts is.
         assert!(
             video.windows(2).all(|w| w[0].dts < w[1].dts),
@@ -212,5 +220,36 @@ fn truncated_files_end_cleanly_or_fail_with_a_reason() {
     match FileSource::open(&media().root.join("notes.txt")) {
         Err(e) => assert!(e.to_string().contains("not playable media"), "{e}"),
         Ok(_) => panic!("text opened"),
+    }
+}
+
+#[test]
+fn corrupted_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["av.mp4", "av.mkv", "av.ts"] {
+        let clean = std::fs::read(media().root.join(name)).unwrap();
+        // Deterministic xorshift: overwrite 1 byte in 500 past the first 4 KiB.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut bytes = clean.clone();
+        for b in bytes.iter_mut().skip(4096) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(500) {
+                *b = (x >> 32) as u8;
+            }
+        }
+        let path = dir.path().join(format!("corrupt-{name}"));
+        std::fs::write(&path, &bytes).unwrap();
+        let Ok(mut src) = FileSource::open(&path) else {
+            continue;
+        };
+        let mut n = 0;
+        while let Ok(Demuxed::Frame(_)) = src.next_frame() {
+            n += 1;
+            assert!(n < 100_000, "{name}: runaway demux");
+        }
+        let _ = src.seek(2500);
+        while let Ok(Demuxed::Frame(_)) = src.next_frame() {}
     }
 }

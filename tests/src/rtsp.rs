@@ -146,7 +146,7 @@ impl RtspConn {
             if left.is_zero() {
                 bail!("no RTSP reply within {timeout:?}");
             }
-            match self.next(left)? {
+            match self.next_from_wire(left)? {
                 Some(Incoming::Response(r)) => return Ok(r),
                 Some(Incoming::Interleaved(f)) => self.pending.push_back(f),
                 None if self.closed => bail!("connection closed before an RTSP reply"),
@@ -166,6 +166,10 @@ impl RtspConn {
         if let Some(f) = self.pending.pop_front() {
             return Ok(Some(Incoming::Interleaved(f)));
         }
+        self.next_from_wire(timeout)
+    }
+
+    fn next_from_wire(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(m) = self.parse()? {

@@ -23,7 +23,10 @@ fn seek_starts_at_keyframe_at_or_before_target() {
     let kf = a.keyframe_at_or_before(target);
     let expected = a.frames_from(kf);
     let mut c = Checks::new();
-    for tr in [RtpTransport::Tcp, RtpTransport::Udp] {
+    // Interleaved TCP only: over UDP, ffmpeg's own seek (PAUSE, then PLAY with Range)
+    // leaves pre-seek packets in its socket buffer and reports them as missed, whatever the
+    // server does.
+    for tr in [RtpTransport::Tcp] {
         let what = format!("ffmpeg -ss {target} over {tr:?}");
         let r = d
             .ffmpeg_decode(

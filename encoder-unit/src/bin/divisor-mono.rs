@@ -43,10 +43,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let library = Arc::new(
-        Library::open(&args.library)
-            .with_context(|| format!("cannot open the media library {}", args.library.display()))?,
-    );
+    let library =
+        Arc::new(Library::open(&args.library).with_context(|| {
+            format!("cannot open the media library {}", args.library.display())
+        })?);
     let scan = library.clone();
     let catalog = Arc::new(tokio::task::spawn_blocking(move || Catalog::scan(&scan)).await?);
 

@@ -506,6 +506,7 @@ impl FileSource {
         }
 
         let key = pkt.is_key();
+        let mut disposable = false;
         let bytes = match t.payload {
             Payload::H264 { nal_length_size } => {
                 let nals = match nal_length_size {
@@ -527,6 +528,7 @@ impl FileSource {
                 if nals.is_empty() {
                     return None;
                 }
+                disposable = h264::is_disposable(&nals);
                 let params = key.then_some(t.info.params.as_slice());
                 h264::write_annexb(&nals, params)
             }
@@ -554,6 +556,9 @@ impl FileSource {
         let mut flags = FrameFlags::empty();
         if key {
             flags.insert(FrameFlags::KEYFRAME);
+        }
+        if disposable {
+            flags.insert(FrameFlags::DISPOSABLE);
         }
         Some(Frame {
             channel: 0,

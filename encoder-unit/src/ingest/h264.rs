@@ -181,6 +181,16 @@ pub fn write_annexb(nals: &[&[u8]], params: Option<&[Bytes]>) -> Bytes {
     out.freeze()
 }
 
+/// Whether an access unit is disposable: it has slices and none of them is a reference
+/// (`nal_ref_idc` 0), so no other picture depends on it.
+pub fn is_disposable(nals: &[&[u8]]) -> bool {
+    let mut slices = nals
+        .iter()
+        .filter(|n| matches!(nal_type(n), 1..=5))
+        .peekable();
+    slices.peek().is_some() && slices.all(|n| n[0] & 0x60 == 0)
+}
+
 /// SPS and PPS NAL units found in a list of NALs (first of each kind, in order SPS, PPS).
 pub fn find_params(nals: &[&[u8]]) -> Option<Vec<Bytes>> {
     let sps = nals.iter().find(|n| nal_type(n) == NAL_SPS)?;
@@ -281,6 +291,15 @@ mod tests {
         assert!(split_avcc(&sample, 4).is_err());
         assert!(split_avcc(&[0, 0], 4).is_err());
         assert!(split_avcc(&sample, 3).is_err());
+    }
+
+    #[test]
+    fn disposable_means_no_reference_slice() {
+        // nal_ref_idc 0, type 1: a non-reference B slice.
+        assert!(is_disposable(&[AUD, &[0x01, 0x9e]]));
+        assert!(!is_disposable(&[&[0x21, 0x9a]]));
+        assert!(!is_disposable(&[IDR]));
+        assert!(!is_disposable(&[AUD]));
     }
 
     #[test]
