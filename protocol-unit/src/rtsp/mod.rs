@@ -207,6 +207,10 @@ fn next_message(buf: &mut BytesMut) -> Framed {
         return Framed::Ignored;
     }
     match Message::<Vec<u8>>::parse(&buf[..]) {
+        Ok((_, consumed)) if consumed > MAX_REQUEST_BYTES => Framed::Invalid {
+            cseq: sniff_cseq(buf),
+            reason: format!("request larger than {MAX_REQUEST_BYTES} bytes"),
+        },
         Ok((msg, consumed)) => {
             buf.advance(consumed);
             match msg {
@@ -302,6 +306,13 @@ mod tests {
         assert!(matches!(next_message(&mut buf), Framed::NeedMore));
         let mut partial = BytesMut::from(&b"DESCRIBE rtsp://h/vod/a RTSP/1.0\r\nCSeq: 2\r\n"[..]);
         assert!(matches!(next_message(&mut partial), Framed::NeedMore));
+        let mut big = BytesMut::from(&b"OPTIONS rtsp://h/vod/a RTSP/1.0\r\nCSeq: 3\r\nX-Big: "[..]);
+        big.extend_from_slice(&vec![b'a'; MAX_REQUEST_BYTES]);
+        big.extend_from_slice(b"\r\n\r\n");
+        match next_message(&mut big) {
+            Framed::Invalid { cseq, .. } => assert_eq!(cseq.as_deref(), Some("3")),
+            _ => panic!("expected an oversized request to be refused"),
+        }
         let mut bad = BytesMut::from(
             &b"DESCRIBE rtsp://h/vod/a RTSP/1.0\r\nCSeq: 7\r\nthis line has no colon\r\n\r\n"[..],
         );
