@@ -58,10 +58,10 @@ trap cleanup EXIT
 trap 'echo; echo "quickstart: stopping"; exit 130' INT TERM
 
 target/release/divisor-encoder --library "$LIB" --link-listen "$LINK" --link-key-file "$KEY" \
-  2>"$LOGDIR/encoder.log" &
+  >"$LOGDIR/encoder.log" 2>&1 &
 PIDS+=($!)
 target/release/divisor-protocol --link-connect "$LINK" --link-key-file "$KEY" \
-  --rtsp-listen "$RTSP_HOST:$RTSP_PORT" 2>"$LOGDIR/protocol.log" &
+  --rtsp-listen "$RTSP_HOST:$RTSP_PORT" >"$LOGDIR/protocol.log" 2>&1 &
 PIDS+=($!)
 echo "quickstart: encoder unit pid ${PIDS[0]} (log $LOGDIR/encoder.log), protocol unit pid ${PIDS[1]} (log $LOGDIR/protocol.log)"
 

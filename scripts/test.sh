@@ -27,5 +27,5 @@ cargo build --release --workspace --bins
 
 step "cargo test"
 export DIVISOR_BIN_DIR=${DIVISOR_BIN_DIR:-$PWD/target/release}
-cargo test --release --workspace -- --test-threads=2
+cargo test --release --workspace --no-fail-fast -- --test-threads=2
 step "all tests passed"

@@ -17,8 +17,13 @@ const WARM_UP: Duration = Duration::from_millis(300);
 #[derive(clap::Args)]
 pub struct LinkArgs {
     /// Seconds counted per measurement (after a 0.3 s warm-up).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Rounds per frame size. Each round measures raw, then every transport, back to back;
+    /// the table shows medians over rounds (the ratio is the median of per-round ratios, so
+    /// each link figure is compared with the raw figure taken seconds before it).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Frame payload sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1024,1048576")]
     sizes: Vec<usize>,
@@ -28,6 +33,7 @@ pub struct LinkArgs {
 }
 
 /// What one measurement counted.
+#[derive(Clone, Copy)]
 struct Rate {
     frames: u64,
     secs: f64,
@@ -62,30 +68,76 @@ pub fn run(args: LinkArgs) -> Result<()> {
     );
     println!();
     println!(
-        "{:>10}  {:<12} {:>12} {:>10} {:>8}",
+        "{:>10}  {:<12} {:>12} {:>10} {:>8}   per-round Gbit/s (ratio)",
         "frame", "path", "frames/s", "Gbit/s", "vs raw"
     );
+    let repeat = args.repeat.max(1);
     for &size in &args.sizes {
         if size == 0 {
             return Err(anyhow!("frame sizes must be positive"));
         }
-        let raw = raw_tcp(size, secs).context("raw TCP baseline")?;
-        print_row(size, "raw tcp", &raw, None);
-        for &kind in &args.transports {
-            let name = match kind {
-                TransportKind::Tcp => "link tcp",
-                TransportKind::Uring => "link uring",
-            };
-            let r = rt
-                .block_on(link(kind, size, secs))
-                .with_context(|| format!("{name}, {size} B"))?;
-            print_row(size, name, &r, Some(r.fps() / raw.fps()));
+        let mut raws = Vec::new();
+        let mut links: Vec<Vec<(Rate, f64)>> = args.transports.iter().map(|_| Vec::new()).collect();
+        for _ in 0..repeat {
+            let raw = raw_tcp(size, secs).context("raw TCP baseline")?;
+            for (i, &kind) in args.transports.iter().enumerate() {
+                let r = rt
+                    .block_on(link(kind, size, secs))
+                    .with_context(|| format!("{} link, {size} B", name(kind)))?;
+                links[i].push((r, r.fps() / raw.fps()));
+            }
+            raws.push(raw);
+        }
+        let raw_detail: Vec<String> = raws
+            .iter()
+            .map(|r| format!("{:.1}", r.gbps(size)))
+            .collect();
+        print_row(
+            size,
+            "raw tcp",
+            median_rate(&raws),
+            None,
+            &raw_detail.join(" "),
+        );
+        for (i, &kind) in args.transports.iter().enumerate() {
+            let detail: Vec<String> = links[i]
+                .iter()
+                .map(|(r, x)| format!("{:.1} ({:.0}%)", r.gbps(size), x * 100.0))
+                .collect();
+            let rates: Vec<Rate> = links[i].iter().map(|(r, _)| *r).collect();
+            let ratios: Vec<f64> = links[i].iter().map(|(_, x)| *x).collect();
+            print_row(
+                size,
+                &format!("link {}", name(kind)),
+                median_rate(&rates),
+                Some(median(&ratios)),
+                &detail.join(" "),
+            );
         }
     }
     Ok(())
 }
 
-fn print_row(size: usize, path: &str, r: &Rate, ratio: Option<f64>) {
+fn name(kind: TransportKind) -> &'static str {
+    match kind {
+        TransportKind::Tcp => "tcp",
+        TransportKind::Uring => "uring",
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn median_rate(rs: &[Rate]) -> &Rate {
+    let mut v: Vec<&Rate> = rs.iter().collect();
+    v.sort_by(|a, b| a.fps().total_cmp(&b.fps()));
+    v[v.len() / 2]
+}
+
+fn print_row(size: usize, path: &str, r: &Rate, ratio: Option<f64>, detail: &str) {
     let size_s = if size >= 1 << 20 && size.is_multiple_of(1 << 20) {
         format!("{} MiB", size >> 20)
     } else if size >= 1024 && size.is_multiple_of(1024) {
@@ -97,12 +149,13 @@ fn print_row(size: usize, path: &str, r: &Rate, ratio: Option<f64>) {
         .map(|x| format!("{:.0}%", x * 100.0))
         .unwrap_or_else(|| "-".into());
     println!(
-        "{:>10}  {:<12} {:>12.0} {:>10.2} {:>8}",
+        "{:>10}  {:<12} {:>12.0} {:>10.2} {:>8}   {}",
         size_s,
         path,
         r.fps(),
         r.gbps(size),
-        ratio
+        ratio,
+        detail
     );
 }
 

@@ -23,9 +23,11 @@ enum Command {
     /// buffers of that size in a loop into a reader that discards them), then one link per
     /// transport, with a sender task queueing Frame messages of that payload size as fast as
     /// the link takes them and a receiver task counting them. Each measurement warms up for
-    /// 0.3 s and then counts received frames for --seconds. Gbit/s counts payload bytes only
-    /// (the link's ~38-byte frame header is overhead, not throughput). The last column is the
-    /// link's rate over the raw baseline's for the same size.
+    /// 0.3 s and then counts received frames for --seconds; --repeat rounds of all of that
+    /// give medians (every round's figure is printed too, so the spread is visible: the
+    /// machine may be shared). Gbit/s counts payload bytes only
+    /// (the link's ~38-byte frame header is overhead, not throughput). The "vs raw" column is the
+    /// link's rate over the raw baseline's of the same round (median over rounds).
     ///
     /// Everything runs in one process on loopback: sender and receiver share the machine's
     /// cores, as they share the CPU in the raw baseline.

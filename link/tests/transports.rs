@@ -315,11 +315,12 @@ async fn malformed_after_handshake(kind: TransportKind) {
         let mac = compute_mac(key, Role::Encoder, &theirs, &nonce);
         codec::encode(&Message::Auth { mac }, &mut out).expect("encode");
         codec::encode(&Message::Pause { channel: 1 }, &mut out).expect("encode");
-        out.extend_from_slice(&[0, 0, 0, 3, 0, 1, 200]); // unknown kind
         s.write_all(&out).await.expect("write");
         let Some(Message::Auth { .. }) = read_msg(&mut s, &mut buf).await else {
             panic!("no auth")
         };
+        // Authenticated both ways: now the garbage (an unknown message kind).
+        s.write_all(&[0, 0, 0, 3, 0, 1, 200]).await.expect("write");
         (s, buf)
     };
     let (link, (mut s, mut buf)) = tokio::join!(l.accept(), client);
@@ -425,4 +426,27 @@ async fn oversized_message_is_refused_link_survives() {
         b.receiver.recv().await.expect("recv"),
         Message::Resume { channel: 2 }
     );
+}
+
+#[tokio::test]
+async fn silent_peer_times_out() {
+    let raw = tokio::net::TcpListener::bind(any_addr())
+        .await
+        .expect("bind");
+    let addr = raw.local_addr().expect("addr");
+    let _silent = TcpStream::connect(addr).await.expect("connect");
+    let (s, peer) = raw.accept().await.expect("accept");
+    let start = std::time::Instant::now();
+    let r = establish(
+        &cfg(Role::Protocol, b"k", TransportKind::Uring),
+        s,
+        peer.to_string(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(LinkError::HandshakeTimeout(_))),
+        "{:?}",
+        r.err()
+    );
+    assert!(start.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_secs(2));
 }

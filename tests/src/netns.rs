@@ -168,8 +168,9 @@ impl Topology {
         c
     }
 
-    /// Starts a long-running process `name` in `node`; stdout and stderr go to
-    /// `<log_dir>/<name>.log`. It is stopped when the topology is dropped.
+    /// Starts a long-running process `name` in `node`; its stderr (where the units log)
+    /// goes to `<log_dir>/<name>.log` and its stdout to `<log_dir>/<name>.stdout`. It is
+    /// stopped when the topology is dropped.
     pub fn spawn_in<I, S>(
         &self,
         node: Node,
@@ -182,7 +183,11 @@ impl Topology {
         S: AsRef<OsStr>,
     {
         let log = self.log_path(name);
-        let f = OpenOptions::new().create(true).append(true).open(&log)?;
+        let err = OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stdout_path(name))?;
         let mut cmd = self.command(node, program);
         cmd.args(args)
             .env(
@@ -190,10 +195,20 @@ impl Topology {
                 std::env::var("RUST_LOG").unwrap_or("info".into()),
             )
             .env("RUST_BACKTRACE", "1")
+            // Plain log files (tracing-subscriber honours NO_COLOR).
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
+            .stdout(out)
+            .stderr(err)
             .process_group(0);
+        // If the test process dies (killed, aborted), take the unit with it. The signal is
+        // tied to the spawning thread: spawn units from the thread that owns the topology.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let desc = describe(&cmd);
         let child = cmd
             .spawn()
@@ -207,6 +222,16 @@ impl Topology {
             stopped: false,
         });
         Ok(())
+    }
+
+    /// Where the stdout of process `name` goes.
+    pub fn stdout_path(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.stdout"))
+    }
+
+    /// Everything process `name` wrote to stdout so far.
+    pub fn stdout_of(&self, name: &str) -> String {
+        fs::read_to_string(self.stdout_path(name)).unwrap_or_default()
     }
 
     /// Runs a command to completion in `node` with a timeout.
@@ -284,10 +309,12 @@ impl Topology {
         for p in procs.iter_mut().filter(|p| !p.stopped) {
             if let Ok(Some(st)) = p.child.try_wait() {
                 let log = fs::read_to_string(&p.log).unwrap_or_default();
+                let out = fs::read_to_string(self.stdout_path(&p.name)).unwrap_or_default();
                 bail!(
-                    "process `{}` exited early with {st}; log tail:\n{}",
+                    "process `{}` exited early with {st}; stderr tail:\n{}\nstdout tail:\n{}",
                     p.name,
-                    tail(&log, 40)
+                    tail(&log, 40),
+                    tail(&out, 20)
                 );
             }
         }
@@ -329,11 +356,19 @@ impl Topology {
         for p in procs.iter() {
             let log = fs::read_to_string(&p.log).unwrap_or_default();
             s.push_str(&format!(
-                "----- {} ({}) last {n} lines -----\n{}\n",
+                "----- {} stderr ({}) last {n} lines -----\n{}\n",
                 p.name,
                 p.log.display(),
                 tail(&log, n)
             ));
+            let out = self.stdout_of(&p.name);
+            if !out.trim().is_empty() {
+                s.push_str(&format!(
+                    "----- {} stdout last {n} lines -----\n{}\n",
+                    p.name,
+                    tail(&out, n)
+                ));
+            }
         }
         s
     }
@@ -409,6 +444,17 @@ fn sweep_stale() {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
+            // Processes a killed test run left inside its own namespace.
+            if let Ok(out) = run(
+                Command::new("ip").args(["netns", "pids", &name]),
+                Duration::from_secs(5),
+            ) {
+                for p in out.stdout.split_whitespace() {
+                    if let Ok(p) = p.parse::<libc::pid_t>() {
+                        unsafe { libc::kill(p, libc::SIGKILL) };
+                    }
+                }
+            }
             let _ = ip(&["netns", "del", &name]);
         }
     }

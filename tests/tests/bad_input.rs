@@ -41,10 +41,22 @@ fn expect(c: &mut Checks, what: &str, r: anyhow::Result<Response>, statuses: &[u
     });
 }
 
-/// New log text since `from` bytes.
-fn log_since(d: &Deployment, name: &str, from: usize) -> String {
-    let log = d.log(name);
-    log.get(from..).unwrap_or_default().to_string()
+/// Where a unit's output stands: (stderr bytes, stdout bytes).
+type Mark = (usize, usize);
+
+fn mark(d: &Deployment, name: &str) -> Mark {
+    (d.log(name).len(), d.stdout_of(name).len())
+}
+
+/// New output of unit `name` since `from`. Logs belong on stderr (`cli.rs` checks that);
+/// here stdout counts too, so this test is about *what* is logged.
+fn log_since(d: &Deployment, name: &str, from: Mark) -> String {
+    let (err, out) = (d.log(name), d.stdout_of(name));
+    format!(
+        "{}{}",
+        err.get(from.0..).unwrap_or_default(),
+        out.get(from.1..).unwrap_or_default()
+    )
 }
 
 /// Whether some line of `text` mentions every one of `words` (case-insensitive).
@@ -70,7 +82,7 @@ fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 fn wrong_link_key(c: &mut Checks, d: &Deployment) {
-    let enc_log_start = d.log(ENCODER).len();
+    let enc_log_start = mark(d, ENCODER);
     let bad_key = d.log_dir.join("wrong.key");
     std::fs::write(&bad_key, "definitely-not-the-right-key\n").unwrap();
     let port = 8555;
@@ -101,12 +113,12 @@ fn wrong_link_key(c: &mut Checks, d: &Deployment) {
     let key_error = |text: &str| line_with(text, &["link", "key"]);
     c.check(
         eventually(Duration::from_secs(10), || {
-            key_error(&d.log("protocol-wrong-key"))
+            key_error(&log_since(d, "protocol-wrong-key", (0, 0)))
         }),
         || {
             format!(
                 "protocol unit with a wrong key logged no link key error:\n{}",
-                d.log("protocol-wrong-key")
+                log_since(d, "protocol-wrong-key", (0, 0))
             )
         },
     );
@@ -138,7 +150,7 @@ fn wrong_link_key(c: &mut Checks, d: &Deployment) {
 }
 
 fn garbage_on_link(c: &mut Checks, d: &Deployment) {
-    let enc_log_start = d.log(ENCODER).len();
+    let enc_log_start = mark(d, ENCODER);
     let link = SocketAddr::from((d.enc_ip, LINK_PORT));
     // Three hostile peers: random bytes; a truncated message (length prefix says 100
     // bytes, version 1, kind HELLO, then only 8 bytes and EOF); an absurd length prefix.
@@ -226,16 +238,34 @@ fn bad_rtsp(c: &mut Checks, d: &Deployment) {
         req(&format!("DESCRIBE {missing} RTSP/1.0"), 15, ""),
     );
     expect(c, "DESCRIBE of a missing asset", r, &[404], "15");
-    let r = raw_request(
-        d,
-        addr,
-        req(
-            &format!("SETUP {missing} RTSP/1.0"),
-            16,
-            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
-        ),
-    );
-    expect(c, "SETUP of a missing asset", r, &[404], "16");
+    // SETUP of a track of a missing asset: the control URL of the real asset's first track
+    // with the file name swapped (so the URL has the shape the server expects).
+    let control = RtspConn::connect(d, Node::Client, addr).and_then(|mut conn| {
+        let desc = conn.request("DESCRIBE", &clip, &[])?;
+        anyhow::ensure!(desc.status == 200, "DESCRIBE {clip}: {desc:?}");
+        let base = desc.header("Content-Base").unwrap_or(&clip).to_string();
+        let tracks = sdp_tracks(&desc.body_text(), &base);
+        let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
+        Ok(t.control.replace(CLIP_MP4, "no-such-file.mp4"))
+    });
+    if let Some(control) = c.ok("DESCRIBE for the track URL shape", control) {
+        let r = raw_request(
+            d,
+            addr,
+            req(
+                &format!("SETUP {control} RTSP/1.0"),
+                16,
+                "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+            ),
+        );
+        expect(
+            c,
+            &format!("SETUP of a missing asset ({control})"),
+            r,
+            &[404],
+            "16",
+        );
+    }
 
     // Paths outside the library. The library is target/test-media/v1, so "../v1/clip.mp4"
     // names a real media file: a server that joins paths naively would serve it.

@@ -22,7 +22,9 @@
 //! The handshake runs over this driver like over any other transport; the socket is
 //! connected (and accepted) by tokio and handed over as a blocking std socket.
 //!
-//! `DIVISOR_URING_ZC=0` in the environment disables zero-copy send (e.g. to compare).
+//! Zero-copy send is used for remote peers only: on loopback the kernel copies the pages
+//! anyway and the pinning and notifications cost about a third of the throughput (see
+//! `bench/RESULTS.md`). `DIVISOR_URING_ZC=1` (or `0`) in the environment forces it on (off).
 
 use super::{DriverEnds, DriverWaker, LinkShared, Started, Transport};
 use crate::codec::{self, DecodeError};
@@ -56,6 +58,9 @@ const UD_ZC_TAG: u64 = 4;
 /// A connected TCP socket to be driven by io_uring.
 pub struct UringTransport {
     stream: TcpStream,
+    /// Whether the peer is on this machine: loopback always copies zero-copy payloads
+    /// (`skb_copy_ubufs`), so zero-copy send only adds page pinning and notifications there.
+    loopback: bool,
 }
 
 impl UringTransport {
@@ -63,7 +68,11 @@ impl UringTransport {
     pub fn new(stream: TcpStream) -> Result<UringTransport, LinkError> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
-        Ok(UringTransport { stream })
+        let loopback = stream
+            .peer_addr()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or(false);
+        Ok(UringTransport { stream, loopback })
     }
 }
 
@@ -138,10 +147,21 @@ impl Transport for UringTransport {
         });
         let mut probe = Probe::new();
         let zc_supported = ring.submitter().register_probe(&mut probe).is_ok()
-            && probe.is_supported(opcode::SendZc::CODE)
-            && std::env::var("DIVISOR_URING_ZC")
-                .map(|v| v != "0")
-                .unwrap_or(true);
+            && probe.is_supported(opcode::SendZc::CODE);
+        // Measured on loopback (bench/RESULTS.md): zero-copy send costs about a third of the
+        // throughput there, because the kernel copies the pages anyway (`skb_copy_ubufs`)
+        // after pinning them. Default: on for remote peers only.
+        let zc_wanted = match std::env::var("DIVISOR_URING_ZC").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => !self.loopback,
+        };
+        let zc_supported = zc_supported && zc_wanted;
+        tracing::debug!(
+            zero_copy = zc_supported,
+            loopback = self.loopback,
+            "io_uring link driver"
+        );
         let mut driver = Driver::new(ring, self.stream, waker.clone(), ends, zc_supported);
         std::thread::Builder::new()
             .name("divisor-link-uring".into())
@@ -187,6 +207,8 @@ struct Driver {
     outgoing: mpsc::Receiver<Message>,
     held: Option<Message>,
     out_closed: bool,
+    /// The last message to send before closing (our answer to a malformed message).
+    final_reply: Option<Message>,
     wbuf: Box<[u8]>,
     wlen: usize,
     ops: VecDeque<WOp>,
@@ -255,6 +277,7 @@ impl Driver {
             outgoing,
             held: None,
             out_closed: false,
+            final_reply: None,
             wbuf,
             wlen: 0,
             ops: VecDeque::new(),
@@ -281,6 +304,7 @@ impl Driver {
             && self.ops.is_empty()
             && self.writes_inflight == 0
             && self.held.is_none()
+            && (self.final_reply.is_none() || self.write_failed)
     }
 
     fn main_loop(&mut self) -> std::io::Result<()> {
@@ -359,6 +383,7 @@ impl Driver {
     fn fill_batch(&mut self) {
         self.wlen = 0;
         let mut fixed_start = 0;
+        let mut final_op = None;
         loop {
             if self.held.is_none() && (self.out_closed || !self.poll_outgoing()) {
                 break;
@@ -416,11 +441,23 @@ impl Driver {
                 break;
             }
         }
+        if self.out_closed && self.held.is_none() {
+            if let Some(reply) = self.final_reply.take() {
+                let mut b = BytesMut::new();
+                if codec::encode(&reply, &mut b).is_ok() {
+                    // After the fixed range below: pushed once that is queued.
+                    final_op = Some(WOp::Payload(b.freeze()));
+                }
+            }
+        }
         if self.wlen > fixed_start {
             self.ops.push_back(WOp::Fixed {
                 off: fixed_start,
                 len: self.wlen - fixed_start,
             });
+        }
+        if let Some(op) = final_op {
+            self.ops.push_back(op);
         }
     }
 
@@ -604,6 +641,7 @@ impl Driver {
         self.write_failed = true;
         self.ops.clear();
         self.held = None;
+        self.final_reply = None;
         self.outgoing.close();
     }
 
@@ -746,20 +784,16 @@ impl Driver {
 
     fn decode_failed(&mut self, e: DecodeError) {
         tracing::warn!(error = %e, "malformed bytes from link peer; closing the link");
-        // Tell the peer why, after what is already queued, then stop sending.
-        if !self.write_failed && !self.out_closed {
-            let reply = Message::Error {
+        // Tell the peer why, after what is already queued (e.g. our handshake answer), then
+        // stop sending: the queue is closed to new messages and drained by `fill_batch`,
+        // which appends this reply last.
+        if !self.write_failed {
+            self.final_reply = Some(Message::Error {
                 channel: 0,
                 code: ErrorCode::Malformed,
                 message: format!("malformed message: {e}"),
-            };
-            let mut b = BytesMut::new();
-            if codec::encode(&reply, &mut b).is_ok() {
-                self.ops.push_back(WOp::Payload(b.freeze()));
-            }
+            });
         }
-        self.out_closed = true;
-        self.held = None;
         self.outgoing.close();
         self.finish_read(Some(LinkError::Decode(e)));
     }
