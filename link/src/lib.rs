@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod flow;
 pub mod handshake;
+pub mod logging;
 pub mod message;
 pub mod transport;
 
