@@ -24,6 +24,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// can make us reserve with one length prefix.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
+/// Largest message accepted before the handshake succeeds (Hello, Auth, Error are tiny).
+pub const PRE_AUTH_MAX_MESSAGE_SIZE: usize = 4 * 1024;
+
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bytes of the fixed message header: length prefix, version and kind.
@@ -295,6 +298,13 @@ pub fn encode_frame_header<B: BufMut>(frame: &Frame, out: &mut B) -> Result<(), 
 /// [`MAX_MESSAGE_SIZE`]; `Ok(None)` if fewer than 4 bytes are present. Lets readers reserve
 /// room for a large message in one go, and reject a huge length before reading the body.
 pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    peek_len_max(buf, MAX_MESSAGE_SIZE)
+}
+
+/// [`peek_len`] with a tighter limit: before the handshake has succeeded a reader accepts
+/// only [`PRE_AUTH_MAX_MESSAGE_SIZE`], so an unauthenticated peer cannot make it reserve
+/// megabytes with one length prefix.
+pub fn peek_len_max(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
     let Some(prefix) = buf.get(..LEN_PREFIX) else {
         return Ok(None);
     };
@@ -303,11 +313,9 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
         return Err(DecodeError::TooShort(len));
     }
     let total = len as usize + LEN_PREFIX;
-    if total > MAX_MESSAGE_SIZE {
-        return Err(DecodeError::TooLarge {
-            len: total,
-            max: MAX_MESSAGE_SIZE,
-        });
+    let max = max.min(MAX_MESSAGE_SIZE);
+    if total > max {
+        return Err(DecodeError::TooLarge { len: total, max });
     }
     Ok(Some(total))
 }

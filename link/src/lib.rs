@@ -199,7 +199,10 @@ pub async fn establish(
     )
     .await
     {
-        Ok(Ok(())) => Ok(link),
+        Ok(Ok(())) => {
+            link.receiver.shared.mark_authenticated();
+            Ok(link)
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
     }

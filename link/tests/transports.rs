@@ -253,6 +253,12 @@ async fn bad_peers(kind: TransportKind) {
         ),
         ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
         ("1 GiB length prefix", vec![0x40, 0, 0, 0, 0, 1, 13], false),
+        // Legal once authenticated, refused before: no megabytes for strangers.
+        (
+            "1 MiB length prefix before the handshake",
+            vec![0, 0x10, 0, 0, 0, 1, 13],
+            false,
+        ),
         ("truncated frame", frame[..frame.len() / 2].to_vec(), true),
     ];
     for (name, bytes, half_close) in cases {

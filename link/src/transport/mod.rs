@@ -16,6 +16,7 @@ pub mod tcp;
 pub mod uring;
 
 use crate::{LinkError, LinkReceiver, LinkSender, Message};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -29,6 +30,8 @@ pub struct LinkShared {
     /// Why the link ended, if it ended badly; handed once to the receiver after the last
     /// message, so users see the cause rather than a bare "closed".
     error: Mutex<Option<LinkError>>,
+    /// The handshake succeeded: full-size messages are accepted from now on.
+    authenticated: AtomicBool,
 }
 
 impl LinkShared {
@@ -38,6 +41,20 @@ impl LinkShared {
             if slot.is_none() {
                 *slot = Some(e);
             }
+        }
+    }
+
+    /// The handshake succeeded; lift the pre-authentication message size limit.
+    pub fn mark_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Release);
+    }
+
+    /// Largest message a reader may accept now.
+    pub fn max_message_size(&self) -> usize {
+        if self.authenticated.load(Ordering::Acquire) {
+            crate::codec::MAX_MESSAGE_SIZE
+        } else {
+            crate::codec::PRE_AUTH_MAX_MESSAGE_SIZE
         }
     }
 

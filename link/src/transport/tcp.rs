@@ -75,7 +75,7 @@ async fn reader(
                 incoming.send(m).await.map_err(|_| LinkError::Closed)?;
             }
             // Reserve the whole of a large message at once; otherwise read in chunks.
-            let want = match codec::peek_len(&buf)? {
+            let want = match codec::peek_len_max(&buf, shared.max_message_size())? {
                 Some(total) if total > buf.len() => {
                     (total - buf.len()).max(READ_CHUNK.min(64 * 1024))
                 }

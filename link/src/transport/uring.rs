@@ -699,7 +699,7 @@ impl Driver {
                 continue;
             }
             let avail = &self.rbuf[self.rstart..self.rend];
-            let Some(total) = codec::peek_len(avail)? else {
+            let Some(total) = codec::peek_len_max(avail, self.shared.max_message_size())? else {
                 return Ok(());
             };
             if total >= ZC_THRESHOLD {
