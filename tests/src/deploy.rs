@@ -90,22 +90,8 @@ impl Deployment {
         let rtsp_listen = format!("0.0.0.0:{RTSP_PORT}");
         match kind {
             Kind::Split(t) => {
-                let (enc, proto) = (bin("divisor-encoder")?, bin("divisor-protocol")?);
-                topo.spawn_in(
-                    Node::Encoder,
-                    ENCODER,
-                    enc,
-                    os_args([
-                        "--library".as_ref(),
-                        library.as_os_str(),
-                        "--link-listen".as_ref(),
-                        format!("0.0.0.0:{LINK_PORT}").as_ref(),
-                        "--link-key-file".as_ref(),
-                        key_file.as_os_str(),
-                        "--link-transport".as_ref(),
-                        t.flag().as_ref(),
-                    ]),
-                )?;
+                let proto = bin("divisor-protocol")?;
+                spawn_encoder(&topo, ENCODER, &library, &key_file, t)?;
                 topo.wait_listening(Node::Encoder, LINK_PORT, Duration::from_secs(20))?;
                 topo.spawn_in(
                     Node::Protocol,
@@ -189,6 +175,46 @@ impl Deployment {
             Kind::Mono => MONO,
         }
     }
+}
+
+impl Deployment {
+    /// Start another encoder unit process, named `name`, exactly as the first one was
+    /// started (e.g. after stopping it with `stop(ENCODER)`). Split deployments only.
+    pub fn restart_encoder(&self, name: &str) -> Result<()> {
+        let Kind::Split(t) = self.kind else {
+            bail!(
+                "restart_encoder: {:?} has no separate encoder unit",
+                self.kind
+            )
+        };
+        spawn_encoder(&self.topo, name, media::library()?, &self.key_file, t)?;
+        self.topo
+            .wait_listening(Node::Encoder, LINK_PORT, Duration::from_secs(20))
+    }
+}
+
+fn spawn_encoder(
+    topo: &Topology,
+    name: &str,
+    library: &std::path::Path,
+    key_file: &std::path::Path,
+    t: LinkTransport,
+) -> Result<()> {
+    topo.spawn_in(
+        Node::Encoder,
+        name,
+        bin("divisor-encoder")?,
+        os_args([
+            "--library".as_ref(),
+            library.as_os_str(),
+            "--link-listen".as_ref(),
+            format!("0.0.0.0:{LINK_PORT}").as_ref(),
+            "--link-key-file".as_ref(),
+            key_file.as_os_str(),
+            "--link-transport".as_ref(),
+            t.flag().as_ref(),
+        ]),
+    )
 }
 
 /// Owned copies of borrowed arguments (lets argument lists mix `&str` and paths).
