@@ -147,3 +147,47 @@ impl Sessions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(
+        sessions: &Sessions,
+        connection: u64,
+    ) -> (Arc<SessionHandle>, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(4);
+        let last_seen = Arc::new(Mutex::new(Instant::now()));
+        let handle = sessions.insert("a.mp4", Some(1000), Vec::new(), tx, connection, last_seen);
+        (handle, rx)
+    }
+
+    #[test]
+    fn idle_sessions_are_torn_down_and_active_ones_kept() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (idle, mut idle_rx) = session(&sessions, 1);
+        let (active, _active_rx) = session(&sessions, 1);
+        let later = Instant::now() + Duration::from_secs(61);
+        *active.last_seen.lock().unwrap() = later;
+        sessions.reap(later);
+        assert!(
+            sessions.get(&idle.id).is_none(),
+            "idle session survived its time-out"
+        );
+        assert!(matches!(idle_rx.try_recv(), Ok(Command::Teardown)));
+        assert!(
+            sessions.get(&active.id).is_some(),
+            "active session was reaped"
+        );
+    }
+
+    #[test]
+    fn sessions_whose_driver_ended_are_removed() {
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (gone, rx) = session(&sessions, 7);
+        drop(rx);
+        sessions.reap(Instant::now());
+        assert!(sessions.get(&gone.id).is_none());
+        assert!(sessions.of_connection(7).is_empty());
+    }
+}
