@@ -4,13 +4,15 @@
 //! - [`codec`]: their versioned, length-delimited byte format (pure functions);
 //! - [`handshake`]: pre-shared-key challenge-response;
 //! - [`transport`]: byte movers behind one trait (TCP, io_uring, in-process);
-//! - [`flow`]: credit-based flow control.
+//! - [`logging`]: the log set-up every Divisor binary shares.
+//!
+//! Credit-based flow control is a conversation over [`Message::Credits`]: the encoder
+//! unit's channel workers count credits, the protocol unit's sessions return them.
 //!
 //! Users see a [`Link`]: a cloneable [`LinkSender`] and a [`LinkReceiver`] of [`Message`]s,
 //! whatever transport carries them.
 
 pub mod codec;
-pub mod flow;
 pub mod handshake;
 pub mod logging;
 pub mod message;

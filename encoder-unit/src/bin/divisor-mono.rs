@@ -16,7 +16,7 @@ use tracing::{error, info};
 
 /// Divisor monolithic server: encoder unit and protocol unit in one process, joined by an
 /// in-process link. Serves the files of --library to RTSP clients as
-/// rtsp://HOST:PORT/vod/<file>.
+/// `rtsp://HOST:PORT/vod/<file>`.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {

@@ -1,6 +1,6 @@
 //! Ingest: turning media sources into link frames.
 //!
-//! - [`file`]: demux of stored files (MP4/MOV/MKV/MPEG-TS) through libavformat;
+//! - [`file`](mod@file): demux of stored files (MP4/MOV/MKV/MPEG-TS) through libavformat;
 //! - [`h264`], [`aac`]: the bitstream reshaping the link format asks for.
 
 pub mod aac;

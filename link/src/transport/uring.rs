@@ -4,7 +4,7 @@
 //!   ring (`register_buffers`); small messages and frame headers are encoded straight into
 //!   the send buffer and written with `WriteFixed`, small messages are read with
 //!   `ReadFixed`, so the kernel does not map and unmap pages per operation.
-//! - **Large payloads** (frames of [`ZC_THRESHOLD`] bytes and more) are sent from their own
+//! - **Large payloads** (frames of `ZC_THRESHOLD` bytes and more) are sent from their own
 //!   `Bytes` with `SendZc` (zero-copy; the `Bytes` is kept alive until the kernel's
 //!   notification) when the kernel supports it (probed with `Probe`), else with `Send`.
 //!   They are received into a buffer of their exact size, which becomes the frame's
