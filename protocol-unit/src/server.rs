@@ -15,6 +15,28 @@ use crate::rtsp::{self, RtspContext};
 use crate::session::Sessions;
 use crate::upstream::Upstream;
 
+/// The front-end's command-line flags, shared by `divisor-protocol` and `divisor-mono` so
+/// both deployments are configured the same way (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct FrontEndArgs {
+    /// Where RTSP clients connect.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8554")]
+    pub rtsp_listen: SocketAddr,
+
+    /// Seconds without a request or RTCP report after which a client's session is dropped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub session_timeout: u64,
+}
+
+impl FrontEndArgs {
+    pub fn config(&self) -> FrontEndConfig {
+        FrontEndConfig {
+            rtsp_listen: self.rtsp_listen,
+            session_timeout: Duration::from_secs(self.session_timeout.max(1)),
+        }
+    }
+}
+
 /// Front-end settings.
 #[derive(Clone, Debug)]
 pub struct FrontEndConfig {

@@ -2,15 +2,13 @@
 //! the split deployment, in one process, joined by the in-process link. It exists so the
 //! monolithic-versus-split comparison measures the split, not a second implementation.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use divisor_encoder::{serve_link, Catalog, Library};
-use divisor_protocol::server::{serve_rtsp, FrontEndConfig};
+use divisor_protocol::server::{serve_rtsp, FrontEndArgs};
 use divisor_protocol::upstream::Upstream;
 use tracing::{error, info};
 
@@ -24,13 +22,8 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "sample-library")]
     library: PathBuf,
 
-    /// Where RTSP clients connect.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8554")]
-    rtsp_listen: SocketAddr,
-
-    /// Seconds without a request or RTCP report after which a client's session is dropped.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    session_timeout: u64,
+    #[command(flatten)]
+    front_end: FrontEndArgs,
 }
 
 #[tokio::main]
@@ -53,9 +46,6 @@ async fn main() -> anyhow::Result<()> {
     });
     let upstream = Upstream::new();
     upstream.attach(protocol_end);
-    let front = FrontEndConfig {
-        rtsp_listen: args.rtsp_listen,
-        session_timeout: Duration::from_secs(args.session_timeout.max(1)),
-    };
+    let front = args.front_end.config();
     serve_rtsp(&front, upstream).await
 }

@@ -2,12 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use divisor_link::{LinkConfig, Role, TransportKind};
-use divisor_protocol::server::{maintain_link, serve_rtsp, FrontEndConfig, LinkMode};
+use divisor_protocol::server::{maintain_link, serve_rtsp, FrontEndArgs, LinkMode};
 use divisor_protocol::upstream::Upstream;
 
 /// Divisor protocol unit: receives encoded frames from an encoder unit over the link and
@@ -43,13 +42,8 @@ struct Args {
     #[arg(long, value_name = "tcp|uring", default_value = "tcp")]
     link_transport: TransportKind,
 
-    /// Where RTSP clients connect.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8554")]
-    rtsp_listen: SocketAddr,
-
-    /// Seconds without a request or RTCP report after which a client's session is dropped.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    session_timeout: u64,
+    #[command(flatten)]
+    front_end: FrontEndArgs,
 }
 
 #[tokio::main]
@@ -72,10 +66,7 @@ async fn main() -> anyhow::Result<()> {
         None => LinkMode::Connect(args.link_connect),
     };
     let upstream = Upstream::new();
-    let front = FrontEndConfig {
-        rtsp_listen: args.rtsp_listen,
-        session_timeout: Duration::from_secs(args.session_timeout.max(1)),
-    };
+    let front = args.front_end.config();
     tokio::select! {
         r = maintain_link(upstream.clone(), link, mode) => r,
         r = serve_rtsp(&front, upstream) => r,
