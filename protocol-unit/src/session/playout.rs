@@ -465,6 +465,17 @@ mod tests {
         }
     }
 
+    /// A one-track playout whose seek to 0 completed and which started playing at `t0`.
+    fn playing_from_zero() -> (Playout, Instant) {
+        let mut p = Playout::new(&[video()], "t").unwrap();
+        assert!(p.enable_track(0));
+        let req = p.begin_seek();
+        let t0 = Instant::now();
+        assert!(p.on_seek_done(req, 0));
+        p.resume(t0);
+        (p, t0)
+    }
+
     fn rtp(actions: &[Action]) -> Vec<Bytes> {
         actions
             .iter()
@@ -525,12 +536,7 @@ mod tests {
 
     #[test]
     fn pause_keeps_the_media_timeline_continuous() {
-        let mut p = Playout::new(&[video()], "t").unwrap();
-        p.enable_track(0);
-        let req = p.begin_seek();
-        let t0 = Instant::now();
-        p.on_seek_done(req, 0);
-        p.resume(t0);
+        let (mut p, t0) = playing_from_zero();
         p.pause(t0 + Duration::from_millis(500));
         let later = t0 + Duration::from_secs(10);
         assert_eq!(p.position_us(later), 500_000);
@@ -543,12 +549,7 @@ mod tests {
 
     #[test]
     fn end_of_stream_sends_bye_and_finishes() {
-        let mut p = Playout::new(&[video()], "t").unwrap();
-        p.enable_track(0);
-        let req = p.begin_seek();
-        let t0 = Instant::now();
-        p.on_seek_done(req, 0);
-        p.resume(t0);
+        let (mut p, t0) = playing_from_zero();
         p.on_frame(frame(0, FrameFlags::KEYFRAME));
         p.on_frame(frame(3600, FrameFlags::END_OF_STREAM));
         let mut out = Vec::new();
@@ -560,12 +561,7 @@ mod tests {
 
     #[test]
     fn sequence_numbers_are_consecutive() {
-        let mut p = Playout::new(&[video()], "t").unwrap();
-        p.enable_track(0);
-        let req = p.begin_seek();
-        let t0 = Instant::now();
-        p.on_seek_done(req, 0);
-        p.resume(t0);
+        let (mut p, t0) = playing_from_zero();
         for i in 0..5 {
             p.on_frame(frame(i * 3600, FrameFlags::empty()));
         }
