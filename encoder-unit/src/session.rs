@@ -78,7 +78,11 @@ pub async fn serve_link(
         // Forget channels whose worker has ended (failed open, link error).
         channels.retain(|_, tx| !tx.is_closed());
         let (channel, command) = match msg {
-            Message::Open { channel, asset } => {
+            Message::Open {
+                channel,
+                asset,
+                rendition: _,
+            } => {
                 if channel == 0 {
                     reply_error(
                         &sender,
@@ -144,15 +148,27 @@ pub async fn serve_link(
                 warn!(%peer, "ignoring a handshake message on an established link");
                 continue;
             }
+            Message::Subscribe { channel, name, .. } => {
+                reply_error(
+                    &sender,
+                    channel,
+                    ErrorCode::NotFound,
+                    &format!("no live channel {name:?}: this encoder unit serves no live channels"),
+                )
+                .await;
+                continue;
+            }
             Message::Announce { channel, .. }
             | Message::SeekDone { channel, .. }
+            | Message::Status { channel, .. }
+            | Message::ContentKey { channel, .. }
             | Message::Frame(Frame { channel, .. }) => {
                 warn!(%peer, channel, "unexpected message for the encoder unit");
                 reply_error(
                     &sender,
                     channel,
                     ErrorCode::BadRequest,
-                    "the encoder unit does not accept Announce, SeekDone or Frame",
+                    "the encoder unit does not accept Announce, SeekDone, Status, ContentKey or Frame",
                 )
                 .await;
                 continue;

@@ -57,6 +57,7 @@ async fn open_and_play(link: &mut divisor_link::Link, channel: u32) {
         .send(Message::Open {
             channel,
             asset: "av.mp4".into(),
+            rendition: String::new(),
         })
         .await
         .unwrap();

@@ -48,6 +48,7 @@ impl Peer {
         self.send(Message::Open {
             channel,
             asset: asset.into(),
+            rendition: String::new(),
         })
         .await;
         self.recv().await

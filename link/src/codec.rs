@@ -47,6 +47,9 @@ pub mod kind {
     pub const CREDITS: u8 = 11;
     pub const ERROR: u8 = 12;
     pub const FRAME: u8 = 13;
+    pub const SUBSCRIBE: u8 = 14;
+    pub const STATUS: u8 = 15;
+    pub const CONTENT_KEY: u8 = 16;
 }
 
 /// Why bytes from the peer are not a valid message.
@@ -100,6 +103,9 @@ fn kind_of(msg: &Message) -> u8 {
         Message::Credits { .. } => kind::CREDITS,
         Message::Error { .. } => kind::ERROR,
         Message::Frame(_) => kind::FRAME,
+        Message::Subscribe { .. } => kind::SUBSCRIBE,
+        Message::Status { .. } => kind::STATUS,
+        Message::ContentKey { .. } => kind::CONTENT_KEY,
     }
 }
 
@@ -111,7 +117,14 @@ fn body_len(msg: &Message) -> usize {
     match msg {
         Message::Hello { .. } => 2 + 1 + 32,
         Message::Auth { .. } => 32,
-        Message::Open { asset, .. } => 4 + 4 + asset.len(),
+        Message::Open {
+            asset, rendition, ..
+        } => 4 + 4 + asset.len() + 4 + rendition.len(),
+        Message::Subscribe {
+            name, rendition, ..
+        } => 4 + 4 + name.len() + 4 + rendition.len(),
+        Message::Status { detail, .. } => 4 + 1 + 4 + detail.len(),
+        Message::ContentKey { key, .. } => 4 + 4 + 1 + 4 + key.len(),
         Message::Announce { tracks, .. } => {
             4 + 1
                 + 8
@@ -206,9 +219,43 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
             out.put_slice(nonce);
         }
         Message::Auth { mac } => out.put_slice(mac),
-        Message::Open { channel, asset } => {
+        Message::Open {
+            channel,
+            asset,
+            rendition,
+        } => {
             out.put_u32(*channel);
             put_bytes(out, asset.as_bytes());
+            put_bytes(out, rendition.as_bytes());
+        }
+        Message::Subscribe {
+            channel,
+            name,
+            rendition,
+        } => {
+            out.put_u32(*channel);
+            put_bytes(out, name.as_bytes());
+            put_bytes(out, rendition.as_bytes());
+        }
+        Message::Status {
+            channel,
+            state,
+            detail,
+        } => {
+            out.put_u32(*channel);
+            out.put_u8(state.to_u8());
+            put_bytes(out, detail.as_bytes());
+        }
+        Message::ContentKey {
+            channel,
+            key_id,
+            cipher,
+            key,
+        } => {
+            out.put_u32(*channel);
+            out.put_u32(*key_id);
+            out.put_u8(cipher.to_u8());
+            put_bytes(out, key);
         }
         Message::Announce {
             channel,
@@ -468,7 +515,35 @@ fn parse(whole: &[u8], src: Option<&Bytes>) -> Result<Message, DecodeError> {
         kind::OPEN => Message::Open {
             channel: r.u32()?,
             asset: r.string()?,
+            rendition: r.string()?,
         },
+        kind::SUBSCRIBE => Message::Subscribe {
+            channel: r.u32()?,
+            name: r.string()?,
+            rendition: r.string()?,
+        },
+        kind::STATUS => {
+            let channel = r.u32()?;
+            let s = r.u8()?;
+            let state = ChannelState::from_u8(s).ok_or(DecodeError::InvalidTag(s))?;
+            Message::Status {
+                channel,
+                state,
+                detail: r.string()?,
+            }
+        }
+        kind::CONTENT_KEY => {
+            let channel = r.u32()?;
+            let key_id = r.u32()?;
+            let c = r.u8()?;
+            let cipher = Cipher::from_u8(c).ok_or(DecodeError::InvalidTag(c))?;
+            Message::ContentKey {
+                channel,
+                key_id,
+                cipher,
+                key: r.bytes()?,
+            }
+        }
         kind::ANNOUNCE => {
             let channel = r.u32()?;
             let tag = r.u8()?;
@@ -600,6 +675,23 @@ mod tests {
             Message::Open {
                 channel: 3,
                 asset: "films/été.mp4".into(),
+                rendition: "360p".into(),
+            },
+            Message::Subscribe {
+                channel: 4,
+                name: "news".into(),
+                rendition: String::new(),
+            },
+            Message::Status {
+                channel: 4,
+                state: ChannelState::Stalled,
+                detail: "no input for 2 s".into(),
+            },
+            Message::ContentKey {
+                channel: 4,
+                key_id: 2,
+                cipher: Cipher::DesCbc,
+                key: Bytes::from_static(b"8bytekey"),
             },
             Message::Announce {
                 channel: 3,
@@ -817,13 +909,18 @@ mod tests {
     }
 
     fn arb_codec() -> impl Strategy<Value = Codec> {
-        prop_oneof![Just(Codec::H264), Just(Codec::Aac), Just(Codec::Opus)]
+        prop_oneof![
+            Just(Codec::H264),
+            Just(Codec::Aac),
+            Just(Codec::Opus),
+            Just(Codec::Av1)
+        ]
     }
     fn arb_role() -> impl Strategy<Value = Role> {
         prop_oneof![Just(Role::Encoder), Just(Role::Protocol)]
     }
     fn arb_code() -> impl Strategy<Value = ErrorCode> {
-        (1u8..=8).prop_map(|c| ErrorCode::from_u8(c).expect("valid code"))
+        (1u8..=9).prop_map(|c| ErrorCode::from_u8(c).expect("valid code"))
     }
     fn arb_bytes() -> impl Strategy<Value = Bytes> {
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
@@ -877,7 +974,35 @@ mod tests {
                 }
             }),
             any::<[u8; 32]>().prop_map(|mac| Message::Auth { mac }),
-            (any::<u32>(), ".{0,20}").prop_map(|(channel, asset)| Message::Open { channel, asset }),
+            (any::<u32>(), ".{0,20}", ".{0,8}").prop_map(|(channel, asset, rendition)| {
+                Message::Open {
+                    channel,
+                    asset,
+                    rendition,
+                }
+            }),
+            (any::<u32>(), ".{0,20}", ".{0,8}").prop_map(|(channel, name, rendition)| {
+                Message::Subscribe {
+                    channel,
+                    name,
+                    rendition,
+                }
+            }),
+            (any::<u32>(), 1u8..=3, ".{0,20}").prop_map(|(channel, s, detail)| {
+                Message::Status {
+                    channel,
+                    state: ChannelState::from_u8(s).expect("valid state"),
+                    detail,
+                }
+            }),
+            (any::<u32>(), any::<u32>(), any::<bool>(), arb_bytes()).prop_map(
+                |(channel, key_id, des, key)| Message::ContentKey {
+                    channel,
+                    key_id,
+                    cipher: if des { Cipher::DesCbc } else { Cipher::Aes128Ctr },
+                    key,
+                }
+            ),
             (
                 any::<u32>(),
                 any::<Option<u64>>(),

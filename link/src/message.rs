@@ -15,7 +15,16 @@
 //!    [`Message::Close`] ends the channel;
 //! 4. frames flow only while the sender holds credits: the receiver grants
 //!    [`Message::Credits`] (in frames) as it consumes them, which bounds how far the encoder
-//!    runs ahead of the protocol unit.
+//!    runs ahead of the protocol unit;
+//! 5. live channels are different: the protocol unit sends [`Message::Subscribe`] once per
+//!    (channel, rendition) it has viewers for; the encoder answers [`Message::Announce`]
+//!    (no duration) and then pushes frames in real time, starting at a keyframe, without
+//!    credits (a live encoder cannot wait). [`Message::Status`] tells when the input
+//!    stalls or comes back; [`Message::Close`] unsubscribes;
+//! 6. an encrypted channel gets [`Message::ContentKey`] before the first frame under each
+//!    key: frames flagged [`FrameFlags::ENCRYPTED`] were encrypted by the encoder, frames
+//!    flagged [`FrameFlags::EDGE_ENCRYPT`] are plaintext that the protocol unit encrypts with
+//!    the same key and the same payload format (see `crate::content`) before sending.
 
 use bytes::Bytes;
 
@@ -24,7 +33,7 @@ use bytes::Bytes;
 pub type ChannelId = u32;
 
 /// Wire format version. Bumped on any incompatible change to [`crate::codec`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The elementary stream format of a track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +45,9 @@ pub enum Codec {
     Aac,
     /// Opus. Frame data is one Opus packet.
     Opus,
+    /// AV1. Frame data is one temporal unit of OBUs in the low-overhead bitstream format
+    /// (with size fields); keyframes carry the sequence header OBU.
+    Av1,
 }
 
 impl Codec {
@@ -45,6 +57,7 @@ impl Codec {
             Codec::H264 => 1,
             Codec::Aac => 2,
             Codec::Opus => 3,
+            Codec::Av1 => 4,
         }
     }
 
@@ -54,13 +67,14 @@ impl Codec {
             1 => Some(Codec::H264),
             2 => Some(Codec::Aac),
             3 => Some(Codec::Opus),
+            4 => Some(Codec::Av1),
             _ => None,
         }
     }
 
     /// Whether this is a video codec.
     pub fn is_video(self) -> bool {
-        matches!(self, Codec::H264)
+        matches!(self, Codec::H264 | Codec::Av1)
     }
 }
 
@@ -79,6 +93,13 @@ impl FrameFlags {
     pub const DISCONTINUITY: FrameFlags = FrameFlags(1 << 3);
     /// Last frame of the stream; `data` may be empty.
     pub const END_OF_STREAM: FrameFlags = FrameFlags(1 << 4);
+    /// The payload is plaintext that the protocol unit must encrypt with the channel's
+    /// current content key before sending (the share of the encryption work DIVISOR moves
+    /// to the protocol unit). Never set together with [`FrameFlags::ENCRYPTED`].
+    pub const EDGE_ENCRYPT: FrameFlags = FrameFlags(1 << 5);
+    /// Bits 6-7 hold the frame's temporal layer, see [`FrameFlags::layer`].
+    const LAYER_SHIFT: u8 = 6;
+    const LAYER_MASK: u8 = 0b11 << 6;
 
     /// No flags.
     pub const fn empty() -> FrameFlags {
@@ -93,6 +114,24 @@ impl FrameFlags {
     /// Set the bits of `other`.
     pub fn insert(&mut self, other: FrameFlags) {
         self.0 |= other.0;
+    }
+
+    /// Clear the bits of `other`.
+    pub fn remove(&mut self, other: FrameFlags) {
+        self.0 &= !other.0;
+    }
+
+    /// Temporal layer of a video frame, for frame-rate tiers without re-encoding:
+    /// 0 = base layer (keyframes and the frames of the quarter-rate tier), 1 = frames added
+    /// for the half-rate tier, 2 = frames added for full rate. A tier that keeps layers
+    /// `0..=n` never loses a frame that a kept frame references. Audio is always layer 0.
+    pub const fn layer(self) -> u8 {
+        (self.0 & Self::LAYER_MASK) >> Self::LAYER_SHIFT
+    }
+
+    /// These flags with the temporal layer set to `layer` (0..=3; higher bits ignored).
+    pub const fn with_layer(self, layer: u8) -> FrameFlags {
+        FrameFlags((self.0 & !Self::LAYER_MASK) | ((layer & 0b11) << Self::LAYER_SHIFT))
     }
 }
 
@@ -184,6 +223,8 @@ pub enum ErrorCode {
     UnsupportedMedia,
     /// A request that makes no sense in the current state (e.g. seek on an unopened channel).
     BadRequest,
+    /// The rendition named in an open or subscribe is not in the ladder.
+    NoSuchRendition,
     /// Anything else that went wrong on the sender's side.
     Internal,
 }
@@ -199,6 +240,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMedia => 6,
             ErrorCode::BadRequest => 7,
             ErrorCode::Internal => 8,
+            ErrorCode::NoSuchRendition => 9,
         }
     }
     pub fn from_u8(v: u8) -> Option<ErrorCode> {
@@ -211,6 +253,61 @@ impl ErrorCode {
             6 => ErrorCode::UnsupportedMedia,
             7 => ErrorCode::BadRequest,
             8 => ErrorCode::Internal,
+            9 => ErrorCode::NoSuchRendition,
+            _ => return None,
+        })
+    }
+}
+
+/// State of a live channel's input, sent in [`Message::Status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Frames are flowing.
+    Live,
+    /// The input has sent nothing for a while; subscribers stay, frames resume when it does.
+    Stalled,
+    /// The channel was removed; no more frames will come.
+    Ended,
+}
+
+impl ChannelState {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            ChannelState::Live => 1,
+            ChannelState::Stalled => 2,
+            ChannelState::Ended => 3,
+        }
+    }
+    pub fn from_u8(v: u8) -> Option<ChannelState> {
+        Some(match v {
+            1 => ChannelState::Live,
+            2 => ChannelState::Stalled,
+            3 => ChannelState::Ended,
+            _ => return None,
+        })
+    }
+}
+
+/// Content cipher of an encrypted channel, sent in [`Message::ContentKey`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    /// DES-CBC, 8-byte key. DIVISOR's workload. Insecure: for measurement only.
+    DesCbc,
+    /// AES-128 in counter mode, 16-byte key. The default.
+    Aes128Ctr,
+}
+
+impl Cipher {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Cipher::DesCbc => 1,
+            Cipher::Aes128Ctr => 2,
+        }
+    }
+    pub fn from_u8(v: u8) -> Option<Cipher> {
+        Some(match v {
+            1 => Cipher::DesCbc,
+            2 => Cipher::Aes128Ctr,
             _ => return None,
         })
     }
@@ -227,8 +324,35 @@ pub enum Message {
     },
     /// Second message: HMAC-SHA256 over the handshake transcript (see [`crate::handshake`]).
     Auth { mac: [u8; 32] },
-    /// Protocol -> encoder: open the VoD asset `asset` (a file name in the library) as `channel`.
-    Open { channel: ChannelId, asset: String },
+    /// Protocol -> encoder: open the VoD asset `asset` (a file name in the library) as
+    /// `channel`, in `rendition` of the ladder ("" = the source as stored).
+    Open {
+        channel: ChannelId,
+        asset: String,
+        rendition: String,
+    },
+    /// Protocol -> encoder: send the live channel `name` in `rendition` ("" = the channel's
+    /// first rendition) as `channel`, from the next keyframe on, until [`Message::Close`].
+    Subscribe {
+        channel: ChannelId,
+        name: String,
+        rendition: String,
+    },
+    /// Encoder -> protocol: a live channel's input changed state; `detail` says why.
+    Status {
+        channel: ChannelId,
+        state: ChannelState,
+        detail: String,
+    },
+    /// Encoder -> protocol: the content key `key_id` of `channel`. Frames encrypted under it
+    /// (by either unit) name `key_id` in their payload header. Sent before its first frame;
+    /// the previous key stays valid until frames stop naming it (rotation).
+    ContentKey {
+        channel: ChannelId,
+        key_id: u32,
+        cipher: Cipher,
+        key: Bytes,
+    },
     /// Encoder -> protocol: the channel's tracks. `duration_ms` is `None` for live.
     Announce {
         channel: ChannelId,

@@ -43,6 +43,7 @@ fn mixed(i: u32, from: u8) -> Message {
         1 => Message::Open {
             channel: i,
             asset: format!("asset-{i}-{from}.mp4"),
+            rendition: String::new(),
         },
         2 => Message::Error {
             channel: i,
@@ -326,7 +327,8 @@ async fn malformed_after_handshake(kind: TransportKind) {
             panic!("no auth")
         };
         // Authenticated both ways: now the garbage (an unknown message kind).
-        s.write_all(&[0, 0, 0, 3, 0, 1, 200]).await.expect("write");
+        let [v0, v1] = PROTOCOL_VERSION.to_be_bytes();
+        s.write_all(&[0, 0, 0, 3, v0, v1, 200]).await.expect("write");
         (s, buf)
     };
     let (link, (mut s, mut buf)) = tokio::join!(l.accept(), client);

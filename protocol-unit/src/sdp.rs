@@ -49,6 +49,8 @@ pub enum SdpError {
     NoAacConfig { track: u8, rate: u32, channels: u8 },
     #[error("SDP parse error: {0}")]
     Parse(String),
+    #[error("track {track}: {codec:?} cannot be described for RTSP clients yet")]
+    UnsupportedCodec { track: u8, codec: Codec },
 }
 
 /// The RTP payload type used for `track`, shared by the SDP and the RTP sender.
@@ -218,6 +220,12 @@ fn media(t: &TrackInfo) -> Result<MediaDescription, SdpError> {
             let stereo = u8::from(t.channels >= 2);
             md.attributes
                 .push(attr("fmtp", format!("{pt} sprop-stereo={stereo}")));
+        }
+        Codec::Av1 => {
+            return Err(SdpError::UnsupportedCodec {
+                track: t.track,
+                codec: t.codec,
+            })
         }
     }
     md.attributes.push(attr("control", track_control(t.track)));

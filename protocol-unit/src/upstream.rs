@@ -194,6 +194,7 @@ impl Upstream {
             .send(Message::Open {
                 channel: id,
                 asset: asset.to_string(),
+                rendition: String::new(),
             })
             .await?;
         let answer = tokio::time::timeout(OPEN_TIMEOUT, events.recv())

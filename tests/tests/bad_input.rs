@@ -153,7 +153,7 @@ fn garbage_on_link(c: &mut Checks, d: &Deployment) {
     let enc_log_start = mark(d, ENCODER);
     let link = SocketAddr::from((d.enc_ip, LINK_PORT));
     // Three hostile peers: random bytes; a truncated message (length prefix says 100
-    // bytes, version 1, kind HELLO, then only 8 bytes and EOF); an absurd length prefix.
+    // bytes, version 2, kind HELLO, then only 8 bytes and EOF); an absurd length prefix.
     let mut random = vec![0u8; 4096];
     let mut x: u32 = 0x1234_5678;
     for b in random.iter_mut() {
@@ -162,9 +162,9 @@ fn garbage_on_link(c: &mut Checks, d: &Deployment) {
         x ^= x << 5;
         *b = x as u8;
     }
-    let mut truncated = vec![0, 0, 0, 100, 0, 1, 1];
+    let mut truncated = vec![0, 0, 0, 100, 0, 2, 1];
     truncated.extend_from_slice(&[7u8; 8]);
-    let huge = vec![0xff, 0xff, 0xff, 0xf0, 0, 1, 13, 1, 2, 3];
+    let huge = vec![0xff, 0xff, 0xff, 0xf0, 0, 2, 13, 1, 2, 3];
     for (name, bytes) in [
         ("random bytes", random),
         ("truncated", truncated),

@@ -49,6 +49,7 @@ impl fmt::Display for AssetInfo {
                 Codec::H264 => write!(f, ", h264 {}x{}", t.width, t.height)?,
                 Codec::Aac => write!(f, ", aac {} Hz {} ch", t.sample_rate, t.channels)?,
                 Codec::Opus => write!(f, ", opus {} Hz {} ch", t.sample_rate, t.channels)?,
+                Codec::Av1 => write!(f, ", av1 {}x{}", t.width, t.height)?,
             }
         }
         Ok(())

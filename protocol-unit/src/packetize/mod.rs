@@ -53,6 +53,8 @@ pub enum PacketizeError {
     OpusPacketTooLarge { size: usize, budget: usize },
     #[error("rtp payloader: {0}")]
     Rtp(String),
+    #[error("no RTP packetiser for {0:?} yet")]
+    UnsupportedCodec(Codec),
 }
 
 #[derive(Debug)]
@@ -87,6 +89,7 @@ impl Packetizer {
             Codec::H264 => Inner::H264(h264::H264Packetizer::new(budget)),
             Codec::Aac => Inner::Aac(aac::AacPacketizer::new(budget)),
             Codec::Opus => Inner::Opus(opus::OpusPacketizer::new(budget)),
+            Codec::Av1 => return Err(PacketizeError::UnsupportedCodec(track.codec)),
         };
         Ok(Packetizer {
             codec: track.codec,
