@@ -16,12 +16,14 @@
 //! ```
 //!
 //! Modules:
+//! - [`config`]: the configuration file (ladder, live channels, encryption);
 //! - [`storage`]: the library folder ([`Library`], path safety) and its [`Catalog`];
 //! - [`ingest`]: the file demuxer ([`ingest::FileSource`]) and H.264/AAC bitstream helpers;
 //! - [`pipeline`]: the [`pipeline::Stage`] chain (transcode, encrypt) between a source
 //!   and the link;
 //! - [`session`]: serving one link ([`serve_link`]): channels, seek, pause, credits.
 
+pub mod config;
 pub mod ingest;
 pub mod pipeline;
 pub mod session;

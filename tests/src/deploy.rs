@@ -46,6 +46,15 @@ pub enum Kind {
     Mono,
 }
 
+/// Extra command-line arguments for the server processes (live channels, a config file,
+/// the HTTP port...). The encoder's arguments go to `divisor-mono` too, and so do the
+/// protocol unit's, so one set of options serves both kinds.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub encoder_args: Vec<OsString>,
+    pub protocol_args: Vec<OsString>,
+}
+
 /// A running server plus its topology; derefs to the [`Topology`].
 pub struct Deployment {
     pub topo: Topology,
@@ -56,6 +65,8 @@ pub struct Deployment {
     pub link_addr: SocketAddr,
     /// Key file both units were given (split only).
     pub key_file: PathBuf,
+    /// The extra arguments it was started with.
+    pub options: Options,
 }
 
 impl Deref for Deployment {
@@ -78,6 +89,11 @@ impl Deployment {
 
     /// Starts the server and waits until a DESCRIBE of a test asset answers 200.
     pub fn start(test: &str, kind: Kind) -> Result<Deployment> {
+        Deployment::start_with(test, kind, Options::default())
+    }
+
+    /// [`Deployment::start`] with extra arguments for the server processes.
+    pub fn start_with(test: &str, kind: Kind, options: Options) -> Result<Deployment> {
         let library = media::library()?.to_path_buf();
         let topo = Topology::new(test)?;
         let rtsp_addr = SocketAddr::from((topo.rtsp_ip, RTSP_PORT));
@@ -91,36 +107,31 @@ impl Deployment {
         match kind {
             Kind::Split(t) => {
                 let proto = bin("divisor-protocol")?;
-                spawn_encoder(&topo, ENCODER, &library, &key_file, t)?;
+                spawn_encoder(&topo, ENCODER, &library, &key_file, t, &options)?;
                 topo.wait_listening(Node::Encoder, LINK_PORT, Duration::from_secs(20))?;
-                topo.spawn_in(
-                    Node::Protocol,
-                    PROTOCOL,
-                    proto,
-                    os_args([
-                        "--link-connect".as_ref(),
-                        link_addr.to_string().as_ref(),
-                        "--link-key-file".as_ref(),
-                        key_file.as_os_str(),
-                        "--rtsp-listen".as_ref(),
-                        rtsp_listen.as_ref(),
-                        "--link-transport".as_ref(),
-                        t.flag().as_ref(),
-                    ]),
-                )?;
+                let mut args = os_args([
+                    "--link-connect".as_ref(),
+                    link_addr.to_string().as_ref(),
+                    "--link-key-file".as_ref(),
+                    key_file.as_os_str(),
+                    "--rtsp-listen".as_ref(),
+                    rtsp_listen.as_ref(),
+                    "--link-transport".as_ref(),
+                    t.flag().as_ref(),
+                ]);
+                args.extend(options.protocol_args.iter().cloned());
+                topo.spawn_in(Node::Protocol, PROTOCOL, proto, args)?;
             }
             Kind::Mono => {
-                topo.spawn_in(
-                    Node::Protocol,
-                    MONO,
-                    bin("divisor-mono")?,
-                    os_args([
-                        "--library".as_ref(),
-                        library.as_os_str(),
-                        "--rtsp-listen".as_ref(),
-                        rtsp_listen.as_ref(),
-                    ]),
-                )?;
+                let mut args = os_args([
+                    "--library".as_ref(),
+                    library.as_os_str(),
+                    "--rtsp-listen".as_ref(),
+                    rtsp_listen.as_ref(),
+                ]);
+                args.extend(options.encoder_args.iter().cloned());
+                args.extend(options.protocol_args.iter().cloned());
+                topo.spawn_in(Node::Protocol, MONO, bin("divisor-mono")?, args)?;
             }
         }
         let d = Deployment {
@@ -129,6 +140,7 @@ impl Deployment {
             rtsp_addr,
             link_addr,
             key_file,
+            options,
         };
         d.wait_tcp(Node::Client, rtsp_addr, Duration::from_secs(20))?;
         d.wait_ready(Duration::from_secs(20))?;
@@ -187,7 +199,14 @@ impl Deployment {
                 self.kind
             )
         };
-        spawn_encoder(&self.topo, name, media::library()?, &self.key_file, t)?;
+        spawn_encoder(
+            &self.topo,
+            name,
+            media::library()?,
+            &self.key_file,
+            t,
+            &self.options,
+        )?;
         self.topo
             .wait_listening(Node::Encoder, LINK_PORT, Duration::from_secs(20))
     }
@@ -199,22 +218,20 @@ fn spawn_encoder(
     library: &std::path::Path,
     key_file: &std::path::Path,
     t: LinkTransport,
+    options: &Options,
 ) -> Result<()> {
-    topo.spawn_in(
-        Node::Encoder,
-        name,
-        bin("divisor-encoder")?,
-        os_args([
-            "--library".as_ref(),
-            library.as_os_str(),
-            "--link-listen".as_ref(),
-            format!("0.0.0.0:{LINK_PORT}").as_ref(),
-            "--link-key-file".as_ref(),
-            key_file.as_os_str(),
-            "--link-transport".as_ref(),
-            t.flag().as_ref(),
-        ]),
-    )
+    let mut args = os_args([
+        "--library".as_ref(),
+        library.as_os_str(),
+        "--link-listen".as_ref(),
+        format!("0.0.0.0:{LINK_PORT}").as_ref(),
+        "--link-key-file".as_ref(),
+        key_file.as_os_str(),
+        "--link-transport".as_ref(),
+        t.flag().as_ref(),
+    ]);
+    args.extend(options.encoder_args.iter().cloned());
+    topo.spawn_in(Node::Encoder, name, bin("divisor-encoder")?, args)
 }
 
 /// Owned copies of borrowed arguments (lets argument lists mix `&str` and paths).

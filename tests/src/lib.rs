@@ -19,7 +19,7 @@ pub mod tshark;
 
 pub use clients::{Capture, Decode, RtpTransport};
 pub use cmd::{run, CmdOutput};
-pub use deploy::{Deployment, Kind, LinkTransport};
+pub use deploy::{Deployment, Kind, LinkTransport, Options};
 pub use media::{asset, AssetInfo};
 pub use netns::{Node, Topology};
 pub use paths::bin;
