@@ -8,10 +8,13 @@ PKGS=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev
   ffmpeg
+  nasm
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   tshark
   iproute2 nftables iputils-ping procps curl ca-certificates
+  gir1.2-gst-rtsp-server-1.0 fonts-dejavu-core util-linux
 )
 
 missing=()

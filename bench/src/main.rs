@@ -3,7 +3,24 @@
 //! Subcommands measure one aspect each; today: `link` (throughput of the encoder-protocol
 //! link against a raw TCP socket).
 
+mod asset;
+mod capacity;
+mod cpu;
+mod crypto;
 mod link;
+mod loadgen;
+mod nft;
+mod nsthread;
+mod plot;
+mod probe;
+mod receiver;
+mod report;
+mod rtsp_client;
+mod run;
+mod sched;
+mod servers;
+mod stats;
+mod transcode;
 
 use clap::{Parser, Subcommand};
 
@@ -33,11 +50,33 @@ enum Command {
     /// cores, as they share the CPU in the raw baseline.
     #[command(verbatim_doc_comment)]
     Link(link::LinkArgs),
+    /// Content-cipher throughput per core: our DES-CBC (INSECURE, 56-bit key: DIVISOR's
+    /// workload, for measurement only) and AES-128-CTR, beside `openssl speed -evp des-cbc`
+    /// and `-evp aes-128-ctr` run in the same invocation; prints MB/s and ratios.
+    #[command(verbatim_doc_comment)]
+    Crypto(crypto::CryptoArgs),
+    /// Monolithic versus split, side by side with peers, in under 3 minutes: tiny client
+    /// ramps (2, 4, 8) on mono-1c, split-2x1c and mono-2c, the GStreamer RTSP server and
+    /// ffmpeg, plus the raw sendmmsg probe. Proves the harness works; the figures are small.
+    /// Writes bench/out/<timestamp>/{results.json,results.md,*.png,*.svg}. Needs root.
+    Quick(run::RunArgs),
+    /// The full capacity run (see bench/README.md): ramps every scenario and peer to the
+    /// largest client count that keeps the quality bar. Needs root; takes a while.
+    Full(run::RunArgs),
+    /// Transcode speed: our TranscodeStage (demux, decode, swscale, libx264) against the
+    /// `ffmpeg` command line with the same encoder options on the same input, in one run;
+    /// prints wall time, frames/s and the ratio (goal >= 0.95).
+    #[command(verbatim_doc_comment)]
+    Transcode(transcode::TranscodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Link(args) => link::run(args),
+        Command::Crypto(args) => crypto::run(args),
+        Command::Quick(args) => run::run(run::Mode::Quick, args),
+        Command::Full(args) => run::run(run::Mode::Full, args),
+        Command::Transcode(args) => transcode::run(args),
     }
 }

@@ -21,13 +21,19 @@
 //! - [`ingest`]: the file demuxer ([`ingest::FileSource`]) and H.264/AAC bitstream helpers;
 //! - [`pipeline`]: the [`pipeline::Stage`] chain (transcode, encrypt) between a source
 //!   and the link;
+//! - [`chains`]: which chain a VoD open or a live rendition runs, from the config;
+//! - [`live`]: live channels (inputs, timeline, renditions, subscriptions);
 //! - [`session`]: serving one link ([`serve_link`]): channels, seek, pause, credits.
 
+pub mod chains;
 pub mod config;
+pub mod encrypt;
 pub mod ingest;
+pub mod live;
 pub mod pipeline;
 pub mod session;
 pub mod storage;
+pub mod transcode;
 
-pub use session::{serve_link, SessionError};
+pub use session::{serve_link, serve_link_with, Services, SessionError};
 pub use storage::{AssetInfo, Catalog, Library, StorageError};

@@ -45,6 +45,11 @@ pub trait Stage: Send {
     /// starts a new, independent run, beginning with a keyframe.
     fn reset(&mut self);
 
+    /// Messages the protocol unit needs before the channel's Announce (a content key, so it
+    /// knows at DESCRIBE time that the channel is encrypted). Their channel id is 0; the
+    /// caller addresses them. The default has none.
+    fn prelude(&mut self, _out: &mut Vec<Message>) {}
+
     /// A client asked for a keyframe (PLI, late joiner): make the next output frame of
     /// video track `track` a keyframe if the stage can. The default does nothing.
     fn request_keyframe(&mut self, _track: u8) {}
@@ -98,6 +103,13 @@ impl Chain {
     pub fn reset(&mut self) {
         for s in &mut self.stages {
             s.reset();
+        }
+    }
+
+    /// What every stage needs sent before the Announce (see [`Stage::prelude`]).
+    pub fn prelude(&mut self, out: &mut Vec<Message>) {
+        for s in &mut self.stages {
+            s.prelude(out);
         }
     }
 

@@ -9,8 +9,17 @@
 //! Flow control: the worker holds the channel's credits (one per frame sent, all tracks;
 //! end-of-stream markers need none). Credits survive seeks and pauses: the protocol unit
 //! grants its window once and returns the credits of frames it drops.
+//!
+//! Every VoD channel runs its frames through the [`Chain`] the [`ChainFactory`] picks for
+//! its asset and rendition (passthrough for the source): frames are pushed, the chain is
+//! flushed at the end of the file and reset on a seek, and what comes out (content keys,
+//! then the frames they protect) goes to the link in order; keys need no credit.
+//!
+//! Live channels are subscribed to, not opened: `Subscribe` goes to the
+//! [`LiveRegistry`], which pushes to the link without credits (see [`crate::live`]).
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use divisor_link::{
@@ -19,7 +28,10 @@ use divisor_link::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::chains::{ChainError, ChainFactory};
 use crate::ingest::{Demuxed, FileSource, IngestError};
+use crate::live::{LiveRegistry, Outbox, Subscription};
+use crate::pipeline::Chain;
 use crate::storage::{AssetInfo, Catalog, Library, StorageError};
 
 /// How many messages a channel may queue towards the link sender.
@@ -47,16 +59,54 @@ enum Command {
     Close,
 }
 
+/// What a link is served from; shared by every link of the unit.
+#[derive(Clone)]
+pub struct Services {
+    pub library: Arc<Library>,
+    /// Updated with assets opened for the first time.
+    pub catalog: Arc<Catalog>,
+    /// The chain of each VoD open (and of live renditions).
+    pub chains: Arc<ChainFactory>,
+    /// The live channels.
+    pub live: Arc<LiveRegistry>,
+}
+
+impl Services {
+    /// VoD passthrough of `library`, no live channel.
+    pub fn new(library: Arc<Library>, catalog: Arc<Catalog>) -> Services {
+        let chains = Arc::new(ChainFactory::passthrough());
+        let live = Arc::new(LiveRegistry::new(library.clone(), chains.clone()));
+        Services {
+            library,
+            catalog,
+            chains,
+            live,
+        }
+    }
+}
+
 /// Serve one link until it closes: open assets of `library` as channels, and stream them
 /// under credit-based flow control. Returns `Ok(())` when the link closes normally, an
 /// error if it failed (malformed bytes, I/O). Every open channel is freed on return.
 ///
-/// `catalog` is updated with assets opened for the first time.
+/// `catalog` is updated with assets opened for the first time. No live channels and VoD
+/// passthrough only: see [`serve_link_with`] for the rest.
 pub async fn serve_link(
     link: Link,
     library: Arc<Library>,
     catalog: Arc<Catalog>,
 ) -> Result<(), SessionError> {
+    serve_link_with(link, Services::new(library, catalog)).await
+}
+
+/// [`serve_link`] with renditions and live channels.
+pub async fn serve_link_with(link: Link, services: Services) -> Result<(), SessionError> {
+    let Services {
+        library,
+        catalog,
+        chains,
+        live,
+    } = services;
     let Link {
         sender,
         mut receiver,
@@ -64,6 +114,7 @@ pub async fn serve_link(
     } = link;
     info!(%peer, "link up: serving");
     let mut channels: HashMap<ChannelId, mpsc::UnboundedSender<Command>> = HashMap::new();
+    let mut subscriptions: HashMap<ChannelId, Subscription> = HashMap::new();
     let result = loop {
         let msg = match receiver.recv().await {
             Ok(m) => m,
@@ -81,9 +132,12 @@ pub async fn serve_link(
             Message::Open {
                 channel,
                 asset,
-                rendition: _,
+                rendition,
             } => {
-                if channel == 0 {
+                if subscriptions.contains_key(&channel) {
+                    let text = format!("channel {channel} is already a live subscription");
+                    reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
+                } else if channel == 0 {
                     reply_error(
                         &sender,
                         0,
@@ -98,12 +152,16 @@ pub async fn serve_link(
                             reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
                         }
                         Entry::Vacant(slot) => match spawn_channel(
-                            channel,
-                            asset,
+                            Opened {
+                                channel,
+                                asset,
+                                rendition,
+                            },
                             &peer,
                             sender.clone(),
                             library.clone(),
                             catalog.clone(),
+                            chains.clone(),
                         ) {
                             Ok(tx) => {
                                 slot.insert(tx);
@@ -116,6 +174,32 @@ pub async fn serve_link(
                         },
                     }
                 }
+                continue;
+            }
+            Message::Close { channel } if subscriptions.contains_key(&channel) => {
+                // Dropping the subscription unsubscribes.
+                subscriptions.remove(&channel);
+                continue;
+            }
+            Message::KeyframeRequest { channel, track } if subscriptions.contains_key(&channel) => {
+                if let Some(s) = subscriptions.get(&channel) {
+                    s.request_keyframe(track);
+                }
+                continue;
+            }
+            Message::Credits { channel, .. } if subscriptions.contains_key(&channel) => {
+                // Live subscriptions are pushed without credits; a grant is harmless.
+                continue;
+            }
+            Message::Pause { channel }
+            | Message::Resume { channel }
+            | Message::Seek { channel, .. }
+                if subscriptions.contains_key(&channel) =>
+            {
+                let text = format!(
+                    "channel {channel} is a live subscription: it cannot seek, pause or resume"
+                );
+                reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
                 continue;
             }
             Message::Seek {
@@ -148,14 +232,29 @@ pub async fn serve_link(
                 warn!(%peer, "ignoring a handshake message on an established link");
                 continue;
             }
-            Message::Subscribe { channel, name, .. } => {
-                reply_error(
-                    &sender,
-                    channel,
-                    ErrorCode::NotFound,
-                    &format!("no live channel {name:?}: this encoder unit serves no live channels"),
-                )
-                .await;
+            Message::Subscribe {
+                channel,
+                name,
+                rendition,
+            } => {
+                if channel == 0
+                    || channels.contains_key(&channel)
+                    || subscriptions.contains_key(&channel)
+                {
+                    let text = format!("channel {channel} is the link itself or already in use");
+                    reply_error(&sender, channel, ErrorCode::BadRequest, &text).await;
+                    continue;
+                }
+                let outbox = Outbox::spawn(channel, &peer, sender.clone());
+                match live.subscribe(&name, &rendition, outbox) {
+                    Ok(sub) => {
+                        subscriptions.insert(channel, sub);
+                    }
+                    Err(e) => {
+                        info!(%peer, channel, live = %name, rendition = %rendition, "subscription refused: {e}");
+                        reply_error(&sender, channel, e.code(), &e.to_string()).await;
+                    }
+                }
                 continue;
             }
             Message::Announce { channel, .. }
@@ -188,11 +287,16 @@ pub async fn serve_link(
         }
     };
     match &result {
-        Ok(()) => info!(%peer, open_channels = channels.len(), "link closed"),
-        Err(e) => warn!(%peer, open_channels = channels.len(), "{e}"),
+        Ok(()) => {
+            info!(%peer, open_channels = channels.len(), live_subscriptions = subscriptions.len(), "link closed")
+        }
+        Err(e) => {
+            warn!(%peer, open_channels = channels.len(), live_subscriptions = subscriptions.len(), "{e}")
+        }
     }
-    // Dropping the command queues ends every worker.
+    // Dropping the command queues ends every worker; dropping subscriptions unsubscribes.
     drop(channels);
+    drop(subscriptions);
     result
 }
 
@@ -206,17 +310,25 @@ async fn reply_error(sender: &LinkSender, channel: ChannelId, code: ErrorCode, m
         .await;
 }
 
-fn spawn_channel(
+/// What the protocol unit asked to open.
+struct Opened {
     channel: ChannelId,
     asset: String,
+    rendition: String,
+}
+
+fn spawn_channel(
+    opened: Opened,
     peer: &str,
     sender: LinkSender,
     library: Arc<Library>,
     catalog: Arc<Catalog>,
+    chains: Arc<ChainFactory>,
 ) -> std::io::Result<mpsc::UnboundedSender<Command>> {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUTBOX);
     let peer = peer.to_string();
+    let channel = opened.channel;
     std::thread::Builder::new()
         .name(format!("channel-{channel}"))
         .spawn({
@@ -226,13 +338,16 @@ fn spawn_channel(
                 let mut worker = Worker {
                     channel,
                     peer,
-                    asset,
+                    asset: opened.asset,
+                    rendition: opened.rendition,
                     cmds: cmd_rx,
                     out: out_tx,
                     credits: 0,
                     flowing: false,
                     at_end: false,
-                    in_hand: None,
+                    chain: Chain::passthrough(),
+                    ready: VecDeque::new(),
+                    source_done: None,
                     discontinuity: Vec::new(),
                     track_end: Vec::new(),
                     frames_sent: 0,
@@ -240,7 +355,7 @@ fn spawn_channel(
                 };
                 // A panic (a bug, or a library surprise on a bad file) ends this channel
                 // only; the dispatcher then sees it closed.
-                let run = std::panic::AssertUnwindSafe(|| worker.run(&library, &catalog));
+                let run = std::panic::AssertUnwindSafe(|| worker.run(&library, &catalog, &chains));
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!(peer = %peer_for_log, channel, "channel worker panicked");
                 }
@@ -263,13 +378,19 @@ struct Worker {
     channel: ChannelId,
     peer: String,
     asset: String,
+    rendition: String,
     cmds: mpsc::UnboundedReceiver<Command>,
     out: mpsc::Sender<Message>,
     credits: u64,
     flowing: bool,
     at_end: bool,
-    /// The next frame, read but not yet sent (waiting for a credit, or paused).
-    in_hand: Option<Frame>,
+    /// The asset's chain (passthrough for the source rendition).
+    chain: Chain,
+    /// What the chain produced, not yet sent (frames wait for a credit, or a resume).
+    ready: VecDeque<Message>,
+    /// The source has ended (`Some(None)`) or failed (`Some(Some(error))`) and the chain
+    /// has been flushed: once `ready` is empty, the stream ends.
+    source_done: Option<Option<String>>,
     /// Per track: the next frame gets DISCONTINUITY (after a seek).
     discontinuity: Vec<bool>,
     /// Per track: end time (pts + duration) of the last frame sent, for the EOS marker.
@@ -292,8 +413,8 @@ impl Worker {
         })
     }
 
-    fn run(&mut self, library: &Library, catalog: &Catalog) {
-        let Some(mut source) = self.open(library, catalog) else {
+    fn run(&mut self, library: &Library, catalog: &Catalog, chains: &ChainFactory) {
+        let Some(mut source) = self.open(library, catalog, chains) else {
             return;
         };
         let _ = self.serve(&mut source);
@@ -306,8 +427,13 @@ impl Worker {
         );
     }
 
-    /// Resolve and open the asset, answering Announce or Error.
-    fn open(&mut self, library: &Library, catalog: &Catalog) -> Option<FileSource> {
+    /// Resolve and open the asset and its chain, answering Announce or Error.
+    fn open(
+        &mut self,
+        library: &Library,
+        catalog: &Catalog,
+        chains: &ChainFactory,
+    ) -> Option<FileSource> {
         let opened = library
             .resolve(&self.asset)
             .map_err(|e| {
@@ -328,22 +454,46 @@ impl Worker {
                     };
                     (code, format!("{}: {e}", self.asset))
                 })
+            })
+            .and_then(|source| {
+                catalog.record(AssetInfo::from_source(&self.asset, &source));
+                let built = chains
+                    .vod_chain(&self.asset, &self.rendition, source.tracks())
+                    .and_then(|mut chain| {
+                        let tracks = chain.tracks(source.tracks())?;
+                        Ok((chain, tracks))
+                    });
+                match built {
+                    Ok((chain, tracks)) => Ok((source, chain, tracks)),
+                    Err(e) => {
+                        let code = match e {
+                            ChainError::NoSuchRendition(_) => ErrorCode::NoSuchRendition,
+                            _ => ErrorCode::UnsupportedMedia,
+                        };
+                        Err((code, format!("{}: {e}", self.asset)))
+                    }
+                }
             });
         match opened {
-            Ok(source) => {
-                catalog.record(AssetInfo::from_source(&self.asset, &source));
-                let tracks = source.tracks().to_vec();
+            Ok((source, chain, tracks)) => {
                 info!(
                     peer = %self.peer,
                     channel = self.channel,
                     asset = %self.asset,
+                    rendition = %self.rendition,
                     duration_ms = ?source.duration_ms(),
                     tracks = tracks.len(),
                     "open"
                 );
+                self.chain = chain;
                 self.discontinuity = vec![false; tracks.len()];
                 self.track_end = vec![0; tracks.len()];
                 self.codecs = tracks.iter().map(|t| t.codec).collect();
+                let mut prelude = Vec::new();
+                self.chain.prelude(&mut prelude);
+                for msg in prelude {
+                    self.send(msg.with_channel(self.channel)).ok()?;
+                }
                 let announce = Message::Announce {
                     channel: self.channel,
                     duration_ms: source.duration_ms(),
@@ -357,6 +507,7 @@ impl Worker {
                     peer = %self.peer,
                     channel = self.channel,
                     asset = %self.asset,
+                    rendition = %self.rendition,
                     ?code,
                     "open refused: {message}"
                 );
@@ -368,7 +519,13 @@ impl Worker {
 
     /// Whether there is work to do without waiting for a command.
     fn can_work(&self) -> bool {
-        self.flowing && !self.at_end && (self.in_hand.is_none() || self.credits > 0)
+        self.flowing
+            && !self.at_end
+            && match self.ready.front() {
+                None => true,
+                Some(Message::Frame(_)) => self.credits > 0,
+                Some(_) => true,
+            }
     }
 
     fn serve(&mut self, source: &mut FileSource) -> Result<(), Gone> {
@@ -404,7 +561,9 @@ impl Worker {
                 request,
                 position_ms,
             } => {
-                self.in_hand = None;
+                self.ready.clear();
+                self.source_done = None;
+                self.chain.reset();
                 match source.seek(position_ms) {
                     Ok(real) => {
                         info!(%peer, channel, request, asked_ms = position_ms, real_ms = real, "seek");
@@ -437,46 +596,80 @@ impl Worker {
                 }
             }
             Command::KeyframeRequest(track) => {
-                debug!(%peer, channel, track, "keyframe request: stored files keep their own GOP");
+                if self.chain.is_empty() {
+                    debug!(%peer, channel, track, "keyframe request: stored files keep their own GOP");
+                } else {
+                    self.chain.request_keyframe(track);
+                }
             }
             Command::Close => return Ok(false),
         }
         Ok(true)
     }
 
-    /// Read the next frame if none is in hand, and send it if a credit allows.
+    /// Run the next source frame through the chain if nothing is ready, then send what is
+    /// ready: control messages at once, a frame if a credit allows.
     fn step(&mut self, source: &mut FileSource) -> Result<(), Gone> {
-        if self.in_hand.is_none() {
-            match source.next_frame() {
-                Ok(Demuxed::Frame(f)) => self.in_hand = Some(f),
-                Ok(Demuxed::End) => return self.end_of_stream(None),
-                Err(e) => return self.end_of_stream(Some(e)),
+        if self.ready.is_empty() {
+            if let Some(error) = self.source_done.take() {
+                return self.end_of_stream(error);
             }
-        }
-        if self.credits == 0 {
+            let mut out = Vec::new();
+            let pushed = match source.next_frame() {
+                Ok(Demuxed::Frame(mut f)) => {
+                    f.channel = self.channel;
+                    self.chain.push(f, &mut out).map_err(|e| e.to_string())
+                }
+                Ok(Demuxed::End) => {
+                    self.source_done = Some(None);
+                    self.chain.flush(&mut out).map_err(|e| e.to_string())
+                }
+                Err(e) => {
+                    self.source_done = Some(Some(e.to_string()));
+                    self.chain.flush(&mut out).map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = pushed {
+                self.chain.reset();
+                self.source_done = Some(Some(format!("processing failed: {e}")));
+            }
+            self.ready.extend(out);
             return Ok(());
         }
-        if let Some(mut frame) = self.in_hand.take() {
-            frame.channel = self.channel;
-            let t = usize::from(frame.track);
-            if let Some(d) = self.discontinuity.get_mut(t) {
-                if *d {
-                    frame.flags.insert(FrameFlags::DISCONTINUITY);
-                    *d = false;
+        let msg = match self.ready.front() {
+            Some(Message::Frame(_)) if self.credits == 0 => return Ok(()),
+            _ => self.ready.pop_front(),
+        };
+        match msg {
+            Some(Message::Frame(mut frame)) => {
+                frame.channel = self.channel;
+                let t = usize::from(frame.track);
+                if let Some(d) = self.discontinuity.get_mut(t) {
+                    if *d {
+                        frame.flags.insert(FrameFlags::DISCONTINUITY);
+                        *d = false;
+                    }
                 }
+                if let Some(end) = self.track_end.get_mut(t) {
+                    *end = frame.pts + i64::from(frame.duration);
+                }
+                self.credits -= 1;
+                self.frames_sent += 1;
+                self.send(Message::Frame(frame))?;
             }
-            if let Some(end) = self.track_end.get_mut(t) {
-                *end = frame.pts + i64::from(frame.duration);
+            Some(mut other) => {
+                if let Message::ContentKey { channel, .. } = &mut other {
+                    *channel = self.channel;
+                }
+                self.send(other)?;
             }
-            self.credits -= 1;
-            self.frames_sent += 1;
-            self.send(Message::Frame(frame))?;
+            None => {}
         }
         Ok(())
     }
 
     /// One END_OF_STREAM frame per track (no credit needed); the channel stays open.
-    fn end_of_stream(&mut self, error: Option<IngestError>) -> Result<(), Gone> {
+    fn end_of_stream(&mut self, error: Option<String>) -> Result<(), Gone> {
         match error {
             None => {
                 info!(peer = %self.peer, channel = self.channel, frames_sent = self.frames_sent, "end of stream")
@@ -490,7 +683,7 @@ impl Worker {
         }
         self.at_end = true;
         self.flowing = false;
-        self.in_hand = None;
+        self.ready.clear();
         for track in 0..self.codecs.len() {
             let codec = self.codecs[track];
             let end = self.track_end.get(track).copied().unwrap_or(0);

@@ -4,6 +4,8 @@
 //! - [`codec`]: their versioned, length-delimited byte format (pure functions);
 //! - [`handshake`]: pre-shared-key challenge-response;
 //! - [`transport`]: byte movers behind one trait (TCP, io_uring, in-process);
+//! - [`content`]: content encryption: the encrypted frame payload format, its ciphers
+//!   (DES-CBC, AES-128-CTR) and content-key derivation;
 //! - [`logging`]: the log set-up every Divisor binary shares.
 //!
 //! Credit-based flow control is a conversation over [`Message::Credits`]: the encoder
@@ -13,6 +15,7 @@
 //! whatever transport carries them.
 
 pub mod codec;
+pub mod content;
 pub mod handshake;
 pub mod logging;
 pub mod message;

@@ -5,10 +5,18 @@
 //! RTCP sender reports ([`rtcp`]) and SDP descriptions ([`sdp`]). This crate never links a
 //! codec library: the protocol machine needs none.
 
+pub mod admission;
+pub mod content;
+pub mod fanout;
+pub mod http;
+pub mod live;
+pub mod metrics;
 pub mod packetize;
 pub mod rtcp;
 pub mod rtsp;
+pub mod schedule;
 pub mod sdp;
 pub mod server;
 pub mod session;
+pub mod srtp;
 pub mod upstream;

@@ -31,7 +31,7 @@ use ::sdp::description::common::{Address, Attribute, Bandwidth, ConnectionInform
 use ::sdp::description::media::{MediaDescription, MediaName, RangedPort};
 use ::sdp::description::session::{Origin, SessionDescription, TimeDescription, Timing};
 use base64::Engine;
-use divisor_link::{Codec, TrackInfo};
+use divisor_link::{Cipher, Codec, TrackInfo};
 
 /// RTP payload type of video tracks.
 pub const VIDEO_PAYLOAD_TYPE: u8 = 96;
@@ -93,6 +93,41 @@ pub fn describe(
     origin_ip: IpAddr,
     session_name: &str,
 ) -> Result<String, SdpError> {
+    describe_with(tracks, duration_ms, origin_ip, session_name, None)
+}
+
+/// Encoding name of content-encrypted tracks (see `crate::packetize::opaque`).
+pub const ENCRYPTED_ENCODING: &str = "X-DIVISOR-ENC";
+
+/// As [`describe`], for a channel whose frames are content-encrypted with `cipher` (every
+/// track: the encoder's stage encrypts all of them). Each track is described as
+///
+/// ```text
+/// a=rtpmap:96 X-DIVISOR-ENC/90000
+/// a=fmtp:96 inner=H264/90000;cipher=aes-128-ctr;format=1
+/// a=x-divisor-inner-fmtp:96 packetization-mode=1;profile-level-id=..;sprop-parameter-sets=..
+/// ```
+///
+/// `inner` is what the rtpmap of the clear track would say, and `x-divisor-inner-fmtp` its
+/// fmtp (when it has one): what a receiver needs to decode once it has decrypted a frame.
+/// Ordinary players do not know the format and must not try to play it.
+pub fn describe_encrypted(
+    tracks: &[TrackInfo],
+    duration_ms: Option<u64>,
+    origin_ip: IpAddr,
+    session_name: &str,
+    cipher: Cipher,
+) -> Result<String, SdpError> {
+    describe_with(tracks, duration_ms, origin_ip, session_name, Some(cipher))
+}
+
+fn describe_with(
+    tracks: &[TrackInfo],
+    duration_ms: Option<u64>,
+    origin_ip: IpAddr,
+    session_name: &str,
+    cipher: Option<Cipher>,
+) -> Result<String, SdpError> {
     if tracks.is_empty() {
         return Err(SdpError::NoTracks);
     }
@@ -150,7 +185,11 @@ pub fn describe(
     .with_value_attribute("control".to_string(), "*".to_string());
 
     for t in tracks {
-        sd = sd.with_media(media(t)?);
+        let md = media(t)?;
+        sd = sd.with_media(match cipher {
+            Some(c) => encrypted_media(md, c),
+            None => md,
+        });
     }
     Ok(sd.marshal())
 }
@@ -230,6 +269,43 @@ fn media(t: &TrackInfo) -> Result<MediaDescription, SdpError> {
     }
     md.attributes.push(attr("control", track_control(t.track)));
     Ok(md)
+}
+
+/// The clear description `md` rewritten for content-encrypted frames; see
+/// [`describe_encrypted`].
+fn encrypted_media(mut md: MediaDescription, cipher: Cipher) -> MediaDescription {
+    let take = |md: &mut MediaDescription, key: &str| -> Option<(String, String)> {
+        let i = md.attributes.iter().position(|a| a.key == key)?;
+        let v = md.attributes.remove(i).value.unwrap_or_default();
+        let (pt, rest) = v.split_once(' ')?;
+        Some((pt.to_string(), rest.to_string()))
+    };
+    let Some((pt, inner)) = take(&mut md, "rtpmap") else {
+        return md;
+    };
+    let clock = inner.split('/').nth(1).unwrap_or("90000").to_string();
+    let inner_fmtp = take(&mut md, "fmtp").map(|(_, f)| f);
+    let cipher_name = match cipher {
+        Cipher::DesCbc => "des-cbc",
+        Cipher::Aes128Ctr => "aes-128-ctr",
+    };
+    let attr = |k: &str, v: String| Attribute::new(k.to_string(), Some(v));
+    let mut new = vec![
+        attr("rtpmap", format!("{pt} {ENCRYPTED_ENCODING}/{clock}")),
+        attr(
+            "fmtp",
+            format!(
+                "{pt} inner={inner};cipher={cipher_name};format={}",
+                divisor_link::content::FORMAT_VERSION
+            ),
+        ),
+    ];
+    if let Some(f) = inner_fmtp {
+        new.push(attr("x-divisor-inner-fmtp", format!("{pt} {f}")));
+    }
+    // Before the remaining attributes (framesize, control), as the clear layout has it.
+    md.attributes.splice(0..0, new);
+    md
 }
 
 /// `packetization-mode=1;profile-level-id=..;sprop-parameter-sets=..` from the track's
@@ -441,6 +517,33 @@ mod tests {
         ));
         assert_eq!(aac_lc_config(48000, 2), Some([0x11, 0x90]));
         assert_eq!(aac_lc_config(48000, 0), None);
+    }
+
+    #[test]
+    fn encrypted_tracks_name_the_inner_codec() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let text =
+            describe_encrypted(&[video(), aac()], Some(4000), ip, "x", Cipher::DesCbc).unwrap();
+        let sd = parse(&text).unwrap();
+        let v = &sd.media_descriptions[0];
+        assert_eq!(attr(v, "rtpmap"), "96 X-DIVISOR-ENC/90000");
+        assert_eq!(
+            attr(v, "fmtp"),
+            "96 inner=H264/90000;cipher=des-cbc;format=1"
+        );
+        assert!(attr(v, "x-divisor-inner-fmtp").starts_with("96 packetization-mode=1;"));
+        assert_eq!(attr(v, "framesize"), "96 1280-720");
+        assert_eq!(attr(v, "control"), "trackID=0");
+        let a = &sd.media_descriptions[1];
+        assert_eq!(attr(a, "rtpmap"), "97 X-DIVISOR-ENC/44100");
+        assert_eq!(
+            attr(a, "fmtp"),
+            "97 inner=MPEG4-GENERIC/44100/2;cipher=des-cbc;format=1"
+        );
+        // The clear description is unchanged.
+        let clear = describe(&[video()], None, ip, "x").unwrap();
+        assert!(clear.contains("a=rtpmap:96 H264/90000\r\n"));
+        assert!(!clear.contains("X-DIVISOR"));
     }
 
     #[test]

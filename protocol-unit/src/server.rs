@@ -11,7 +11,10 @@ use divisor_link::{LinkConfig, LinkListener};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::fanout::{FanOut, FanOutConfig, SendPath};
+use crate::live::LiveHub;
 use crate::rtsp::{self, RtspContext};
+use crate::schedule::{SchedulerConfig, SchedulerMode};
 use crate::session::Sessions;
 use crate::upstream::Upstream;
 
@@ -26,6 +29,44 @@ pub struct FrontEndArgs {
     /// Seconds without a request or RTCP report after which a client's session is dropped.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub session_timeout: u64,
+
+    /// The server's UDP port pair for RTP (this port, even) and RTCP (the next one), shared
+    /// by every client. 0 picks a free pair.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub rtp_port: u16,
+
+    /// How packets reach the kernel: `sendmmsg` (batched system calls) or `uring`
+    /// (io_uring submissions).
+    #[arg(
+        long,
+        value_name = "sendmmsg|uring",
+        value_enum,
+        default_value = "sendmmsg"
+    )]
+    pub send_path: SendPath,
+
+    /// Send each client's runs of equal-size packets as one UDP GSO message (fewer trips
+    /// through the stack). Off by default: a veth hands GSO packets to its peer unsplit, so
+    /// packet captures on veths miscount them; real NICs are unaffected.
+    #[arg(long)]
+    pub gso: bool,
+
+    /// The sender: `rt` (own thread, SCHED_FIFO and locked memory when permitted,
+    /// clock_nanosleep) or `plain` (tokio timers, for comparison).
+    #[arg(long, value_name = "rt|plain", value_enum, default_value = "rt")]
+    pub scheduler: SchedulerMode,
+
+    /// Pin the real-time sender to this CPU core.
+    #[arg(long, value_name = "N")]
+    pub rt_core: Option<usize>,
+
+    /// Busy-wait this many microseconds before each send deadline (rt scheduler).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    pub spin_us: u64,
+
+    /// Seconds a live channel stays subscribed after its last viewer leaves.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub live_linger: u64,
 }
 
 impl FrontEndArgs {
@@ -33,6 +74,20 @@ impl FrontEndArgs {
         FrontEndConfig {
             rtsp_listen: self.rtsp_listen,
             session_timeout: Duration::from_secs(self.session_timeout.max(1)),
+            fan_out: FanOutConfig {
+                rtp_listen: SocketAddr::new(
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    self.rtp_port,
+                ),
+                send_path: self.send_path,
+                gso: self.gso,
+                scheduler: SchedulerConfig {
+                    mode: self.scheduler,
+                    rt_core: self.rt_core,
+                    spin: Duration::from_micros(self.spin_us),
+                },
+            },
+            live_linger: Duration::from_secs(self.live_linger),
         }
     }
 }
@@ -43,22 +98,57 @@ pub struct FrontEndConfig {
     pub rtsp_listen: SocketAddr,
     /// Idle time after which a session is dropped.
     pub session_timeout: Duration,
+    pub fan_out: FanOutConfig,
+    pub live_linger: Duration,
+}
+
+/// The running front-end's shared parts: what `/metrics` and the status endpoint read.
+#[derive(Clone)]
+pub struct FrontEnd {
+    pub sessions: Arc<Sessions>,
+    pub fan: Arc<FanOut>,
+    pub live: Arc<LiveHub>,
+    pub ctx: Arc<RtspContext>,
+}
+
+impl FrontEnd {
+    /// Start the fan-out (sockets, sender, RTCP reader), the live hub and the session
+    /// reaper. Needs a tokio runtime.
+    pub fn start(config: &FrontEndConfig, upstream: Upstream) -> anyhow::Result<FrontEnd> {
+        let fan = FanOut::start(config.fan_out).with_context(|| {
+            format!(
+                "cannot start the fan-out on UDP {}",
+                config.fan_out.rtp_listen
+            )
+        })?;
+        let live = LiveHub::new(upstream.clone(), fan.clone(), config.live_linger);
+        let sessions = Sessions::new(config.session_timeout);
+        tokio::spawn(sessions.clone().reaper());
+        let ctx = RtspContext::new(upstream, sessions.clone(), fan.clone(), live.clone());
+        Ok(FrontEnd {
+            sessions,
+            fan,
+            live,
+            ctx,
+        })
+    }
+
+    /// Serve RTSP on `listen`, forever.
+    pub async fn serve(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for RTSP on {listen}"))?;
+        let at = listener.local_addr().unwrap_or(listen);
+        info!("RTSP on rtsp://{at}/vod/<file> and rtsp://{at}/live/<channel>[/<rendition>]");
+        rtsp::serve(listener, Arc::clone(&self.ctx)).await?;
+        Ok(())
+    }
 }
 
 /// Serve RTSP on `config.rtsp_listen` with frames from `upstream`, forever.
 pub async fn serve_rtsp(config: &FrontEndConfig, upstream: Upstream) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.rtsp_listen)
-        .await
-        .with_context(|| format!("cannot listen for RTSP on {}", config.rtsp_listen))?;
-    info!(
-        "RTSP on rtsp://{}/vod/<file>",
-        listener.local_addr().unwrap_or(config.rtsp_listen)
-    );
-    let sessions = Sessions::new(config.session_timeout);
-    tokio::spawn(sessions.clone().reaper());
-    let ctx = RtspContext::new(upstream, sessions);
-    rtsp::serve(listener, Arc::clone(&ctx)).await?;
-    Ok(())
+    let front = FrontEnd::start(config, upstream)?;
+    front.serve(config.rtsp_listen).await
 }
 
 /// How this unit reaches the encoder unit.

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use divisor_link::{ChannelId, ErrorCode, Link, LinkSender, Message, TrackInfo};
+use bytes::Bytes;
+use divisor_link::{ChannelId, Cipher, ErrorCode, Link, LinkSender, Message, TrackInfo};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -143,6 +144,8 @@ impl Upstream {
         let channel = match &msg {
             Message::Frame(f) => f.channel,
             Message::Announce { channel, .. }
+            | Message::Status { channel, .. }
+            | Message::ContentKey { channel, .. }
             | Message::SeekDone { channel, .. }
             | Message::Credits { channel, .. }
             | Message::KeyframeRequest { channel, .. } => *channel,
@@ -172,6 +175,30 @@ impl Upstream {
 
     /// Open VoD asset `asset` on the encoder unit and wait for its announce.
     pub async fn open(&self, asset: &str) -> Result<Channel, UpstreamError> {
+        self.request(|id| Message::Open {
+            channel: id,
+            asset: asset.to_string(),
+            rendition: String::new(),
+        })
+        .await
+    }
+
+    /// Subscribe to live channel `name` in `rendition` ("" = its first) and wait for its
+    /// announce. Content keys sent before the announce are on [`Channel::keys`].
+    pub async fn subscribe(&self, name: &str, rendition: &str) -> Result<Channel, UpstreamError> {
+        self.request(|id| Message::Subscribe {
+            channel: id,
+            name: name.to_string(),
+            rendition: rendition.to_string(),
+        })
+        .await
+    }
+
+    /// Send the request `make(id)` under a new channel id and wait for the announce.
+    async fn request(
+        &self,
+        make: impl FnOnce(ChannelId) -> Message,
+    ) -> Result<Channel, UpstreamError> {
         let id = self.inner.next_channel.fetch_add(1, Ordering::Relaxed);
         let (tx, mut events) = mpsc::unbounded_channel();
         let sender = {
@@ -188,36 +215,54 @@ impl Upstream {
             events: None,
             duration_ms: None,
             tracks: Vec::new(),
+            keys: Arc::new(Mutex::new(Vec::new())),
             upstream: self.clone(),
         };
-        channel
-            .send(Message::Open {
-                channel: id,
-                asset: asset.to_string(),
-                rendition: String::new(),
-            })
-            .await?;
-        let answer = tokio::time::timeout(OPEN_TIMEOUT, events.recv())
-            .await
-            .map_err(|_| UpstreamError::Timeout(OPEN_TIMEOUT))?;
-        match answer {
-            Some(ChannelEvent::Message(Message::Announce {
-                duration_ms,
-                tracks,
-                ..
-            })) => {
-                channel.duration_ms = duration_ms;
-                channel.tracks = tracks;
-                channel.events = Some(events);
-                Ok(channel)
+        channel.send(make(id)).await?;
+        let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+        loop {
+            let answer = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .map_err(|_| UpstreamError::Timeout(OPEN_TIMEOUT))?;
+            match answer {
+                Some(ChannelEvent::Message(Message::Announce {
+                    duration_ms,
+                    tracks,
+                    ..
+                })) => {
+                    channel.duration_ms = duration_ms;
+                    channel.tracks = tracks;
+                    channel.events = Some(events);
+                    return Ok(channel);
+                }
+                Some(ChannelEvent::Message(Message::ContentKey {
+                    key_id,
+                    cipher,
+                    key,
+                    ..
+                })) => channel.add_key(ContentKey {
+                    key_id,
+                    cipher,
+                    key,
+                }),
+                // A live input's state may be reported before the announce.
+                Some(ChannelEvent::Message(Message::Status { state, detail, .. })) => {
+                    debug!(
+                        channel = id,
+                        ?state,
+                        "channel status before announce: {detail}"
+                    );
+                }
+                Some(ChannelEvent::Message(Message::Error { code, message, .. })) => {
+                    return Err(UpstreamError::Refused { code, message })
+                }
+                Some(ChannelEvent::Message(other)) => {
+                    return Err(UpstreamError::Protocol(format!(
+                        "expected an announce, got {other:?}"
+                    )))
+                }
+                Some(ChannelEvent::LinkDown) | None => return Err(UpstreamError::LinkDown),
             }
-            Some(ChannelEvent::Message(Message::Error { code, message, .. })) => {
-                Err(UpstreamError::Refused { code, message })
-            }
-            Some(ChannelEvent::Message(other)) => Err(UpstreamError::Protocol(format!(
-                "expected an announce, got {other:?}"
-            ))),
-            Some(ChannelEvent::LinkDown) | None => Err(UpstreamError::LinkDown),
         }
     }
 
@@ -226,11 +271,27 @@ impl Upstream {
     }
 }
 
+/// A content key of an encrypted channel, as the encoder unit sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentKey {
+    pub key_id: u32,
+    pub cipher: Cipher,
+    pub key: Bytes,
+}
+
+/// The content keys of a channel, newest last; shared with whoever encrypts at the edge.
+pub type ContentKeys = Arc<Mutex<Vec<ContentKey>>>;
+
+/// Keys kept per channel: the current one and those frames may still name (rotation).
+const KEYS_KEPT: usize = 4;
+
 /// One open channel on the encoder unit. Closing happens on drop.
 pub struct Channel {
     pub id: ChannelId,
     pub duration_ms: Option<u64>,
     pub tracks: Vec<TrackInfo>,
+    /// Content keys received so far (encrypted channels), newest last.
+    pub keys: ContentKeys,
     sender: LinkSender,
     events: Option<mpsc::UnboundedReceiver<ChannelEvent>>,
     upstream: Upstream,
@@ -243,6 +304,15 @@ impl Channel {
             .send(msg)
             .await
             .map_err(|_| UpstreamError::LinkDown)
+    }
+
+    /// Keep `key` (replacing one with the same id); the oldest beyond a few are forgotten.
+    pub fn add_key(&self, key: ContentKey) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|k| k.key_id != key.key_id);
+        keys.push(key);
+        let excess = keys.len().saturating_sub(KEYS_KEPT);
+        keys.drain(..excess);
     }
 
     /// Take the queue of events for this channel (once).

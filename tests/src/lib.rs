@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod media;
 pub mod netns;
 pub mod paths;
+pub mod receiver;
 pub mod rtsp;
 pub mod tshark;
 

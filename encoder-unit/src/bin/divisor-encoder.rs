@@ -1,5 +1,6 @@
-//! `divisor-encoder`: the encoder unit as a process. Serves the media library to protocol
-//! units over the link, either listening for them or dialling one.
+//! `divisor-encoder`: the encoder unit as a process. Serves the media library and the
+//! live channels to protocol units over the link, either listening for them or dialling
+//! one. SIGHUP re-reads `--config`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,12 +9,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use divisor_encoder::{serve_link, Catalog, Library};
+use divisor_encoder::live::cli::{self, LiveArgs};
+use divisor_encoder::{serve_link_with, Catalog, Library, Services};
 use divisor_link::{LinkConfig, LinkError, LinkListener, Role, TransportKind};
 use tracing::{error, info, warn};
 
-/// Divisor encoder unit: streams the frames of a media library over the link to protocol
-/// units (which packetise and send RTP to clients).
+/// Divisor encoder unit: streams the frames of a media library and of live channels over
+/// the link to protocol units (which packetise and send RTP to clients). Live channels are
+/// served as rtsp://HOST:PORT/live/NAME by the protocol unit.
 #[derive(Debug, Parser)]
 #[command(name = "divisor-encoder", version)]
 struct Args {
@@ -44,6 +47,9 @@ struct Args {
     /// Link transport: tcp (tokio) or uring (io_uring).
     #[arg(long, value_name = "tcp|uring", default_value = "tcp")]
     link_transport: TransportKind,
+
+    #[command(flatten)]
+    live: LiveArgs,
 }
 
 #[tokio::main]
@@ -73,25 +79,36 @@ async fn main() -> Result<()> {
         transport: args.link_transport,
     };
 
+    let config = args.live.load().context("configuration")?;
+
     let lib = library.clone();
     let catalog = Arc::new(
         tokio::task::spawn_blocking(move || Catalog::scan(&lib))
             .await
             .context("probing the library")?,
     );
+    let lib = library.clone();
+    let running = Arc::new(
+        tokio::task::spawn_blocking(move || cli::start(config, lib))
+            .await
+            .context("starting the live channels")?,
+    );
+    let services = Services {
+        library,
+        catalog,
+        chains: running.chains.clone(),
+        live: running.live.clone(),
+    };
+    let live_args = args.live.clone();
+    tokio::spawn(async move { cli::reload_on_sighup(live_args, &running).await });
 
     match args.link_connect {
-        Some(target) => dial(cfg, &target, library, catalog).await,
-        None => listen(cfg, args.link_listen, library, catalog).await,
+        Some(target) => dial(cfg, &target, services).await,
+        None => listen(cfg, args.link_listen, services).await,
     }
 }
 
-async fn listen(
-    cfg: LinkConfig,
-    addr: SocketAddr,
-    library: Arc<Library>,
-    catalog: Arc<Catalog>,
-) -> Result<()> {
+async fn listen(cfg: LinkConfig, addr: SocketAddr, services: Services) -> Result<()> {
     let listener = LinkListener::bind(&cfg, addr)
         .await
         .with_context(|| format!("listening for links on {addr}"))?;
@@ -99,9 +116,9 @@ async fn listen(
     loop {
         match listener.accept().await {
             Ok(link) => {
-                let (library, catalog) = (library.clone(), catalog.clone());
+                let services = services.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_link(link, library, catalog).await {
+                    if let Err(e) = serve_link_with(link, services).await {
                         warn!("{e}");
                     }
                 });
@@ -115,12 +132,7 @@ async fn listen(
     }
 }
 
-async fn dial(
-    cfg: LinkConfig,
-    target: &str,
-    library: Arc<Library>,
-    catalog: Arc<Catalog>,
-) -> Result<()> {
+async fn dial(cfg: LinkConfig, target: &str, services: Services) -> Result<()> {
     let mut delay = Duration::from_millis(100);
     loop {
         let addr = match resolve(target).await {
@@ -135,7 +147,7 @@ async fn dial(
         delay = Duration::from_millis(100);
         info!(%addr, transport = ?cfg.transport, "dialling the protocol unit");
         let link = divisor_link::connect_with_backoff(&cfg, addr).await;
-        match serve_link(link, library.clone(), catalog.clone()).await {
+        match serve_link_with(link, services.clone()).await {
             Ok(()) => info!(%addr, "link closed; dialling again"),
             Err(e) => warn!(%addr, "{e}; dialling again"),
         }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use divisor_encoder::{serve_link, Catalog, Library};
+use divisor_encoder::live::cli::{self, LiveArgs};
+use divisor_encoder::{serve_link_with, Catalog, Library, Services};
 use divisor_protocol::server::{serve_rtsp, FrontEndArgs};
 use divisor_protocol::upstream::Upstream;
 use tracing::{error, info};
 
 /// Divisor monolithic server: encoder unit and protocol unit in one process, joined by an
 /// in-process link. Serves the files of --library to RTSP clients as
-/// `rtsp://HOST:PORT/vod/<file>`.
+/// `rtsp://HOST:PORT/vod/<file>` and live channels as `rtsp://HOST:PORT/live/<name>`.
+/// SIGHUP re-reads `--config`.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -24,6 +26,9 @@ struct Args {
 
     #[command(flatten)]
     front_end: FrontEndArgs,
+
+    #[command(flatten)]
+    live: LiveArgs,
 }
 
 #[tokio::main]
@@ -34,12 +39,23 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(Library::open(&args.library).with_context(|| {
             format!("cannot open the media library {}", args.library.display())
         })?);
+    let config = args.live.load().context("configuration")?;
     let scan = library.clone();
     let catalog = Arc::new(tokio::task::spawn_blocking(move || Catalog::scan(&scan)).await?);
+    let lib = library.clone();
+    let running = Arc::new(tokio::task::spawn_blocking(move || cli::start(config, lib)).await?);
+    let services = Services {
+        library,
+        catalog,
+        chains: running.chains.clone(),
+        live: running.live.clone(),
+    };
+    let live_args = args.live.clone();
+    tokio::spawn(async move { cli::reload_on_sighup(live_args, &running).await });
 
     let (encoder_end, protocol_end) = divisor_link::mem_pair();
     tokio::spawn(async move {
-        match serve_link(encoder_end, library, catalog).await {
+        match serve_link_with(encoder_end, services).await {
             Ok(()) => info!("in-process link closed"),
             Err(e) => error!("encoder side of the in-process link failed: {e}"),
         }

@@ -3,7 +3,11 @@
 //! timestamps in the track clock relative to the file start.
 
 use std::collections::VecDeque;
+use std::ffi::{c_int, c_void, CString};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divisor_link::{Codec, Frame, FrameFlags, TrackInfo};
@@ -73,6 +77,108 @@ pub struct FileSource {
     /// After a seek: frames of non-anchor tracks earlier than this (ms) are dropped.
     drop_before_ms: Option<i64>,
     consecutive_errors: u32,
+    /// Bounds blocking reads of a live input; declared after `input` so it outlives the
+    /// context whose interrupt callback points at it.
+    watchdog: Option<Arc<Watchdog>>,
+}
+
+/// Options for [`FileSource::open_url`].
+#[derive(Clone, Debug, Default)]
+pub struct UrlOptions {
+    /// Force this demuxer (`"mpegts"`, `"sdp"`...); `None` lets libavformat probe.
+    pub format: Option<String>,
+    /// Demuxer and protocol options, as on the ffmpeg command line without the dash
+    /// (e.g. `("protocol_whitelist", "file,udp,rtp")`, `("overrun_nonfatal", "1")`).
+    pub options: Vec<(String, String)>,
+    /// Longest wait for one packet; `None`: wait forever.
+    pub read_timeout: Option<Duration>,
+    /// Longest time opening (including probing the streams) may take; `None`: no limit.
+    pub open_timeout: Option<Duration>,
+    /// Set from another thread to abort whatever the source is blocked in.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// Interrupts libavformat's blocking calls: when the armed deadline passes (a live input
+/// that went quiet) or the stop flag is set (the channel is being removed). libavformat
+/// polls it through `AVFormatContext.interrupt_callback`.
+#[derive(Debug)]
+struct Watchdog {
+    base: Instant,
+    /// Nanoseconds after `base` when the current wait expires; 0 = no deadline.
+    deadline_ns: AtomicU64,
+    read_timeout: Option<Duration>,
+    fired: AtomicBool,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl Watchdog {
+    fn new(stop: Option<Arc<AtomicBool>>, read_timeout: Option<Duration>) -> Watchdog {
+        Watchdog {
+            base: Instant::now(),
+            deadline_ns: AtomicU64::new(0),
+            read_timeout,
+            fired: AtomicBool::new(false),
+            stop,
+        }
+    }
+
+    /// Start a wait of at most `limit` (`None`: unbounded).
+    fn arm(&self, limit: Option<Duration>) {
+        self.fired.store(false, Ordering::Relaxed);
+        let ns = limit.map_or(0, |l| {
+            let at = self.base.elapsed() + l;
+            u64::try_from(at.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self.deadline_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn should_interrupt(&self) -> bool {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            self.fired.store(true, Ordering::Relaxed);
+            return true;
+        }
+        let deadline = self.deadline_ns.load(Ordering::Relaxed);
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if deadline != 0 && now >= deadline {
+            self.fired.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::Relaxed)
+    }
+
+    /// `reason`, or what interrupted the call if the watchdog did.
+    fn reason(&self, reason: String) -> String {
+        if !self.fired() {
+            reason
+        } else if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            "stopped".into()
+        } else {
+            "timed out waiting for data".into()
+        }
+    }
+}
+
+/// libavformat's interrupt hook: non-zero aborts the blocking call in progress.
+unsafe extern "C" fn interrupt_callback(opaque: *mut c_void) -> c_int {
+    if opaque.is_null() {
+        return 0;
+    }
+    // SAFETY: `opaque` is the `Arc<Watchdog>` pointer set in `open_url`; the source holds
+    // that Arc for as long as the context can call this.
+    let watchdog = unsafe { &*(opaque as *const Watchdog) };
+    c_int::from(watchdog.should_interrupt())
 }
 
 fn ffmpeg_reason(e: ffmpeg::Error) -> String {
@@ -105,11 +211,86 @@ impl FileSource {
     /// stream, and read their codec parameters. Positioned at the start of the file.
     pub fn open(path: &Path) -> Result<FileSource, IngestError> {
         super::init();
+        let input = format::input(&path).map_err(|e| IngestError::Open {
+            path: path.to_path_buf(),
+            reason: ffmpeg_reason(e),
+        })?;
+        FileSource::from_input(input, path, None)
+    }
+
+    /// Open a URL (`udp://...`, an SDP file for RTP, or any path libavformat takes) with
+    /// demuxer/protocol options, a forced format and read time-outs: see [`UrlOptions`].
+    /// A live input that sends nothing makes [`FileSource::next_frame`] fail with
+    /// [`IngestError::TimedOut`] instead of blocking forever.
+    pub fn open_url(url: &str, opts: &UrlOptions) -> Result<FileSource, IngestError> {
+        super::init();
+        let open_err = |reason: String| IngestError::Open {
+            path: PathBuf::from(url),
+            reason,
+        };
+        let watchdog = Arc::new(Watchdog::new(opts.stop.clone(), opts.read_timeout));
+        let c_url = CString::new(url).map_err(|_| open_err("NUL byte in URL".into()))?;
+        let format = match &opts.format {
+            Some(name) => {
+                let c_name =
+                    CString::new(name.as_str()).map_err(|_| open_err("NUL in format".into()))?;
+                // SAFETY: a lookup in libavformat's static table by a NUL-terminated name.
+                let f = unsafe { ffi::av_find_input_format(c_name.as_ptr()) };
+                if f.is_null() {
+                    return Err(open_err(format!("libavformat has no {name:?} demuxer")));
+                }
+                f
+            }
+            None => std::ptr::null(),
+        };
+        let mut dict = ffmpeg::Dictionary::new();
+        for (k, v) in &opts.options {
+            dict.set(k, v);
+        }
+        watchdog.arm(opts.open_timeout);
+        // SAFETY: the context is allocated here and handed to avformat_open_input, which
+        // frees it on failure. The interrupt callback's opaque pointer is the watchdog,
+        // which the returned source keeps alive for as long as the context lives (it is
+        // dropped after `input`, see the field order of `FileSource`), and on failure
+        // outlives this function's use of the context.
+        let input = unsafe {
+            let mut ps = ffi::avformat_alloc_context();
+            if ps.is_null() {
+                return Err(open_err("out of memory".into()));
+            }
+            (*ps).interrupt_callback = ffi::AVIOInterruptCB {
+                callback: Some(interrupt_callback),
+                opaque: Arc::as_ptr(&watchdog) as *mut c_void,
+            };
+            let mut raw_opts = dict.disown();
+            let ret = ffi::avformat_open_input(&mut ps, c_url.as_ptr(), format, &mut raw_opts);
+            drop(ffmpeg::Dictionary::own(raw_opts));
+            if ret < 0 {
+                let why = watchdog.reason(ffmpeg_reason(ffmpeg::Error::from(ret)));
+                return Err(open_err(why));
+            }
+            let ret = ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
+            if ret < 0 {
+                ffi::avformat_close_input(&mut ps);
+                let why = watchdog.reason(ffmpeg_reason(ffmpeg::Error::from(ret)));
+                return Err(open_err(why));
+            }
+            format::context::Input::wrap(ps)
+        };
+        let source = FileSource::from_input(input, Path::new(url), Some(watchdog.clone()));
+        watchdog.arm(None);
+        source
+    }
+
+    fn from_input(
+        mut input: format::context::Input,
+        path: &Path,
+        watchdog: Option<Arc<Watchdog>>,
+    ) -> Result<FileSource, IngestError> {
         let open_err = |reason: String| IngestError::Open {
             path: path.to_path_buf(),
             reason,
         };
-        let mut input = format::input(&path).map_err(|e| open_err(ffmpeg_reason(e)))?;
 
         let mut found = Vec::new();
         let mut video = None;
@@ -272,6 +453,7 @@ impl FileSource {
             pending: VecDeque::new(),
             drop_before_ms: None,
             consecutive_errors: 0,
+            watchdog,
         };
         for t in &mut source.tracks {
             t.offset = start_us.rescale(MICROS, t.clock);
@@ -376,7 +558,14 @@ impl FileSource {
     fn read_from_input(&mut self) -> Result<Option<Packet>, IngestError> {
         loop {
             let mut pkt = Packet::empty();
-            match pkt.read(&mut self.input) {
+            if let Some(w) = &self.watchdog {
+                w.arm(w.read_timeout);
+            }
+            let read = pkt.read(&mut self.input);
+            if let Some(w) = self.watchdog.as_ref().filter(|w| w.fired()) {
+                return Err(IngestError::TimedOut(w.reason("interrupted".into())));
+            }
+            match read {
                 Ok(()) => {
                     self.consecutive_errors = 0;
                     if self.track_of(pkt.stream()).is_some() {

@@ -6,8 +6,9 @@
 pub mod aac;
 pub mod file;
 pub mod h264;
+pub mod testsrc;
 
-pub use file::{Demuxed, FileSource};
+pub use file::{Demuxed, FileSource, UrlOptions};
 
 use std::path::PathBuf;
 use std::sync::Once;
@@ -27,6 +28,9 @@ pub enum IngestError {
     /// Reading went wrong beyond recovery (corrupt or truncated file).
     #[error("read error: {0}")]
     Read(String),
+    /// A live input sent nothing within its read time-out (or was stopped).
+    #[error("input stalled: {0}")]
+    TimedOut(String),
 }
 
 /// Initialise libav* once (idempotent, cheap after the first call) and keep its own

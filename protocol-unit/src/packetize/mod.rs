@@ -11,14 +11,16 @@
 //! Codecs:
 //! - H.264: RFC 6184, packetization-mode=1 (single NAL unit, STAP-A, FU-A), [`h264`];
 //! - AAC: RFC 3640 mpeg4-generic, AAC-hbr, [`aac`];
-//! - Opus: RFC 7587, [`opus`].
+//! - Opus: RFC 7587, [`opus`];
+//! - content-encrypted frames of any codec: [`opaque`] (`X-DIVISOR-ENC`).
 
 pub mod aac;
 pub mod h264;
+pub mod opaque;
 pub mod opus;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use divisor_link::{Codec, Frame, TrackInfo};
+use divisor_link::{Codec, Frame, FrameFlags, TrackInfo};
 
 /// Default largest RTP packet (12-byte header + payload) we emit, in bytes. Leaves room
 /// under a 1500-byte Ethernet MTU for IP/UDP headers, SRTP tags and tunnel overheads.
@@ -132,6 +134,10 @@ impl Packetizer {
         if frame.data.is_empty() {
             return Ok(());
         }
+        if frame.flags.contains(FrameFlags::ENCRYPTED) {
+            // Ciphertext: the codec's payloader cannot parse it (see `opaque`).
+            return opaque::packetize(&frame.data, self.budget, out);
+        }
         let start = out.len();
         let res = match &mut self.inner {
             Inner::H264(p) => p.packetize(&frame.data, out),
@@ -227,7 +233,7 @@ pub(crate) mod test_util {
             track: if video { 0 } else { 1 },
             codec,
             clock_rate: match codec {
-                Codec::H264 => 90000,
+                Codec::H264 | Codec::Av1 => 90000,
                 Codec::Aac => 44100,
                 Codec::Opus => 48000,
             },

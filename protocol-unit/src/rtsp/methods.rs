@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::error::RtspError;
-use super::target::{self, Target};
+use super::target::{self, LiveTarget};
 use super::{serialize, Connection, SERVER_NAME};
+use crate::fanout::{ClientStats, TrackDest};
+use crate::live::session::{self as live_session, LiveSessionContext};
 use crate::session::playout::Playout;
-use crate::session::sink::{bind_udp_pair, Sink};
 use crate::session::{driver, Command, SessionHandle};
 
 /// How long a request may wait on the session or the encoder unit.
@@ -151,28 +152,76 @@ fn with_session(reply: Reply, session: Option<&SessionHandle>, conn: &Connection
 }
 
 async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, RtspError> {
-    let Target { asset, .. } = target::parse(req.request_uri())?;
-    let channel = conn.ctx.upstream.open(&asset).await?;
-    let sdp = crate::sdp::describe(
-        &channel.tracks,
-        channel.duration_ms,
-        conn.local.ip(),
-        &asset,
-    )
-    .map_err(|e| RtspError::new(415, format!("cannot describe {asset}: {e}")))?;
-    drop(channel);
-    let mut base = req
+    let target = target::parse(req.request_uri())?;
+    let url = req
         .request_uri()
         .map(|u| u.as_str().to_string())
         .unwrap_or_default();
-    if !base.ends_with('/') {
-        base.push('/');
-    }
+    let (sdp, base) = match &target.live {
+        None => {
+            let channel = conn.ctx.upstream.open(&target.asset).await?;
+            let sdp = crate::sdp::describe(
+                &channel.tracks,
+                channel.duration_ms,
+                conn.local.ip(),
+                &target.asset,
+            )
+            .map_err(|e| RtspError::new(415, format!("cannot describe {}: {e}", target.asset)))?;
+            drop(channel);
+            let mut base = url;
+            if !base.ends_with('/') {
+                base.push('/');
+            }
+            (sdp, base)
+        }
+        Some(live) => {
+            // The viewer is dropped at the end: the subscription lingers for the SETUP.
+            let viewer = conn
+                .ctx
+                .live
+                .acquire(&live.channel, &live.rendition)
+                .await?;
+            let sdp =
+                crate::sdp::describe(&viewer.channel.tracks, None, conn.local.ip(), &target.asset)
+                    .map_err(|e| {
+                        RtspError::new(415, format!("cannot describe {}: {e}", target.asset))
+                    })?;
+            live_description(&url, live, sdp)
+        }
+    };
     Ok(Reply {
         body: Some(("application/sdp", sdp.into_bytes())),
         ..Default::default()
     }
     .header(headers::CONTENT_BASE, base))
+}
+
+/// A live SDP with absolute track URLs carrying the query (the tier): clients resolve
+/// relative control URLs against the base differently, and a query must survive into
+/// SETUP. Returns the SDP and the Content-Base.
+fn live_description(url: &str, live: &LiveTarget, sdp: String) -> (String, String) {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let mut base = path.to_string();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    let suffix = match (query, live.tier) {
+        (Some(q), _) => format!("?{q}"),
+        (None, _) => String::new(),
+    };
+    let sdp = sdp
+        .lines()
+        .map(|l| match l.strip_prefix("a=control:") {
+            Some(c) if c.starts_with("trackID=") => format!("a=control:{base}{c}{suffix}"),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n";
+    (sdp, format!("{base}{suffix}"))
 }
 
 /// The transport a client asked for, as we will serve it.
@@ -244,7 +293,10 @@ async fn setup(
             ))
         }
         Some(s) => s,
-        None => create_session(conn, &target.asset).await?,
+        None => match &target.live {
+            None => create_session(conn, &target.asset).await?,
+            Some(live) => create_live_session(conn, &target.asset, live).await?,
+        },
     };
     if !session.tracks.iter().any(|t| t.track == track) {
         return Err(RtspError::not_found(format!(
@@ -257,15 +309,10 @@ async fn setup(
             rtp_port,
             rtcp_port,
         } => {
-            let (rtp, rtcp) = bind_udp_pair(conn.local.ip())
-                .await
-                .map_err(|e| RtspError::new(500, format!("no UDP ports: {e}")))?;
-            let server_rtp = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
-            let sink = Sink::Udp {
-                rtp: Arc::new(rtp),
-                rtcp: Arc::new(rtcp),
-                rtp_dest: (conn.peer.ip(), rtp_port).into(),
-                rtcp_dest: (conn.peer.ip(), rtcp_port).into(),
+            let server_rtp = conn.ctx.fan.rtp_port;
+            let sink = TrackDest::Udp {
+                rtp: (conn.peer.ip(), rtp_port).into(),
+                rtcp: (conn.peer.ip(), rtcp_port).into(),
             };
             let transport = format!(
                 "RTP/AVP;unicast;client_port={rtp_port}-{rtcp_port};server_port={server_rtp}-{}",
@@ -278,7 +325,7 @@ async fn setup(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(rtcp, (session.clone(), track));
-            let sink = Sink::Interleaved {
+            let sink = TrackDest::Interleaved {
                 writer: conn.writer.clone(),
                 rtp_channel: rtp,
                 rtcp_channel: rtcp,
@@ -314,8 +361,67 @@ async fn create_session(conn: &Connection, asset: &str) -> Result<Arc<SessionHan
         conn.id,
         last_seen.clone(),
     );
-    driver::spawn(channel, playout, rx, last_seen, session.id.clone());
+    let fan = conn.ctx.fan.clone();
+    let client = fan.next_id();
+    let stats = ClientStats::new(
+        client,
+        &session.id,
+        &format!("vod/{asset}"),
+        &conn.peer.to_string(),
+    );
+    driver::spawn(
+        channel,
+        playout,
+        rx,
+        driver::DriverContext {
+            feed: fan.next_id(),
+            fan,
+            client,
+            stats,
+            last_seen,
+            label: session.id.clone(),
+        },
+    );
     info!(session = %session.id, %asset, peer = %conn.peer, "session created");
+    Ok(session)
+}
+
+async fn create_live_session(
+    conn: &Connection,
+    asset: &str,
+    live: &LiveTarget,
+) -> Result<Arc<SessionHandle>, RtspError> {
+    let viewer = conn
+        .ctx
+        .live
+        .acquire(&live.channel, &live.rendition)
+        .await?;
+    let (commands, rx) = mpsc::channel(64);
+    let last_seen = Arc::new(Mutex::new(Instant::now()));
+    let session = conn.ctx.sessions.insert(
+        asset,
+        None,
+        viewer.channel.tracks.clone(),
+        commands,
+        conn.id,
+        last_seen.clone(),
+    );
+    let fan = conn.ctx.fan.clone();
+    let client = fan.next_id();
+    let stats = ClientStats::new(client, &session.id, asset, &conn.peer.to_string());
+    live_session::spawn(
+        viewer,
+        rx,
+        LiveSessionContext {
+            fan,
+            client,
+            tier: live.tier,
+            stats,
+            last_seen,
+            label: session.id.clone(),
+        },
+    );
+    info!(session = %session.id, %asset, tier = ?live.tier, peer = %conn.peer, "live session created");
     Ok(session)
 }
 

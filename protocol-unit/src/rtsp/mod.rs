@@ -23,6 +23,8 @@ use tracing::{debug, info, warn};
 
 pub use error::RtspError;
 
+use crate::fanout::FanOut;
+use crate::live::LiveHub;
 use crate::session::{Command, SessionHandle, Sessions};
 use crate::upstream::Upstream;
 
@@ -34,14 +36,25 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub struct RtspContext {
     pub upstream: Upstream,
     pub sessions: Arc<Sessions>,
+    /// Where every session's packets are sent from.
+    pub fan: Arc<FanOut>,
+    /// Subscribed live channels.
+    pub live: Arc<LiveHub>,
     next_connection: AtomicU64,
 }
 
 impl RtspContext {
-    pub fn new(upstream: Upstream, sessions: Arc<Sessions>) -> Arc<RtspContext> {
+    pub fn new(
+        upstream: Upstream,
+        sessions: Arc<Sessions>,
+        fan: Arc<FanOut>,
+        live: Arc<LiveHub>,
+    ) -> Arc<RtspContext> {
         Arc::new(RtspContext {
             upstream,
             sessions,
+            fan,
+            live,
             next_connection: AtomicU64::new(1),
         })
     }

@@ -1,8 +1,10 @@
-//! The tokio task that runs one session: feeds frames and commands into the
-//! [`Playout`] core, sleeps until its next deadline, and carries its packets out.
+//! The tokio task that runs one VoD session: feeds frames and commands into the
+//! [`Playout`] core, which the fan-out engine polls at its deadlines and whose packets it
+//! sends; credits and keyframe requests go back to the encoder unit from here.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use divisor_link::Message;
@@ -10,8 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::playout::{Action, Playout, TrackStart};
-use super::sink::Sink;
+use super::playout::{Playout, TrackStart};
+use crate::fanout::feedback::{self, Feedback, KeyframeLimiter};
+use crate::fanout::{
+    ClientId, ClientStats, Command as EngineCommand, FanOut, FeedId, TrackDest, VodEvent,
+};
 use crate::upstream::{Channel, ChannelEvent};
 
 /// Frames the encoder may send ahead of playout. At 25 fps video plus ~47 AAC frames/s
@@ -45,7 +50,7 @@ pub struct PlayInfo {
 pub enum Command {
     Setup {
         track: u8,
-        sink: Sink,
+        sink: TrackDest,
         reply: oneshot::Sender<Result<u32, SessionError>>,
     },
     /// Prepare play from `start_ms` (a seek), or from where it stands when `None` after a
@@ -67,60 +72,109 @@ pub enum Command {
     Teardown,
 }
 
-/// Spawn the driver of a session on `channel`.
+/// What a VoD session's driver works with besides its channel.
+pub struct DriverContext {
+    pub fan: Arc<FanOut>,
+    pub feed: FeedId,
+    pub client: ClientId,
+    pub stats: Arc<ClientStats>,
+    pub last_seen: Arc<Mutex<Instant>>,
+    pub label: String,
+}
+
+/// Spawn the driver of a session on `channel`. Its packets are sent by the fan-out
+/// engine, which polls `playout` at its deadlines; the driver feeds it frames and
+/// commands and relays credits back to the encoder unit.
 pub fn spawn(
     mut channel: Channel,
     playout: Playout,
     commands: mpsc::Receiver<Command>,
-    last_seen: Arc<Mutex<Instant>>,
-    label: String,
+    ctx: DriverContext,
 ) -> JoinHandle<()> {
     let events = channel.take_events();
     tokio::spawn(async move {
         let Some(events) = events else {
-            warn!(session = %label, "channel without events; session not started");
+            warn!(session = %ctx.label, "channel without events; session not started");
             return;
         };
+        let playout = Arc::new(Mutex::new(playout));
+        let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+        let (keyframe_tx, keyframe_rx) = mpsc::unbounded_channel();
+        ctx.fan.stats.add_client(ctx.stats.clone());
+        ctx.fan.engine.send(EngineCommand::AddVod {
+            feed: ctx.feed,
+            client: ctx.client,
+            playout: playout.clone(),
+            events: engine_tx,
+            stats: ctx.stats.clone(),
+        });
+        let feedback = Feedback::new(
+            ctx.client,
+            ctx.stats.clone(),
+            ctx.last_seen.clone(),
+            keyframe_tx,
+        );
         let mut driver = Driver {
             channel,
             playout,
-            sinks: Vec::new(),
+            set_up: Vec::new(),
             pending_play: None,
-            rtcp_tasks: Vec::new(),
-            last_seen,
-            label,
+            label: ctx.label.clone(),
             credits_granted: false,
             user_paused: false,
+            feedback,
+            fan: ctx.fan.clone(),
+            feed: ctx.feed,
+            keyframes: KeyframeLimiter::new(KEYFRAME_INTERVAL),
         };
-        driver.run(events, commands).await;
-        for t in &driver.rtcp_tasks {
-            t.abort();
-        }
+        driver.run(events, commands, engine_rx, keyframe_rx).await;
+        ctx.fan
+            .engine
+            .send(EngineCommand::RemoveFeed { feed: ctx.feed });
+        ctx.fan.routes.remove_client(ctx.client);
+        ctx.fan.stats.remove_client(ctx.client);
     })
 }
 
+/// Least time between two keyframe requests for one track (PLI/FIR storms).
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
 struct Driver {
     channel: Channel,
-    playout: Playout,
-    sinks: Vec<(u8, Sink)>,
+    playout: Arc<Mutex<Playout>>,
+    /// Tracks set up.
+    set_up: Vec<u8>,
     pending_play: Option<(u32, oneshot::Sender<Result<PlayInfo, SessionError>>)>,
-    rtcp_tasks: Vec<JoinHandle<()>>,
-    last_seen: Arc<Mutex<Instant>>,
     label: String,
     credits_granted: bool,
     /// The client paused: the encoder was told to stop and must be told to resume.
     user_paused: bool,
+    feedback: Arc<Feedback>,
+    fan: Arc<FanOut>,
+    feed: FeedId,
+    keyframes: KeyframeLimiter,
 }
 
 impl Driver {
+    fn playout(&self) -> std::sync::MutexGuard<'_, Playout> {
+        self.playout.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The playout changed: the engine must look at its deadline again.
+    fn reschedule(&self) {
+        self.fan
+            .engine
+            .send(EngineCommand::Reschedule { feed: self.feed });
+    }
+
     async fn run(
         &mut self,
         mut events: mpsc::UnboundedReceiver<ChannelEvent>,
         mut commands: mpsc::Receiver<Command>,
+        mut engine_events: mpsc::UnboundedReceiver<VodEvent>,
+        mut keyframe_asks: mpsc::UnboundedReceiver<u8>,
     ) {
-        let mut actions = Vec::new();
         loop {
-            let wake = self.playout.next_wakeup();
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     None | Some(Command::Teardown) => {
@@ -139,14 +193,23 @@ impl Driver {
                         return;
                     }
                 },
-                _ = sleep_until(wake) => {}
-            }
-            self.playout
-                .poll(Instant::now(), SystemTime::now(), &mut actions);
-            for action in actions.drain(..) {
-                if !self.act(action).await {
-                    info!(session = %self.label, "client connection gone; session ends");
-                    return;
+                ev = engine_events.recv() => match ev {
+                    Some(VodEvent::Credits(frames)) => {
+                        self.send(Message::Credits { channel: self.channel.id, frames }).await;
+                    }
+                    Some(VodEvent::Finished) => {
+                        info!(session = %self.label, "end of stream; BYE sent");
+                    }
+                    Some(VodEvent::ClientGone) | None => {
+                        info!(session = %self.label, "client connection gone; session ends");
+                        return;
+                    }
+                },
+                Some(track) = keyframe_asks.recv() => {
+                    if self.keyframes.allow(track, Instant::now()) {
+                        self.fan.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        self.send(Message::KeyframeRequest { channel: self.channel.id, track }).await;
+                    }
                 }
             }
         }
@@ -155,28 +218,35 @@ impl Driver {
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Setup { track, sink, reply } => {
-                if !self.playout.enable_track(track) {
+                let (ok, ssrc) = {
+                    let mut p = self.playout();
+                    (p.enable_track(track), p.ssrc(track).unwrap_or_default())
+                };
+                if !ok {
                     let _ = reply.send(Err(SessionError::NoSuchTrack(track)));
                     return;
                 }
-                if let Sink::Udp {
-                    rtcp, rtcp_dest, ..
-                } = &sink
-                {
-                    self.rtcp_tasks.push(spawn_rtcp_listener(
-                        rtcp.clone(),
-                        *rtcp_dest,
-                        self.last_seen.clone(),
-                        self.label.clone(),
-                    ));
+                if let TrackDest::Udp { rtcp, .. } = &sink {
+                    self.fan.routes.insert(*rtcp, self.feedback.clone());
                 }
-                self.sinks.retain(|(t, _)| *t != track);
-                self.sinks.push((track, sink));
-                let ssrc = self.playout.ssrc(track).unwrap_or_default();
+                let clock = self
+                    .channel
+                    .tracks
+                    .iter()
+                    .find(|t| t.track == track)
+                    .map_or(90_000, |t| t.clock_rate);
+                self.feedback.set_stream(ssrc, track, clock);
+                self.fan.engine.send(EngineCommand::VodDest {
+                    feed: self.feed,
+                    track,
+                    dest: sink,
+                });
+                self.set_up.retain(|t| *t != track);
+                self.set_up.push(track);
                 let _ = reply.send(Ok(ssrc));
             }
             Command::Play { start_ms, reply } => {
-                if self.sinks.is_empty() {
+                if self.set_up.is_empty() {
                     let _ = reply.send(Err(SessionError::NothingSetUp));
                     return;
                 }
@@ -189,18 +259,24 @@ impl Driver {
                     .await;
                 }
                 let now = Instant::now();
-                match start_ms {
-                    None if self.playout.has_started() => {
-                        let start_ms = (self.playout.position_us(now) / 1000).max(0) as u64;
+                let resume = {
+                    let p = self.playout();
+                    (start_ms.is_none() && p.has_started()).then(|| {
+                        (
+                            (p.position_us(now) / 1000).max(0) as u64,
+                            p.track_starts(now),
+                        )
+                    })
+                };
+                match resume {
+                    Some((start_ms, tracks)) => {
                         info!(session = %self.label, start_ms, "play (resume)");
-                        let _ = reply.send(Ok(PlayInfo {
-                            start_ms,
-                            tracks: self.playout.track_starts(now),
-                        }));
+                        let _ = reply.send(Ok(PlayInfo { start_ms, tracks }));
                     }
-                    start => {
-                        let position_ms = start.unwrap_or(0);
-                        let request = self.playout.begin_seek();
+                    None => {
+                        let position_ms = start_ms.unwrap_or(0);
+                        let request = self.playout().begin_seek();
+                        self.reschedule();
                         if let Some((_, old)) = self.pending_play.take() {
                             let _ = old.send(Err(SessionError::Ended));
                         }
@@ -216,9 +292,13 @@ impl Driver {
                 }
             }
             Command::Go => {
-                if !self.playout.is_playing() {
-                    self.playout.resume(Instant::now());
+                {
+                    let mut p = self.playout();
+                    if !p.is_playing() {
+                        p.resume(Instant::now());
+                    }
                 }
+                self.reschedule();
                 if self.user_paused {
                     self.user_paused = false;
                     self.send(Message::Resume {
@@ -229,19 +309,28 @@ impl Driver {
             }
             Command::Pause { reply } => {
                 let now = Instant::now();
-                self.playout.pause(now);
+                let position = {
+                    let mut p = self.playout();
+                    p.pause(now);
+                    (p.position_us(now) / 1000).max(0) as u64
+                };
+                self.reschedule();
                 self.user_paused = true;
                 self.send(Message::Pause {
                     channel: self.channel.id,
                 })
                 .await;
-                let position = (self.playout.position_us(now) / 1000).max(0) as u64;
                 info!(session = %self.label, position_ms = position, "pause");
                 let _ = reply.send(Ok(position));
             }
-            Command::Rtcp { track, packet } => {
-                super::touch(&self.last_seen);
-                log_rtcp(&self.label, track, &packet);
+            Command::Rtcp { packet, .. } => {
+                feedback::handle(
+                    &packet,
+                    &self.feedback,
+                    &self.fan.engine,
+                    &self.fan.stats,
+                    Instant::now(),
+                );
             }
             Command::Teardown => {}
         }
@@ -249,20 +338,25 @@ impl Driver {
 
     fn message(&mut self, msg: Message) {
         match msg {
-            Message::Frame(frame) => self.playout.on_frame(frame),
+            Message::Frame(frame) => {
+                self.playout().on_frame(frame);
+                self.reschedule();
+            }
             Message::SeekDone {
                 request,
                 position_ms,
                 ..
             } => {
                 let now = Instant::now();
-                if self.playout.on_seek_done(request, position_ms) {
+                let done = self.playout().on_seek_done(request, position_ms);
+                if done {
                     if let Some((pending, reply)) = self.pending_play.take() {
                         if pending == request {
                             info!(session = %self.label, position_ms, "playing");
+                            let tracks = self.playout().track_starts(now);
                             let _ = reply.send(Ok(PlayInfo {
                                 start_ms: position_ms,
-                                tracks: self.playout.track_starts(now),
+                                tracks,
                             }));
                         }
                     }
@@ -278,80 +372,9 @@ impl Driver {
         }
     }
 
-    /// Carry out one action; false when the client is gone.
-    async fn act(&mut self, action: Action) -> bool {
-        match action {
-            Action::Rtp { track, packet } => self.deliver(track, &packet, false).await,
-            Action::Rtcp { track, packet } => self.deliver(track, &packet, true).await,
-            Action::Credits(frames) => {
-                self.send(Message::Credits {
-                    channel: self.channel.id,
-                    frames,
-                })
-                .await;
-                true
-            }
-            Action::Finished => {
-                info!(session = %self.label, "end of stream; BYE sent");
-                true
-            }
-        }
-    }
-
-    async fn deliver(&self, track: u8, packet: &Bytes, rtcp: bool) -> bool {
-        let Some((_, sink)) = self.sinks.iter().find(|(t, _)| *t == track) else {
-            return true;
-        };
-        match sink.send(packet, rtcp).await {
-            Ok(()) => true,
-            Err(e) => {
-                debug!(session = %self.label, "send failed: {e}");
-                !matches!(sink, Sink::Interleaved { .. })
-            }
-        }
-    }
-
     async fn send(&self, msg: Message) {
         if let Err(e) = self.channel.send(msg).await {
             warn!(session = %self.label, "cannot reach the encoder unit: {e}");
         }
-    }
-}
-
-async fn sleep_until(when: Option<Instant>) {
-    match when {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Read RTCP from the client's RTCP port. Packets from any other address are dropped:
-/// only the client we set up may keep the session alive.
-fn spawn_rtcp_listener(
-    socket: Arc<tokio::net::UdpSocket>,
-    client: std::net::SocketAddr,
-    last_seen: Arc<Mutex<Instant>>,
-    label: String,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            if from.ip() != client.ip() {
-                debug!(session = %label, %from, "RTCP from a stranger dropped");
-                continue;
-            }
-            super::touch(&last_seen);
-            log_rtcp(&label, 0, &buf[..n]);
-        }
-    })
-}
-
-fn log_rtcp(label: &str, track: u8, packet: &[u8]) {
-    match crate::rtcp::parse_incoming(packet) {
-        Ok(events) => debug!(session = %label, track, ?events, "RTCP from client"),
-        Err(e) => debug!(session = %label, track, "malformed RTCP from client dropped: {e}"),
     }
 }

@@ -1,13 +1,12 @@
 //! RTSP sessions: one VoD channel from the encoder unit played out to one client.
 //!
 //! - [`playout`]: the sans-IO core (media-time release of frames, RTP and RTCP);
-//! - [`driver`]: the tokio task that feeds the core and carries its packets to the client;
-//! - [`sink`]: where a track's packets go (UDP ports or the RTSP connection, interleaved);
+//! - [`driver`]: the tokio task that feeds the core; the fan-out engine
+//!   ([`crate::fanout`]) polls it at its deadlines and sends its packets;
 //! - [`Sessions`]: the table of live sessions, with idle time-outs.
 
 pub mod driver;
 pub mod playout;
-pub mod sink;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -21,8 +21,13 @@ const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send an RTP packet of `track`.
-    Rtp { track: u8, packet: Bytes },
+    /// Send an RTP packet of `track`: `header` followed by `payload` (kept apart so the
+    /// payload is never copied on its way to the socket).
+    Rtp {
+        track: u8,
+        header: [u8; crate::packetize::RTP_HEADER_LEN],
+        payload: Bytes,
+    },
     /// Send an RTCP packet of `track`.
     Rtcp { track: u8, packet: Bytes },
     /// Grant the encoder unit this many more frames.
@@ -361,7 +366,8 @@ impl Playout {
             t.octets = t.octets.wrapping_add(p.data.len() as u32);
             out.push(Action::Rtp {
                 track: t.info.track,
-                packet: header.packet(&p.data),
+                header: header.to_bytes(),
+                payload: p.data,
             });
         }
     }
@@ -480,7 +486,13 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Rtp { packet, .. } => Some(packet.clone()),
+                Action::Rtp {
+                    header, payload, ..
+                } => {
+                    let mut b = header.to_vec();
+                    b.extend_from_slice(payload);
+                    Some(Bytes::from(b))
+                }
                 _ => None,
             })
             .collect()

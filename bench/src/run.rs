@@ -1,0 +1,441 @@
+//! `divisor-bench quick` and `divisor-bench full`: the scenarios and peers side by side,
+//! capacity searches, the raw sendmmsg probe, then JSON, Markdown and plots.
+
+use crate::capacity::{self, Bar, Plan, Search};
+use crate::probe::{self, ProbeResult};
+use crate::servers::{self, Cores, Scenario, Server, UnitArgs};
+use crate::{asset, nft, report, sched};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+
+/// Options shared by `quick` and `full`; unset ones take the mode's default.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Scenarios to measure, comma-separated: mono-1c, split-2x1c, mono-2c.
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Option<Vec<String>>,
+    /// Workloads, comma-separated: divisor-vod (live and live-transcode once the encoder
+    /// has live channels).
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Option<Vec<String>>,
+    /// Peers to run beside ours, comma-separated: gst, ffmpeg, or none.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// First client count of the ramp (>= 1).
+    #[arg(long)]
+    pub start: Option<usize>,
+    /// Largest client count tried (>= 1).
+    #[arg(long)]
+    pub max: Option<usize>,
+    /// Bisection steps after the first failing level.
+    #[arg(long)]
+    pub bisect: Option<usize>,
+    /// Measurement window per level, seconds.
+    #[arg(long)]
+    pub window: Option<f64>,
+    /// Seconds between setting the sessions up and the window.
+    #[arg(long)]
+    pub settle: Option<f64>,
+    /// Measuring receivers per level (the other clients' packets are dropped at ingress).
+    #[arg(long)]
+    pub receivers: Option<usize>,
+    /// Quality bar: p99 lateness bound, ms.
+    #[arg(long)]
+    pub max_p99_lateness_ms: Option<f64>,
+    /// Quality bar: RFC 3550 jitter bound, ms.
+    #[arg(long)]
+    pub max_jitter_ms: Option<f64>,
+    /// Seconds per raw sendmmsg probe run (0 skips the probe).
+    #[arg(long)]
+    pub probe_secs: Option<f64>,
+    /// Clients of the scheduling table (rt vs plain sender on a live channel, with a
+    /// busy loop on the other core and on the same core); 0 skips it.
+    #[arg(long)]
+    pub sched_clients: Option<usize>,
+    /// Output folder (default bench/out/<UTC timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    Quick,
+    Full,
+}
+
+/// Everything one run produced (written as results.json).
+#[derive(Debug, Serialize)]
+pub struct RunResults {
+    pub mode: Mode,
+    pub started_utc: String,
+    pub machine: Machine,
+    pub cores: Cores,
+    pub load_note: String,
+    pub bar: Bar,
+    pub bar_text: String,
+    pub plan: Plan,
+    pub searches: Vec<Search>,
+    pub probe: Vec<ProbeResult>,
+    pub scheduling: Vec<sched::SchedRow>,
+    pub command: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Machine {
+        cpus: Cores::detect().count,
+        cpu_model,
+        kernel,
+    }
+}
+
+/// Workloads the harness knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    DivisorVod,
+    Live,
+    LiveTranscode,
+}
+
+impl Workload {
+    fn parse(s: &str) -> Result<Workload> {
+        Ok(match s {
+            "divisor-vod" => Workload::DivisorVod,
+            "live" => Workload::Live,
+            "live-transcode" => Workload::LiveTranscode,
+            _ => bail!("unknown workload `{s}`: use divisor-vod, live or live-transcode"),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Gst,
+    Ffmpeg,
+}
+
+fn parse_peers(v: &[String]) -> Result<Vec<Peer>> {
+    let mut out = Vec::new();
+    for p in v {
+        match p.as_str() {
+            "none" => {}
+            "gst" | "gst-rtsp-server" => out.push(Peer::Gst),
+            "ffmpeg" => out.push(Peer::Ffmpeg),
+            _ => bail!("unknown peer `{p}`: use gst, ffmpeg or none"),
+        }
+    }
+    Ok(out)
+}
+
+/// The validated settings of a run.
+struct Settings {
+    scenarios: Vec<Scenario>,
+    workloads: Vec<Workload>,
+    peers: Vec<Peer>,
+    plan: Plan,
+    bar: Bar,
+    probe_secs: f64,
+    sched_clients: usize,
+    out: PathBuf,
+}
+
+fn settings(mode: Mode, a: &RunArgs) -> Result<Settings> {
+    let quick = mode == Mode::Quick;
+    let scenarios = match &a.scenarios {
+        Some(v) => v
+            .iter()
+            .map(|s| s.parse::<Scenario>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?,
+        None => Scenario::ALL.to_vec(),
+    };
+    let workloads = match &a.workloads {
+        Some(v) => v
+            .iter()
+            .map(|w| Workload::parse(w))
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![Workload::DivisorVod],
+    };
+    let peers = match &a.peers {
+        Some(v) => parse_peers(v)?,
+        None => vec![Peer::Gst, Peer::Ffmpeg],
+    };
+    let plan = Plan {
+        start: a.start.unwrap_or(if quick { 2 } else { 16 }),
+        max: a
+            .max
+            .unwrap_or(if quick { 8 } else { nft::MAX_LOAD_CLIENTS }),
+        bisect: a.bisect.unwrap_or(if quick { 0 } else { 3 }),
+        measure_receivers: a.receivers.unwrap_or(if quick { 2 } else { 4 }),
+        settle_secs: a.settle.unwrap_or(if quick { 1.5 } else { 3.0 }),
+        window_secs: a.window.unwrap_or(if quick { 2.0 } else { 6.0 }),
+    };
+    if plan.start == 0 || plan.max == 0 {
+        bail!("N = 0: the client counts --start and --max must be at least 1");
+    }
+    if plan.start > plan.max {
+        bail!(
+            "--start {} is above --max {}: lower --start or raise --max",
+            plan.start,
+            plan.max
+        );
+    }
+    if plan.max > nft::MAX_LOAD_CLIENTS {
+        bail!(
+            "--max {} is above the {} clients the client port range holds",
+            plan.max,
+            nft::MAX_LOAD_CLIENTS
+        );
+    }
+    if plan.measure_receivers == 0 {
+        bail!("--receivers 0: at least one measuring receiver is needed");
+    }
+    if plan.window_secs <= 0.0 || plan.settle_secs < 0.0 {
+        bail!("--window must be > 0 and --settle >= 0 seconds");
+    }
+    let level_secs = plan.settle_secs + plan.window_secs + 10.0;
+    if level_secs > asset::SECONDS as f64 * 0.8 {
+        bail!(
+            "--settle + --window must stay well under the asset's {} s",
+            asset::SECONDS
+        );
+    }
+    let bar = Bar {
+        max_p99_lateness_ms: a.max_p99_lateness_ms.unwrap_or(20.0),
+        max_jitter_ms: a.max_jitter_ms.unwrap_or(5.0),
+    };
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("out")
+            .join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
+    });
+    Ok(Settings {
+        scenarios,
+        workloads,
+        peers,
+        plan,
+        bar,
+        probe_secs: a.probe_secs.unwrap_or(if quick { 1.0 } else { 3.0 }),
+        sched_clients: a.sched_clients.unwrap_or(if quick { 4 } else { 200 }),
+        out,
+    })
+}
+
+/// Checks that need no root and start nothing: bad input fails here, before any work.
+fn preflight(s: &Settings) -> Result<()> {
+    for w in &s.workloads {
+        match w {
+            Workload::DivisorVod => {}
+            Workload::Live => {
+                if !help_of("divisor-encoder")?.contains("--live") {
+                    bail!(
+                        "workload `live` needs live channels in divisor-encoder (`--live NAME=loop:FILE`), \
+                         which this build does not have: rebuild, or use --workloads divisor-vod"
+                    );
+                }
+            }
+            Workload::LiveTranscode => {
+                bail!("workload `live-transcode` is not wired into the harness yet: use --workloads divisor-vod,live");
+            }
+        }
+    }
+    for p in &s.peers {
+        match p {
+            Peer::Gst => servers::check_gst_peer()?,
+            Peer::Ffmpeg => servers::check_ffmpeg_peer()?,
+        }
+    }
+    for b in ["divisor-encoder", "divisor-protocol", "divisor-mono"] {
+        divisor_tests::bin(b)?;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("divisor-bench needs root (it creates network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+/// `--help` of one of our binaries (to see which features this build has).
+pub fn help_of(binary: &str) -> Result<String> {
+    let out = std::process::Command::new(divisor_tests::bin(binary)?)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {binary} --help"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
+    let s = settings(mode, &args)?;
+    preflight(&s)?;
+    let cores = Cores::detect();
+    let load_note = if cores.load_shared() {
+        format!(
+            "{} cores: the load generator and the measuring receivers share core {} with the \
+             units under test (the encoder unit in split-2x1c, divisor-mono in mono-2c). They \
+             stay cheap: RTSP set-up only before the window, all but {} clients' packets dropped \
+             by nftables at the client veth's ingress, receivers read with recvmmsg and kernel \
+             timestamps.",
+            cores.count, cores.load, s.plan.measure_receivers
+        )
+    } else {
+        format!("load generator on its own core {}", cores.load)
+    };
+    std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+    let library = asset::library()?;
+    let file = library.join(asset::ASSET);
+    println!("divisor-bench {mode:?}: output in {}", s.out.display());
+    println!("quality bar: {}", s.bar.describe());
+    println!("{load_note}");
+    let tag = format!("{}", std::process::id());
+    let mut searches = Vec::new();
+    for w in &s.workloads {
+        let wname = match w {
+            Workload::DivisorVod => "divisor-vod",
+            Workload::Live => "live",
+            Workload::LiveTranscode => "live-transcode",
+        };
+        let (stream, unit_args) = workload_setup(*w);
+        for sc in &s.scenarios {
+            let mut srv = servers::start_ours(*sc, cores, &library, &stream, &unit_args, &tag)?;
+            searches.push(capacity::search(&mut srv, wname, cores, &s.plan, &s.bar)?);
+        }
+        // The peers serve the same file at the same rate: GStreamer with one pipeline per
+        // client for VoD and one shared pipeline for live; ffmpeg always sends once to all.
+        for p in &s.peers {
+            let mut srv: Box<dyn Server> = match p {
+                Peer::Gst => Box::new(servers::start_gst(
+                    cores,
+                    &file,
+                    *w == Workload::Live,
+                    &tag,
+                )?),
+                Peer::Ffmpeg => Box::new(servers::start_ffmpeg(cores, &file, &tag)?),
+            };
+            searches.push(capacity::search(
+                srv.as_mut(),
+                wname,
+                cores,
+                &s.plan,
+                &s.bar,
+            )?);
+        }
+    }
+    let probe = if s.probe_secs > 0.0 {
+        run_probe(cores, &s, &searches)?
+    } else {
+        Vec::new()
+    };
+    let scheduling = if s.sched_clients > 0
+        && help_of("divisor-protocol")?.contains("--scheduler")
+        && help_of("divisor-encoder")?.contains("--live")
+    {
+        sched::table(cores, &library, s.sched_clients, &s.plan, &s.bar, &tag)?
+    } else {
+        if s.sched_clients > 0 {
+            eprintln!("scheduling table skipped: this build lacks --scheduler or --live");
+        }
+        Vec::new()
+    };
+    let results = RunResults {
+        mode,
+        started_utc: chrono::Utc::now().to_rfc3339(),
+        machine: machine(),
+        cores,
+        load_note,
+        bar: s.bar,
+        bar_text: s.bar.describe(),
+        plan: s.plan.clone(),
+        searches,
+        probe,
+        scheduling,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(s.out.join("results.json"), json)?;
+    let md = report::markdown(&results);
+    std::fs::write(s.out.join("results.md"), &md)?;
+    println!("\n{md}");
+    if let Err(e) = crate::plot::all(&results, &s.out) {
+        eprintln!("divisor-bench: plots not written: {e:#}");
+    }
+    println!("results: {}", s.out.join("results.json").display());
+    Ok(())
+}
+
+/// The raw sendmmsg probe, without and with GSO, from the protocol namespace on the
+/// protocol core to as many of the client's dropped ports as the largest capacity found.
+fn run_probe(cores: Cores, s: &Settings, searches: &[Search]) -> Result<Vec<ProbeResult>> {
+    let clients = searches
+        .iter()
+        .map(|x| x.max_clients)
+        .max()
+        .unwrap_or(1)
+        .max(s.plan.max.min(1000))
+        .max(1);
+    let topo = divisor_tests::Topology::new(&format!("bench-{}-probe", std::process::id()))?;
+    nft::install_drop(&topo.client_ns, &topo.client_if)?;
+    let dests: Vec<SocketAddrV4> = (0..clients)
+        .map(|i| SocketAddrV4::new(topo.client_ip, nft::load_port(i)))
+        .collect();
+    let mut out = Vec::new();
+    for gso in [false, true] {
+        match probe::run(
+            &topo.proto_ns,
+            cores.protocol,
+            dests.clone(),
+            gso,
+            s.probe_secs,
+        ) {
+            Ok(r) => {
+                println!(
+                    "probe sendmmsg{}: {:.0} packets/s ({:.2} Gbit/s) = {:.0} clients of 1 Mbit/s",
+                    if gso { " + GSO x4" } else { "" },
+                    r.packets_per_s,
+                    r.gbit_per_s,
+                    r.clients_1mbps
+                );
+                out.push(r);
+            }
+            Err(e) => eprintln!("probe (gso={gso}) failed: {e:#}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The stream URL path and unit arguments of a workload.
+pub fn workload_setup(w: Workload) -> (String, UnitArgs) {
+    match w {
+        Workload::DivisorVod | Workload::LiveTranscode => {
+            (format!("vod/{}", asset::ASSET), UnitArgs::default())
+        }
+        Workload::Live => (
+            "live/bench".to_string(),
+            UnitArgs {
+                encoder: vec![
+                    "--live".into(),
+                    format!("bench=loop:{}", asset::ASSET).into(),
+                ],
+                protocol: Vec::new(),
+            },
+        ),
+    }
+}

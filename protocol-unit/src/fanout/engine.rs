@@ -1,0 +1,1374 @@
+//! The fan-out engine: every feed (a live channel rendition, or one VoD session's
+//! playout) and every client, owned by one sender thread (see [`crate::schedule`]).
+//!
+//! Control code talks to it only through [`Command`]s; it never blocks on a client. Per
+//! client and packet the work is a 12-byte header write and a slot in a batched send:
+//! payloads are shared `Bytes`, UDP clients share the server's sockets, and an
+//! interleaved (TCP) client gets one queued buffer per frame, dropped and counted when its
+//! connection's bounded queue is full.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use divisor_link::{Frame, TrackInfo};
+use hdrhistogram::Histogram;
+use socket2::SockAddr;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use super::live_feed::{LiveFeed, Tier};
+use super::stats::{new_lateness_histogram, ClientStats, ServerStats, LATE_THRESHOLD_US};
+use super::udp::{Batch, Fate, UdpSender};
+use crate::packetize::{write_rtp_header, RTP_HEADER_LEN};
+use crate::session::playout::{Action, Playout, TrackStart};
+
+/// Identifies a feed. Chosen by the caller (unique per engine).
+pub type FeedId = u64;
+/// Identifies a client (one RTSP session). Chosen by the caller (unique per engine).
+pub type ClientId = u64;
+
+/// How often housekeeping runs: sender reports of live clients, statistics.
+const TICK: Duration = Duration::from_millis(100);
+/// Sender report interval per client stream.
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the statistics summary is logged (debug level).
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// GOP cache packets sent to a new client per step, and the time between steps: a burst
+/// at several times the stream's rate that a receiver's socket buffer can take.
+const CATCH_UP_CHUNK: u64 = 24;
+const CATCH_UP_INTERVAL: Duration = Duration::from_millis(3);
+/// Packets per VoD track kept for NACK (a power of two: indexed by sequence number).
+const VOD_HISTORY: usize = 1024;
+
+/// Where one track of a client goes.
+#[derive(Clone, Debug)]
+pub enum TrackDest {
+    /// UDP to the client's RTP and RTCP ports, from the server's shared sockets.
+    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+    /// Interleaved in the client's RTSP connection (its writer's bounded queue).
+    Interleaved {
+        writer: mpsc::Sender<Bytes>,
+        rtp_channel: u8,
+        rtcp_channel: u8,
+    },
+}
+
+/// What the engine tells a VoD session's driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VodEvent {
+    /// Frames consumed: grant the encoder unit this many more.
+    Credits(u32),
+    /// The playout reached the end of every track; BYEs went out.
+    Finished,
+    /// The client's interleaved connection is closed.
+    ClientGone,
+}
+
+/// A client about to join a live feed.
+pub struct LiveJoin {
+    pub client: ClientId,
+    pub feed: FeedId,
+    pub tier: Tier,
+    /// The tracks set up.
+    pub tracks: Vec<LiveTrack>,
+    pub stats: Arc<ClientStats>,
+    pub reply: oneshot::Sender<Option<JoinInfo>>,
+}
+
+/// One track of a live client.
+#[derive(Debug, Clone)]
+pub struct LiveTrack {
+    /// Link track number.
+    pub track: u8,
+    pub dest: TrackDest,
+    /// Our SSRC towards this client (announced at SETUP).
+    pub ssrc: u32,
+}
+
+/// The answer to a live join: what `RTP-Info` says, and whether the feed holds a keyframe
+/// to start from (if not, the caller should ask the encoder unit for one).
+#[derive(Debug, Clone)]
+pub struct JoinInfo {
+    pub tracks: Vec<TrackStart>,
+    pub starts_at_keyframe: bool,
+}
+
+/// Hook run on every frame just before it is packetised (edge encryption goes here).
+pub type PrepareFrame = Box<dyn FnMut(FeedId, &mut Frame) + Send>;
+
+/// Requests to the engine.
+pub enum Command {
+    /// Serve a VoD session: `playout` is shared with its driver, which changes it under
+    /// the lock and sends [`Command::Reschedule`] after.
+    AddVod {
+        feed: FeedId,
+        client: ClientId,
+        playout: Arc<Mutex<Playout>>,
+        events: mpsc::UnboundedSender<VodEvent>,
+        stats: Arc<ClientStats>,
+    },
+    /// Where track `track` of VoD feed `feed` goes.
+    VodDest {
+        feed: FeedId,
+        track: u8,
+        dest: TrackDest,
+    },
+    /// The feed's playout changed (frames, play, pause, seek): look at its deadline again.
+    Reschedule {
+        feed: FeedId,
+    },
+    /// A live channel rendition with these tracks.
+    AddLive {
+        feed: FeedId,
+        tracks: Vec<TrackInfo>,
+        name: String,
+    },
+    /// A frame of live feed `feed`, as it arrived.
+    LiveFrame {
+        feed: FeedId,
+        frame: Frame,
+    },
+    /// Prepare a live client (at PLAY): nothing is sent before [`Command::Start`].
+    JoinLive(LiveJoin),
+    /// The PLAY reply is on its way: start sending (live: the GOP burst first).
+    Start {
+        client: ClientId,
+    },
+    /// Stop sending to a live client; a later join continues its sequence numbers.
+    Pause {
+        client: ClientId,
+    },
+    /// Send again the packets `seqs` of the client's stream `ssrc`, if still held.
+    Nack {
+        client: ClientId,
+        ssrc: u32,
+        seqs: Vec<u16>,
+    },
+    RemoveClient {
+        client: ClientId,
+    },
+    RemoveFeed {
+        feed: FeedId,
+    },
+    /// Install the hook run on frames before packetisation.
+    SetPrepare(PrepareFrame),
+    /// Stop the sender.
+    Shutdown,
+}
+
+/// A destination, resolved once.
+// Two `SockAddr`s make the UDP variant large; it is stored once per client track and read
+// per packet, where a box would cost an indirection.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Dest {
+    Udp {
+        rtp: SockAddr,
+        rtcp: SockAddr,
+    },
+    Tcp {
+        writer: mpsc::Sender<Bytes>,
+        rtp: u8,
+        rtcp: u8,
+    },
+}
+
+impl From<TrackDest> for Dest {
+    fn from(d: TrackDest) -> Dest {
+        match d {
+            TrackDest::Udp { rtp, rtcp } => Dest::Udp {
+                rtp: rtp.into(),
+                rtcp: rtcp.into(),
+            },
+            TrackDest::Interleaved {
+                writer,
+                rtp_channel,
+                rtcp_channel,
+            } => Dest::Tcp {
+                writer,
+                rtp: rtp_channel,
+                rtcp: rtcp_channel,
+            },
+        }
+    }
+}
+
+/// `$`, channel, length, then the packet (RFC 2326 section 10.12), appended to `out`.
+fn put_interleaved(out: &mut BytesMut, channel: u8, head: &[u8], payload: &[u8]) {
+    out.put_u8(b'$');
+    out.put_u8(channel);
+    out.put_u16((head.len() + payload.len()) as u16);
+    out.put_slice(head);
+    out.put_slice(payload);
+}
+
+struct VodTrack {
+    track: u8,
+    dest: Dest,
+    ring: Vec<Option<([u8; RTP_HEADER_LEN], Bytes)>>,
+}
+
+struct VodFeed {
+    client: ClientId,
+    playout: Arc<Mutex<Playout>>,
+    events: mpsc::UnboundedSender<VodEvent>,
+    stats: Arc<ClientStats>,
+    tracks: Vec<VodTrack>,
+    scheduled: Option<Instant>,
+    gone: bool,
+}
+
+struct ClientTrack {
+    ssrc: u32,
+    seq_base: u16,
+    start_idx: u64,
+    ts_offset: u32,
+    payload_type: u8,
+    /// Sequence number of the next packet (continues after a pause).
+    next_seq: u16,
+    dest: Dest,
+    packets: u32,
+    octets: u32,
+    next_report: Instant,
+}
+
+struct LiveClient {
+    id: ClientId,
+    tier: Tier,
+    active: bool,
+    /// Started before the feed held a keyframe: starts at the next one.
+    waiting: bool,
+    /// Still being sent the GOP cache: the next history position to send. Live packets
+    /// wait until it catches up.
+    catch_up: Option<u64>,
+    start_pos: u64,
+    /// By feed track index.
+    tracks: Vec<Option<ClientTrack>>,
+    stats: Arc<ClientStats>,
+    gone: bool,
+}
+
+struct LiveState {
+    name: String,
+    feed: LiveFeed,
+    clients: Vec<LiveClient>,
+    scheduled: Option<Instant>,
+}
+
+enum FeedState {
+    Vod(VodFeed),
+    Live(Box<LiveState>),
+}
+
+/// The engine. Driven by [`crate::schedule`]: [`Engine::handle`] for commands,
+/// [`Engine::run_due`] at [`Engine::next_deadline`].
+pub struct Engine {
+    rtp: UdpSender,
+    rtcp: UdpSender,
+    batch: Batch,
+    rtcp_batch: Batch,
+    /// Drop tags of the current batches: whose statistics a dropped datagram counts against.
+    tags: Vec<Arc<ClientStats>>,
+    feeds: HashMap<FeedId, FeedState>,
+    client_feed: HashMap<ClientId, FeedId>,
+    heap: BinaryHeap<std::cmp::Reverse<(Instant, FeedId)>>,
+    stats: Arc<ServerStats>,
+    hist: Histogram<u64>,
+    next_tick: Instant,
+    next_summary: Instant,
+    actions: Vec<Action>,
+    tcp_buf: BytesMut,
+    prepare: Option<PrepareFrame>,
+    cname: String,
+}
+
+impl Engine {
+    /// An engine sending RTP through `rtp` and RTCP through `rtcp`, counting into `stats`.
+    pub fn new(rtp: UdpSender, rtcp: UdpSender, stats: Arc<ServerStats>) -> Engine {
+        let now = Instant::now();
+        Engine {
+            rtp,
+            rtcp,
+            batch: Batch::new(),
+            rtcp_batch: Batch::new(),
+            tags: Vec::new(),
+            feeds: HashMap::new(),
+            client_feed: HashMap::new(),
+            heap: BinaryHeap::new(),
+            stats,
+            hist: new_lateness_histogram(),
+            next_tick: now + TICK,
+            next_summary: now + SUMMARY_INTERVAL,
+            actions: Vec::new(),
+            tcp_buf: BytesMut::new(),
+            prepare: None,
+            cname: "divisor".to_string(),
+        }
+    }
+
+    /// The shared statistics.
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
+    }
+
+    /// Number of feeds and clients.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.feeds.len(), self.client_feed.len())
+    }
+
+    /// When [`Engine::run_due`] has work next.
+    pub fn next_deadline(&self) -> Instant {
+        let heap = self.heap.peek().map(|r| r.0 .0);
+        heap.map_or(self.next_tick, |h| h.min(self.next_tick))
+    }
+
+    fn schedule(&mut self, feed: FeedId, at: Option<Instant>) {
+        let Some(state) = self.feeds.get_mut(&feed) else {
+            return;
+        };
+        let slot = match state {
+            FeedState::Vod(v) => &mut v.scheduled,
+            FeedState::Live(l) => &mut l.scheduled,
+        };
+        if *slot == at {
+            return;
+        }
+        *slot = at;
+        if let Some(t) = at {
+            self.heap.push(std::cmp::Reverse((t, feed)));
+        }
+    }
+
+    /// Carry out one command.
+    pub fn handle(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::AddVod {
+                feed,
+                client,
+                playout,
+                events,
+                stats,
+            } => {
+                self.client_feed.insert(client, feed);
+                self.feeds.insert(
+                    feed,
+                    FeedState::Vod(VodFeed {
+                        client,
+                        playout,
+                        events,
+                        stats,
+                        tracks: Vec::new(),
+                        scheduled: None,
+                        gone: false,
+                    }),
+                );
+            }
+            Command::VodDest { feed, track, dest } => {
+                if let Some(FeedState::Vod(v)) = self.feeds.get_mut(&feed) {
+                    v.tracks.retain(|t| t.track != track);
+                    v.tracks.push(VodTrack {
+                        track,
+                        dest: dest.into(),
+                        ring: vec![None; VOD_HISTORY],
+                    });
+                }
+            }
+            Command::Reschedule { feed } => {
+                let next = match self.feeds.get(&feed) {
+                    Some(FeedState::Vod(v)) => lock(&v.playout).next_wakeup(),
+                    Some(FeedState::Live(l)) => l.feed.next_deadline(),
+                    None => None,
+                };
+                self.force_schedule(feed, next);
+            }
+            Command::AddLive { feed, tracks, name } => match LiveFeed::new(&tracks) {
+                Ok(f) => {
+                    self.feeds.insert(
+                        feed,
+                        FeedState::Live(Box::new(LiveState {
+                            name,
+                            feed: f,
+                            clients: Vec::new(),
+                            scheduled: None,
+                        })),
+                    );
+                }
+                Err(e) => info!(%name, "live feed not served: {e}"),
+            },
+            Command::LiveFrame { feed, frame } => {
+                if let Some(FeedState::Live(l)) = self.feeds.get_mut(&feed) {
+                    l.feed.on_frame(frame, now);
+                    let next = l.feed.next_deadline();
+                    let current = l.scheduled;
+                    if next.is_some() && (current.is_none() || next < current) {
+                        self.force_schedule(feed, next);
+                    }
+                }
+            }
+            Command::JoinLive(join) => self.join_live(join, now),
+            Command::Start { client } => self.start(client, now),
+            Command::Pause { client } => {
+                if let Some(l) = self.live_of(client) {
+                    if let Some(c) = l.clients.iter_mut().find(|c| c.id == client) {
+                        c.active = false;
+                    }
+                }
+            }
+            Command::Nack { client, ssrc, seqs } => self.nack(client, ssrc, &seqs, now),
+            Command::RemoveClient { client } => self.remove_client(client),
+            Command::RemoveFeed { feed } => {
+                if let Some(state) = self.feeds.remove(&feed) {
+                    match state {
+                        FeedState::Vod(v) => {
+                            self.client_feed.remove(&v.client);
+                        }
+                        FeedState::Live(l) => {
+                            debug!(feed, name = %l.name, clients = l.clients.len(), "live feed removed");
+                            for c in &l.clients {
+                                self.client_feed.remove(&c.id);
+                            }
+                        }
+                    }
+                }
+            }
+            Command::SetPrepare(p) => self.prepare = Some(p),
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Schedule `feed` at `at` even if an entry exists (stale heap entries are skipped).
+    fn force_schedule(&mut self, feed: FeedId, at: Option<Instant>) {
+        if let Some(state) = self.feeds.get_mut(&feed) {
+            match state {
+                FeedState::Vod(v) => v.scheduled = None,
+                FeedState::Live(l) => l.scheduled = None,
+            }
+        }
+        self.schedule(feed, at);
+    }
+
+    fn live_of(&mut self, client: ClientId) -> Option<&mut LiveState> {
+        let feed = self.client_feed.get(&client)?;
+        match self.feeds.get_mut(feed)? {
+            FeedState::Live(l) => Some(l),
+            FeedState::Vod(_) => None,
+        }
+    }
+
+    fn remove_client(&mut self, client: ClientId) {
+        let Some(feed) = self.client_feed.remove(&client) else {
+            return;
+        };
+        match self.feeds.get_mut(&feed) {
+            Some(FeedState::Live(l)) => {
+                l.clients.retain(|c| c.id != client);
+                if l.clients.iter().all(|c| c.active) {
+                    l.feed.unpin();
+                }
+            }
+            Some(FeedState::Vod(_)) => {
+                self.feeds.remove(&feed);
+            }
+            None => {}
+        }
+    }
+
+    fn join_live(&mut self, join: LiveJoin, now: Instant) {
+        let LiveJoin {
+            client,
+            feed,
+            tier,
+            tracks,
+            stats,
+            reply,
+        } = join;
+        let Some(FeedState::Live(l)) = self.feeds.get_mut(&feed) else {
+            let _ = reply.send(None);
+            return;
+        };
+        self.client_feed.insert(client, feed);
+        let start = l.feed.start_point(tier);
+        let starts_at_keyframe = l.feed.has_gop();
+        let timeline_ts = |l: &LiveState, i: usize| l.feed.rtp_time_at(i, now).unwrap_or(0);
+        let existing = l.clients.iter().position(|c| c.id == client);
+        let idx = match existing {
+            Some(k) => k,
+            None => {
+                l.clients.push(LiveClient {
+                    id: client,
+                    tier,
+                    active: false,
+                    waiting: false,
+                    catch_up: None,
+                    start_pos: start.pos,
+                    tracks: (0..l.feed.tracks().len()).map(|_| None).collect(),
+                    stats,
+                    gone: false,
+                });
+                l.clients.len() - 1
+            }
+        };
+        let mut starts = Vec::new();
+        for LiveTrack {
+            track: link_track,
+            dest,
+            ssrc,
+        } in tracks
+        {
+            let Some(i) = l.feed.track_index(link_track) else {
+                continue;
+            };
+            let (start_idx, first_ts) = start.tracks[i];
+            let ts_now = timeline_ts(l, i);
+            let pt = l.feed.tracks()[i].payload_type;
+            let c = &mut l.clients[idx];
+            c.tier = tier;
+            c.active = false;
+            c.start_pos = start.pos;
+            let ct = c.tracks[i].get_or_insert_with(|| {
+                let seq = rand::random::<u16>();
+                ClientTrack {
+                    ssrc,
+                    seq_base: seq,
+                    start_idx,
+                    ts_offset: rand::random(),
+                    payload_type: pt,
+                    next_seq: seq,
+                    dest: dest.clone().into(),
+                    packets: 0,
+                    octets: 0,
+                    next_report: now + Duration::from_millis(rand::random::<u64>() % 1000),
+                }
+            });
+            ct.seq_base = ct.next_seq;
+            ct.ssrc = ssrc;
+            ct.start_idx = start_idx;
+            ct.dest = dest.into();
+            starts.push(TrackStart {
+                track: link_track,
+                seq: ct.seq_base,
+                rtptime: ct.ts_offset.wrapping_add(first_ts.unwrap_or(ts_now)),
+                ssrc: ct.ssrc,
+            });
+        }
+        let _ = reply.send(Some(JoinInfo {
+            tracks: starts,
+            starts_at_keyframe,
+        }));
+    }
+
+    fn start(&mut self, client: ClientId, now: Instant) {
+        let Some(&feed) = self.client_feed.get(&client) else {
+            return;
+        };
+        match self.feeds.get_mut(&feed) {
+            Some(FeedState::Vod(_)) => {
+                // The driver resumed its playout; look at its deadline.
+                self.handle(Command::Reschedule { feed }, now);
+            }
+            Some(FeedState::Live(l)) => {
+                let Some(k) = l.clients.iter().position(|c| c.id == client) else {
+                    return;
+                };
+                if l.clients[k].active || l.clients[k].waiting {
+                    return;
+                }
+                if !l.feed.has_gop() {
+                    // Nothing decodable to start from: wait for the next keyframe.
+                    l.clients[k].waiting = true;
+                    return;
+                }
+                l.clients[k].active = true;
+                l.clients[k].catch_up = Some(l.clients[k].start_pos);
+                if l.clients.iter().all(|c| c.active) {
+                    l.feed.unpin();
+                }
+                let more = self.catch_up(feed, now);
+                if more {
+                    let next = self.live_next(feed, now);
+                    self.force_schedule(feed, next);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn nack(&mut self, client: ClientId, ssrc: u32, seqs: &[u16], now: Instant) {
+        let Some(&feed) = self.client_feed.get(&client) else {
+            return;
+        };
+        let mut sent = 0u64;
+        let mut refused = 0u64;
+        let stats = match self.feeds.get_mut(&feed) {
+            Some(FeedState::Vod(v)) => {
+                let track = {
+                    let p = lock(&v.playout);
+                    v.tracks.iter().position(|t| p.ssrc(t.track) == Some(ssrc))
+                };
+                let Some(ti) = track else {
+                    return;
+                };
+                let tag = self.tags.len() as u32;
+                self.tags.push(v.stats.clone());
+                let t = &v.tracks[ti];
+                for &seq in seqs {
+                    let slot = &t.ring[usize::from(seq) % VOD_HISTORY];
+                    match slot {
+                        Some((h, payload)) if u16::from_be_bytes([h[2], h[3]]) == seq => {
+                            sent += 1;
+                            push_to(
+                                &t.dest,
+                                h,
+                                payload,
+                                false,
+                                tag,
+                                now,
+                                &mut self.batch,
+                                &mut self.tcp_buf,
+                            );
+                        }
+                        _ => refused += 1,
+                    }
+                }
+                flush_tcp(&t.dest, &mut self.tcp_buf, &v.stats, &self.stats);
+                v.stats.clone()
+            }
+            Some(FeedState::Live(l)) => {
+                let Some(c) = l.clients.iter_mut().find(|c| c.id == client) else {
+                    return;
+                };
+                let Some((i, ct)) = c
+                    .tracks
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, t)| t.as_ref().filter(|t| t.ssrc == ssrc).map(|t| (i, t)))
+                else {
+                    return;
+                };
+                let tag = self.tags.len() as u32;
+                self.tags.push(c.stats.clone());
+                // Packets sent so far on this stream: seq_base .. next_seq.
+                let sent_count = ct.next_seq.wrapping_sub(ct.seq_base);
+                for &seq in seqs {
+                    let back = ct.next_seq.wrapping_sub(seq);
+                    if back == 0 || back > sent_count {
+                        refused += 1;
+                        continue;
+                    }
+                    let idx = ct.start_idx + u64::from(seq.wrapping_sub(ct.seq_base));
+                    let Some(p) = l
+                        .feed
+                        .find(i, c.tier, idx)
+                        .and_then(|pos| l.feed.packet(pos))
+                    else {
+                        refused += 1;
+                        continue;
+                    };
+                    let mut h = [0u8; RTP_HEADER_LEN];
+                    write_rtp_header(
+                        &mut h,
+                        ct.payload_type,
+                        p.marker,
+                        seq,
+                        ct.ts_offset.wrapping_add(p.ts),
+                        ct.ssrc,
+                    );
+                    sent += 1;
+                    push_to(
+                        &ct.dest,
+                        &h,
+                        &p.payload,
+                        false,
+                        tag,
+                        now,
+                        &mut self.batch,
+                        &mut self.tcp_buf,
+                    );
+                }
+                flush_tcp(&ct.dest, &mut self.tcp_buf, &c.stats, &self.stats);
+                c.stats.clone()
+            }
+            None => return,
+        };
+        stats.retransmits.fetch_add(sent, Ordering::Relaxed);
+        stats.nacks_refused.fetch_add(refused, Ordering::Relaxed);
+        self.stats.retransmits.fetch_add(sent, Ordering::Relaxed);
+        self.stats
+            .nacks_refused
+            .fetch_add(refused, Ordering::Relaxed);
+        // Retransmissions are not deadline traffic: keep them out of the lateness figures.
+        self.flush_untimed();
+    }
+
+    /// Run every feed due at `now`, then housekeeping if due; sends what that produced.
+    pub fn run_due(&mut self, now: Instant) {
+        while let Some(std::cmp::Reverse((at, feed))) = self.heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            let current = match self.feeds.get(&feed) {
+                Some(FeedState::Vod(v)) => v.scheduled,
+                Some(FeedState::Live(l)) => l.scheduled,
+                None => None,
+            };
+            if current != Some(at) {
+                continue; // stale entry
+            }
+            let next = self.run_feed(feed, at, now);
+            self.force_schedule(feed, next);
+        }
+        if now >= self.next_tick {
+            self.tick(now);
+        }
+    }
+
+    fn run_feed(&mut self, feed: FeedId, deadline: Instant, now: Instant) -> Option<Instant> {
+        let state = self.feeds.get_mut(&feed)?;
+        match state {
+            FeedState::Vod(v) => {
+                let next = {
+                    let mut p = lock(&v.playout);
+                    p.poll(now, SystemTime::now(), &mut self.actions);
+                    p.next_wakeup()
+                };
+                let tag = self.tags.len() as u32;
+                self.tags.push(v.stats.clone());
+                let mut packets = 0u64;
+                let mut bytes = 0u64;
+                for action in self.actions.drain(..) {
+                    match action {
+                        Action::Rtp {
+                            track,
+                            header,
+                            payload,
+                        } => {
+                            let Some(t) = v.tracks.iter_mut().find(|t| t.track == track) else {
+                                continue;
+                            };
+                            packets += 1;
+                            bytes += (RTP_HEADER_LEN + payload.len()) as u64;
+                            push_to(
+                                &t.dest,
+                                &header,
+                                &payload,
+                                false,
+                                tag,
+                                deadline,
+                                &mut self.batch,
+                                &mut self.tcp_buf,
+                            );
+                            let seq = u16::from_be_bytes([header[2], header[3]]);
+                            t.ring[usize::from(seq) % VOD_HISTORY] = Some((header, payload));
+                        }
+                        Action::Rtcp { track, packet } => {
+                            let Some(t) = v.tracks.iter().find(|t| t.track == track) else {
+                                continue;
+                            };
+                            // Flush this track's pending media first, keeping order on TCP.
+                            if !flush_tcp(&t.dest, &mut self.tcp_buf, &v.stats, &self.stats) {
+                                v.gone = true;
+                            }
+                            push_to(
+                                &t.dest,
+                                &[],
+                                &packet,
+                                true,
+                                tag,
+                                deadline,
+                                &mut self.rtcp_batch,
+                                &mut self.tcp_buf,
+                            );
+                        }
+                        Action::Credits(n) => {
+                            let _ = v.events.send(VodEvent::Credits(n));
+                        }
+                        Action::Finished => {
+                            let _ = v.events.send(VodEvent::Finished);
+                        }
+                    }
+                    // Interleaved: one queued buffer per action run is enough; flush as
+                    // we go so RTP and RTCP keep their order.
+                    for t in &v.tracks {
+                        if !flush_tcp(&t.dest, &mut self.tcp_buf, &v.stats, &self.stats) {
+                            v.gone = true;
+                        }
+                    }
+                }
+                v.stats.packets.fetch_add(packets, Ordering::Relaxed);
+                v.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                if v.gone {
+                    let _ = v.events.send(VodEvent::ClientGone);
+                }
+                self.flush();
+                next
+            }
+            FeedState::Live(l) => {
+                let prepare = &mut self.prepare;
+                let (range, first_deadline) = l.feed.poll(now, |f| {
+                    if let Some(p) = prepare.as_mut() {
+                        p(feed, f)
+                    }
+                });
+                if !range.is_empty() {
+                    let l = &mut **l;
+                    if l.feed.gop_start().is_some_and(|g| range.contains(&g)) {
+                        start_waiting(l);
+                    }
+                    fan_out(
+                        &l.feed,
+                        &mut l.clients,
+                        range,
+                        first_deadline.unwrap_or(deadline),
+                        &mut self.batch,
+                        &mut self.tags,
+                        &mut self.tcp_buf,
+                        &self.stats,
+                    );
+                    let gone: Vec<ClientId> =
+                        l.clients.iter().filter(|c| c.gone).map(|c| c.id).collect();
+                    l.clients.retain(|c| !c.gone);
+                    for id in gone {
+                        self.client_feed.remove(&id);
+                    }
+                    self.flush();
+                }
+                self.catch_up(feed, now);
+                self.live_next(feed, now)
+            }
+        }
+    }
+
+    /// Send the next chunk of the GOP cache to clients catching up. True if some still are.
+    fn catch_up(&mut self, feed: FeedId, now: Instant) -> bool {
+        let Some(FeedState::Live(l)) = self.feeds.get_mut(&feed) else {
+            return false;
+        };
+        let l = &mut **l;
+        let end = l.feed.end();
+        let mut more = false;
+        let mut sent = false;
+        for k in 0..l.clients.len() {
+            let Some(pos) = l.clients[k].catch_up else {
+                continue;
+            };
+            let to = (pos + CATCH_UP_CHUNK).min(end);
+            // Sent as if due now: the burst is not deadline traffic.
+            l.clients[k].catch_up = None;
+            fan_out(
+                &l.feed,
+                std::slice::from_mut(&mut l.clients[k]),
+                pos..to,
+                now,
+                &mut self.batch,
+                &mut self.tags,
+                &mut self.tcp_buf,
+                &self.stats,
+            );
+            sent = true;
+            if to < end {
+                l.clients[k].catch_up = Some(to);
+                more = true;
+            }
+        }
+        if sent {
+            self.flush_untimed();
+        }
+        more
+    }
+
+    /// When a live feed needs running next: its next frame, or soon if a client is
+    /// catching up.
+    fn live_next(&self, feed: FeedId, now: Instant) -> Option<Instant> {
+        let Some(FeedState::Live(l)) = self.feeds.get(&feed) else {
+            return None;
+        };
+        let next = l.feed.next_deadline();
+        if l.clients.iter().any(|c| c.catch_up.is_some()) {
+            let soon = now + CATCH_UP_INTERVAL;
+            Some(next.map_or(soon, |n| n.min(soon)))
+        } else {
+            next
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_inner(true);
+    }
+
+    fn flush_untimed(&mut self) {
+        self.flush_inner(false);
+    }
+
+    fn flush_inner(&mut self, timed: bool) {
+        let tags = &self.tags;
+        let stats = &self.stats;
+        let hist = &mut self.hist;
+        let mut late = 0u64;
+        let mut fate = |f: Fate| match f {
+            Fate::Sent { at, deadline } => {
+                if timed {
+                    let us = at.saturating_duration_since(deadline).as_micros() as u64;
+                    let _ = hist.record(us.clamp(1, super::stats::LATENESS_MAX_US));
+                    if us > LATE_THRESHOLD_US {
+                        late += 1;
+                    }
+                }
+            }
+            Fate::Dropped { tag } => {
+                stats.drops.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = tags.get(tag as usize) {
+                    c.drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let a = self.rtp.flush(&mut self.batch, &mut fate);
+        let b = self.rtcp.flush(&mut self.rtcp_batch, &mut fate);
+        self.stats.late_sends.fetch_add(late, Ordering::Relaxed);
+        self.stats
+            .packets
+            .fetch_add((a.sent + b.sent) as u64, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add((a.bytes + b.bytes) as u64, Ordering::Relaxed);
+        self.stats
+            .syscalls
+            .fetch_add((a.syscalls + b.syscalls) as u64, Ordering::Relaxed);
+        self.tags.clear();
+    }
+
+    /// Housekeeping: sender reports for live clients, statistics.
+    fn tick(&mut self, now: Instant) {
+        self.next_tick = now + TICK;
+        let wall = SystemTime::now();
+        for state in self.feeds.values_mut() {
+            let FeedState::Live(l) = state else { continue };
+            for c in l.clients.iter_mut().filter(|c| c.active) {
+                let tag = self.tags.len() as u32;
+                self.tags.push(c.stats.clone());
+                for (i, ct) in c.tracks.iter_mut().enumerate() {
+                    let Some(ct) = ct else { continue };
+                    if ct.next_report > now || ct.packets == 0 {
+                        continue;
+                    }
+                    ct.next_report = now + SENDER_REPORT_INTERVAL;
+                    let Some(ts) = l.feed.rtp_time_at(i, now) else {
+                        continue;
+                    };
+                    let sr = crate::rtcp::sender_report(
+                        ct.ssrc,
+                        wall,
+                        ct.ts_offset.wrapping_add(ts),
+                        ct.packets,
+                        ct.octets,
+                        &self.cname,
+                    );
+                    push_to(
+                        &ct.dest,
+                        &[],
+                        &sr,
+                        true,
+                        tag,
+                        now,
+                        &mut self.rtcp_batch,
+                        &mut self.tcp_buf,
+                    );
+                    flush_tcp(&ct.dest, &mut self.tcp_buf, &c.stats, &self.stats);
+                }
+            }
+        }
+        self.flush_untimed();
+        self.stats.merge_lateness(&self.hist);
+        self.hist.reset();
+        if now >= self.next_summary {
+            self.next_summary = now + SUMMARY_INTERVAL;
+            let (feeds, clients) = self.sizes();
+            debug!(
+                feeds,
+                clients,
+                path = ?self.rtp.path(),
+                gso = self.rtp.gso(),
+                "fan-out: {}",
+                self.stats.summary_line()
+            );
+        }
+    }
+}
+
+/// A keyframe arrived: clients waiting for one start at it (their sequence numbers from
+/// the packet indices of the new GOP; packets before it are skipped by index).
+fn start_waiting(l: &mut LiveState) {
+    if !l.clients.iter().any(|c| c.waiting) {
+        return;
+    }
+    for c in l.clients.iter_mut().filter(|c| c.waiting) {
+        let sp = l.feed.start_point(c.tier);
+        for (i, ct) in c.tracks.iter_mut().enumerate() {
+            if let Some(ct) = ct {
+                ct.start_idx = sp.tracks[i].0;
+                ct.seq_base = ct.next_seq;
+            }
+        }
+        c.start_pos = sp.pos;
+        c.waiting = false;
+        c.active = true;
+    }
+    if l.clients.iter().all(|c| c.active) {
+        l.feed.unpin();
+    }
+}
+
+/// Write the packets `range` of `feed` to every active client in `clients`.
+#[allow(clippy::too_many_arguments)]
+fn fan_out(
+    feed: &LiveFeed,
+    clients: &mut [LiveClient],
+    range: std::ops::Range<u64>,
+    deadline: Instant,
+    batch: &mut Batch,
+    tags: &mut Vec<Arc<ClientStats>>,
+    tcp_buf: &mut BytesMut,
+    server: &ServerStats,
+) {
+    let mut h = [0u8; RTP_HEADER_LEN];
+    for c in clients
+        .iter_mut()
+        .filter(|c| c.active && !c.gone && c.catch_up.is_none())
+    {
+        let tag = tags.len() as u32;
+        tags.push(c.stats.clone());
+        let tier = c.tier;
+        let t = tier.index();
+        let mut packets = 0u64;
+        let mut bytes = 0u64;
+        for p in feed.packets(range.clone()) {
+            if !tier.keeps(p.layer) {
+                continue;
+            }
+            let Some(ct) = c.tracks[usize::from(p.track)].as_mut() else {
+                continue;
+            };
+            if p.idx[t] < ct.start_idx {
+                continue;
+            }
+            let seq = ct.seq_base.wrapping_add((p.idx[t] - ct.start_idx) as u16);
+            write_rtp_header(
+                &mut h,
+                ct.payload_type,
+                p.marker,
+                seq,
+                ct.ts_offset.wrapping_add(p.ts),
+                ct.ssrc,
+            );
+            ct.next_seq = seq.wrapping_add(1);
+            ct.packets = ct.packets.wrapping_add(1);
+            ct.octets = ct.octets.wrapping_add(p.payload.len() as u32);
+            packets += 1;
+            bytes += (RTP_HEADER_LEN + p.payload.len()) as u64;
+            push_to(
+                &ct.dest, &h, &p.payload, false, tag, deadline, batch, tcp_buf,
+            );
+        }
+        c.stats.packets.fetch_add(packets, Ordering::Relaxed);
+        c.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        // Interleaved tracks of this client: one queued buffer per frame.
+        for ct in c.tracks.iter().flatten() {
+            if !flush_tcp(&ct.dest, tcp_buf, &c.stats, server) {
+                c.gone = true;
+            }
+        }
+    }
+}
+
+/// Queue one packet for `dest`: into `batch` for UDP, into `tcp_buf` for interleaved
+/// (sent by [`flush_tcp`]).
+#[allow(clippy::too_many_arguments)]
+fn push_to(
+    dest: &Dest,
+    head: &[u8],
+    payload: &Bytes,
+    rtcp: bool,
+    tag: u32,
+    deadline: Instant,
+    batch: &mut Batch,
+    tcp_buf: &mut BytesMut,
+) {
+    match dest {
+        Dest::Udp {
+            rtp,
+            rtcp: rtcp_addr,
+        } => {
+            let d = batch.dest(if rtcp { rtcp_addr } else { rtp });
+            batch.push(d, head, payload.clone(), tag, deadline);
+        }
+        Dest::Tcp {
+            rtp: ch_rtp,
+            rtcp: ch_rtcp,
+            ..
+        } => put_interleaved(
+            tcp_buf,
+            if rtcp { *ch_rtcp } else { *ch_rtp },
+            head,
+            payload,
+        ),
+    }
+}
+
+/// Hand what [`push_to`] gathered for an interleaved `dest` to its connection. Returns
+/// false when the connection is gone. A full queue drops the buffer and counts it.
+fn flush_tcp(
+    dest: &Dest,
+    tcp_buf: &mut BytesMut,
+    client: &ClientStats,
+    server: &ServerStats,
+) -> bool {
+    let Dest::Tcp { writer, .. } = dest else {
+        return true;
+    };
+    if tcp_buf.is_empty() {
+        return true;
+    }
+    let data = tcp_buf.split().freeze();
+    match writer.try_send(data) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            client.drops.fetch_add(1, Ordering::Relaxed);
+            server.drops.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::udp::SendPath;
+    use divisor_link::{Codec, FrameFlags};
+    use std::net::UdpSocket;
+
+    fn video() -> TrackInfo {
+        TrackInfo {
+            track: 0,
+            codec: Codec::H264,
+            clock_rate: 90_000,
+            width: 320,
+            height: 240,
+            sample_rate: 0,
+            channels: 0,
+            bitrate: 0,
+            params: vec![],
+        }
+    }
+
+    fn frame(n: i64, layer: u8) -> Frame {
+        let mut flags = FrameFlags::empty().with_layer(layer);
+        if n % 8 == 0 {
+            flags.insert(FrameFlags::KEYFRAME);
+        }
+        Frame {
+            channel: 1,
+            track: 0,
+            codec: Codec::H264,
+            flags,
+            pts: n * 3600,
+            dts: n * 3600,
+            duration: 3600,
+            data: Bytes::from(vec![0, 0, 0, 1, 0x65, n as u8, 2, 3]),
+        }
+    }
+
+    fn engine() -> Engine {
+        let s =
+            |p| UdpSender::new(Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap()), p, true).unwrap();
+        Engine::new(
+            s(SendPath::Sendmmsg),
+            s(SendPath::Sendmmsg),
+            ServerStats::new(),
+        )
+    }
+
+    fn receiver() -> UdpSocket {
+        let r = UdpSocket::bind("127.0.0.1:0").unwrap();
+        r.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        r
+    }
+
+    fn seqs(r: &UdpSocket) -> Vec<(u16, u32)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = r.recv(&mut buf) {
+            // Sender reports come to the same port here: skip RTCP.
+            if n >= 12 && !(200..=206).contains(&buf[1]) {
+                out.push((
+                    u16::from_be_bytes([buf[2], buf[3]]),
+                    u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                ));
+            }
+        }
+        out
+    }
+
+    fn join(e: &mut Engine, client: ClientId, tier: Tier, r: &UdpSocket, now: Instant) -> JoinInfo {
+        let (tx, mut rx) = oneshot::channel();
+        let addr = r.local_addr().unwrap();
+        e.handle(
+            Command::JoinLive(LiveJoin {
+                client,
+                feed: 1,
+                tier,
+                tracks: vec![LiveTrack {
+                    track: 0,
+                    dest: TrackDest::Udp {
+                        rtp: addr,
+                        rtcp: addr,
+                    },
+                    ssrc: 0x1000 + client as u32,
+                }],
+                stats: ClientStats::new(client, "s", "live/x/", "peer"),
+                reply: tx,
+            }),
+            now,
+        );
+        let info = rx.try_recv().unwrap().unwrap();
+        e.handle(Command::Start { client }, now);
+        info
+    }
+
+    #[test]
+    fn late_joiner_gets_the_gop_then_live_without_gaps_in_every_tier() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        e.handle(
+            Command::AddLive {
+                feed: 1,
+                tracks: vec![video()],
+                name: "x".into(),
+            },
+            t0,
+        );
+        let layers = [0u8, 2, 1, 2];
+        for n in 0..12 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, layers[(n % 4) as usize]),
+                },
+                t0,
+            );
+        }
+        // Frames 0..=9 are sent; keyframes at 0 and 8.
+        e.run_due(t0 + Duration::from_millis(50 + 360));
+        let full = receiver();
+        let half = receiver();
+        let info = join(
+            &mut e,
+            10,
+            Tier::Full,
+            &full,
+            t0 + Duration::from_millis(411),
+        );
+        assert!(info.starts_at_keyframe);
+        let hinfo = join(
+            &mut e,
+            11,
+            Tier::Half,
+            &half,
+            t0 + Duration::from_millis(411),
+        );
+        e.run_due(t0 + Duration::from_secs(2));
+        let got = seqs(&full);
+        // Burst of frames 8, 9, then live 10, 11.
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0].0, info.tracks[0].seq);
+        assert_eq!(got[0].1, info.tracks[0].rtptime);
+        for w in got.windows(2) {
+            assert_eq!(w[1].0, w[0].0.wrapping_add(1));
+            assert_eq!(w[1].1.wrapping_sub(w[0].1), 3600);
+        }
+        let got = seqs(&half);
+        // Half keeps layers 0 and 1: frames 8 and 10.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, hinfo.tracks[0].seq);
+        assert_eq!(got[1].0, got[0].0.wrapping_add(1));
+        assert_eq!(got[1].1.wrapping_sub(got[0].1), 7200);
+
+        // NACK of the second packet of the full client: the same packet again.
+        e.handle(
+            Command::Nack {
+                client: 10,
+                ssrc: info.tracks[0].ssrc,
+                seqs: vec![info.tracks[0].seq.wrapping_add(1), 0x1234],
+            },
+            t0 + Duration::from_secs(2),
+        );
+        let again = seqs(&full);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, info.tracks[0].seq.wrapping_add(1));
+        assert_eq!(e.stats().retransmits.load(Ordering::Relaxed), 1);
+        assert_eq!(e.stats().nacks_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_full_interleaved_queue_drops_without_stalling_others() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        e.handle(
+            Command::AddLive {
+                feed: 1,
+                tracks: vec![video()],
+                name: "x".into(),
+            },
+            t0,
+        );
+        let (tx, _rx_kept_full) = mpsc::channel(1);
+        let (jtx, _) = oneshot::channel();
+        e.handle(
+            Command::JoinLive(LiveJoin {
+                client: 5,
+                feed: 1,
+                tier: Tier::Full,
+                tracks: vec![LiveTrack {
+                    track: 0,
+                    dest: TrackDest::Interleaved {
+                        writer: tx,
+                        rtp_channel: 0,
+                        rtcp_channel: 1,
+                    },
+                    ssrc: 5,
+                }],
+                stats: ClientStats::new(5, "s", "live/x/", "peer"),
+                reply: jtx,
+            }),
+            t0,
+        );
+        e.handle(Command::Start { client: 5 }, t0);
+        let udp = receiver();
+        join(&mut e, 6, Tier::Full, &udp, t0);
+        // One frame per scheduler pass: one queued buffer per frame and client.
+        for n in 0..5i64 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, 0),
+                },
+                t0,
+            );
+            e.run_due(t0 + Duration::from_millis(50 + 40 * n as u64));
+        }
+        assert_eq!(seqs(&udp).len(), 5, "the UDP client got everything");
+        assert!(
+            e.stats().drops.load(Ordering::Relaxed) >= 4,
+            "1 queued, the others dropped"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! RTCP from clients: receiver reports into [`ClientStats`], NACKs into retransmissions
+//! (rate-limited per client), PLI/FIR into keyframe requests.
+//!
+//! UDP clients all send to the server's one RTCP socket and are told apart by source
+//! address ([`FeedbackRoutes`]); interleaved clients' RTCP comes through their session.
+//! Whatever a datagram holds, it only ever touches its own client: malformed packets,
+//! strangers and NACK storms are dropped and counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::engine::{ClientId, Command};
+use super::stats::{ClientStats, ServerStats};
+use crate::rtcp::{parse_incoming, RtcpEvent};
+use crate::schedule::EngineHandle;
+
+/// Most NACKed packets a client may have resent in a burst, and per second after it.
+pub const NACK_BURST: f64 = 200.0;
+pub const NACK_PER_SECOND: f64 = 400.0;
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: f64, rate: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            rate,
+            last: now,
+        }
+    }
+
+    /// Take up to `want` tokens at `now`; returns how many were granted.
+    pub fn take(&mut self, want: usize, now: Instant) -> usize {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        let granted = (want as f64).min(self.tokens.floor()).max(0.0);
+        self.tokens -= granted;
+        granted as usize
+    }
+}
+
+/// One client's RTCP context.
+pub struct Feedback {
+    pub client: ClientId,
+    pub stats: Arc<ClientStats>,
+    /// The session's idle timer, reset by every report.
+    pub last_seen: Arc<Mutex<Instant>>,
+    /// Where keyframe requests go (link track number); the receiver rate-limits them.
+    pub keyframes: mpsc::UnboundedSender<u8>,
+    /// Our SSRCs towards this client: (ssrc, link track, clock rate).
+    streams: Mutex<Vec<(u32, u8, u32)>>,
+    nack_budget: Mutex<TokenBucket>,
+}
+
+impl Feedback {
+    pub fn new(
+        client: ClientId,
+        stats: Arc<ClientStats>,
+        last_seen: Arc<Mutex<Instant>>,
+        keyframes: mpsc::UnboundedSender<u8>,
+    ) -> Arc<Feedback> {
+        Arc::new(Feedback {
+            client,
+            stats,
+            last_seen,
+            keyframes,
+            streams: Mutex::new(Vec::new()),
+            nack_budget: Mutex::new(TokenBucket::new(
+                NACK_BURST,
+                NACK_PER_SECOND,
+                Instant::now(),
+            )),
+        })
+    }
+
+    /// Note the SSRC we send `track` with (after SETUP or PLAY).
+    pub fn set_stream(&self, ssrc: u32, track: u8, clock_rate: u32) {
+        let mut s = lock(&self.streams);
+        s.retain(|(_, t, _)| *t != track);
+        s.push((ssrc, track, clock_rate));
+    }
+
+    fn stream(&self, ssrc: u32) -> Option<(u8, u32)> {
+        lock(&self.streams)
+            .iter()
+            .find(|(s, _, _)| *s == ssrc)
+            .map(|(_, t, r)| (*t, *r))
+    }
+}
+
+/// UDP clients' RTCP source addresses.
+#[derive(Default)]
+pub struct FeedbackRoutes {
+    map: Mutex<HashMap<SocketAddr, Arc<Feedback>>>,
+}
+
+impl FeedbackRoutes {
+    pub fn new() -> Arc<FeedbackRoutes> {
+        Arc::new(FeedbackRoutes::default())
+    }
+
+    /// RTCP from `from` belongs to `fb`.
+    pub fn insert(&self, from: SocketAddr, fb: Arc<Feedback>) {
+        lock(&self.map).insert(from, fb);
+    }
+
+    /// Forget every address of client `client`.
+    pub fn remove_client(&self, client: ClientId) {
+        lock(&self.map).retain(|_, f| f.client != client);
+    }
+
+    pub fn get(&self, from: &SocketAddr) -> Option<Arc<Feedback>> {
+        lock(&self.map).get(from).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Act on one RTCP datagram from the client of `fb`.
+pub fn handle(
+    packet: &[u8],
+    fb: &Feedback,
+    engine: &EngineHandle,
+    server: &ServerStats,
+    now: Instant,
+) {
+    let events = match parse_incoming(packet) {
+        Ok(e) => e,
+        Err(e) => {
+            server.rtcp_malformed.fetch_add(1, Ordering::Relaxed);
+            debug!(client = fb.client, "malformed RTCP dropped: {e}");
+            return;
+        }
+    };
+    *lock(&fb.last_seen) = now;
+    for ev in events {
+        match ev {
+            RtcpEvent::ReceiverReport { reports, .. } | RtcpEvent::SenderReport { reports, .. } => {
+                for r in reports {
+                    let Some((_, rate)) = fb.stream(r.ssrc) else {
+                        continue;
+                    };
+                    let s = &fb.stats;
+                    s.receiver_reports.fetch_add(1, Ordering::Relaxed);
+                    s.fraction_lost
+                        .store(u32::from(r.fraction_lost), Ordering::Relaxed);
+                    s.cumulative_lost
+                        .store(i64::from(r.cumulative_lost), Ordering::Relaxed);
+                    s.jitter.store(r.jitter, Ordering::Relaxed);
+                    s.jitter_clock_rate.store(rate, Ordering::Relaxed);
+                    if let Some(rtt) = r.round_trip(SystemTime::now()) {
+                        s.rtt_us.store(rtt.as_micros() as i64, Ordering::Relaxed);
+                    }
+                }
+            }
+            RtcpEvent::Nack {
+                media_ssrc, lost, ..
+            } => {
+                fb.stats
+                    .nacks_received
+                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                if fb.stream(media_ssrc).is_none() {
+                    continue;
+                }
+                let granted = lock(&fb.nack_budget).take(lost.len(), now);
+                let refused = (lost.len() - granted) as u64;
+                if refused > 0 {
+                    fb.stats.nacks_refused.fetch_add(refused, Ordering::Relaxed);
+                    server.nacks_refused.fetch_add(refused, Ordering::Relaxed);
+                }
+                if granted > 0 {
+                    let mut seqs = lost;
+                    seqs.truncate(granted);
+                    engine.send(Command::Nack {
+                        client: fb.client,
+                        ssrc: media_ssrc,
+                        seqs,
+                    });
+                }
+            }
+            RtcpEvent::Pli { media_ssrc, .. } => keyframe(fb, server, media_ssrc),
+            RtcpEvent::Fir { targets, .. } => {
+                for ssrc in targets {
+                    keyframe(fb, server, ssrc);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn keyframe(fb: &Feedback, server: &ServerStats, ssrc: u32) {
+    let Some((track, _)) = fb.stream(ssrc) else {
+        return;
+    };
+    fb.stats.keyframe_asks.fetch_add(1, Ordering::Relaxed);
+    server.keyframe_asks.fetch_add(1, Ordering::Relaxed);
+    let _ = fb.keyframes.send(track);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rate limit for keyframe requests to the encoder: at most one per track per interval.
+pub struct KeyframeLimiter {
+    last: HashMap<u8, Instant>,
+    interval: std::time::Duration,
+}
+
+impl KeyframeLimiter {
+    pub fn new(interval: std::time::Duration) -> KeyframeLimiter {
+        KeyframeLimiter {
+            last: HashMap::new(),
+            interval,
+        }
+    }
+
+    /// Whether a request for `track` may go out at `now`.
+    pub fn allow(&mut self, track: u8, now: Instant) -> bool {
+        match self.last.get(&track) {
+            Some(t) if now.saturating_duration_since(*t) < self.interval => false,
+            _ => {
+                self.last.insert(track, now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn token_bucket_limits_bursts_and_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 100.0, t0);
+        assert_eq!(b.take(25, t0), 10);
+        assert_eq!(b.take(5, t0), 0);
+        assert_eq!(b.take(5, t0 + Duration::from_millis(30)), 3);
+    }
+
+    #[test]
+    fn keyframe_requests_are_rate_limited_per_track() {
+        let t0 = Instant::now();
+        let mut k = KeyframeLimiter::new(Duration::from_secs(1));
+        assert!(k.allow(0, t0));
+        assert!(!k.allow(0, t0 + Duration::from_millis(500)));
+        assert!(k.allow(1, t0));
+        assert!(k.allow(0, t0 + Duration::from_millis(1001)));
+    }
+}

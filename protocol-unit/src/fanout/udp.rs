@@ -1,0 +1,655 @@
+//! Batched UDP sending from one shared socket to many destinations.
+//!
+//! A [`Batch`] collects datagrams as (destination, short per-client head, shared payload):
+//! the head is the client's rewritten 12-byte RTP header, the payload a `Bytes` shared by
+//! every client of the feed. [`UdpSender::flush`] hands the batch to the kernel with
+//! scatter-gather I/O, so payload bytes are never copied in user space:
+//!
+//! - `sendmmsg` path: runs of consecutive datagrams to the same destination whose sizes are
+//!   equal (the last may be shorter) go as *one* message with a `UDP_SEGMENT` control
+//!   message (UDP GSO): the kernel builds the IP packets, one route lookup and one skb for
+//!   up to [`MAX_GSO_SEGMENTS`] packets. Up to 1024 messages per system call.
+//! - `io_uring` path: the same messages, each a `SENDMSG` submission, submitted in batches
+//!   with one `io_uring_enter`.
+//!
+//! Why `libc::sendmmsg` rather than `quinn-udp`: quinn-udp's `Transmit` takes one
+//! contiguous buffer per message, so every client's packet would first be copied (header +
+//! payload) into a per-client buffer; iovecs let the header live per client and the payload
+//! stay shared, and `sendmmsg` sends many destinations per call, which quinn-udp's
+//! one-destination-per-call `send` does not.
+//!
+//! Errors never stop the batch: a datagram the kernel refuses (full buffer after a short
+//! wait, unreachable, too big) is counted as dropped against its tag and the rest go on.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use socket2::SockAddr;
+use tracing::{info, warn};
+
+/// Largest head [`Batch::push`] stores inline (an RTP fixed header).
+pub const MAX_HEAD: usize = 12;
+
+/// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` on every kernel that
+/// has GSO).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Most bytes in one GSO message (a UDP datagram's length field is 16 bits).
+const MAX_GSO_BYTES: usize = 63 * 1024;
+
+/// Messages per `sendmmsg` call (the kernel's `UIO_MAXIOV`).
+const MAX_MMSG: usize = 1024;
+
+/// How long a flush waits for room in a full socket buffer before dropping.
+const FULL_BUFFER_WAIT_MS: i32 = 2;
+
+/// How the batch reaches the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendPath {
+    /// `sendmmsg(2)`, up to 1024 messages per call.
+    Sendmmsg,
+    /// io_uring `SENDMSG` submissions, one `io_uring_enter` per batch.
+    Uring,
+}
+
+/// One datagram of a batch.
+#[derive(Clone, Debug)]
+struct Datagram {
+    dest: u32,
+    head_len: u8,
+    head: [u8; MAX_HEAD],
+    payload: Bytes,
+    /// Caller's tag, passed back for datagrams that could not be sent.
+    tag: u32,
+    /// When it was due, for the lateness the caller records.
+    deadline: Instant,
+}
+
+impl Datagram {
+    fn len(&self) -> usize {
+        usize::from(self.head_len) + self.payload.len()
+    }
+}
+
+/// Datagrams waiting to be sent.
+#[derive(Default)]
+pub struct Batch {
+    dests: Vec<SockAddr>,
+    datagrams: Vec<Datagram>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// The index to pass to [`Batch::push`] for `addr`. Reuses the last destination when it
+    /// is the same, so a client's consecutive packets share one entry.
+    pub fn dest(&mut self, addr: &SockAddr) -> u32 {
+        if let Some(last) = self.dests.last() {
+            if last == addr {
+                return (self.dests.len() - 1) as u32;
+            }
+        }
+        self.dests.push(addr.clone());
+        (self.dests.len() - 1) as u32
+    }
+
+    /// Queue `head` (at most [`MAX_HEAD`] bytes, more is cut) followed by `payload` to
+    /// `dest`, due at `deadline`. `tag` comes back through the drop callback if the
+    /// datagram cannot be sent.
+    pub fn push(&mut self, dest: u32, head: &[u8], payload: Bytes, tag: u32, deadline: Instant) {
+        let n = head.len().min(MAX_HEAD);
+        let mut h = [0u8; MAX_HEAD];
+        h[..n].copy_from_slice(&head[..n]);
+        self.datagrams.push(Datagram {
+            dest,
+            head_len: n as u8,
+            head: h,
+            payload,
+            tag,
+            deadline,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Forget every queued datagram (keeps the allocations).
+    pub fn clear(&mut self) {
+        self.dests.clear();
+        self.datagrams.clear();
+    }
+}
+
+/// What happened to one datagram of a flushed batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Handed to the kernel at `at`; it was due at `deadline`.
+    Sent { at: Instant, deadline: Instant },
+    /// Not sent: the tag given to [`Batch::push`].
+    Dropped { tag: u32 },
+}
+
+/// What a flush did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Datagrams the kernel accepted.
+    pub sent: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Datagrams dropped.
+    pub dropped: usize,
+    /// System calls made.
+    pub syscalls: usize,
+}
+
+/// A run of datagrams that goes as one message.
+#[derive(Clone, Copy)]
+struct Run {
+    first: usize,
+    count: usize,
+    /// GSO segment size, or 0 for a single datagram.
+    segment: u16,
+    iov_first: usize,
+    iov_count: usize,
+}
+
+/// Control-message space for one `UDP_SEGMENT` (a u16), 8-byte aligned as `cmsghdr` wants.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct CmsgBuf([u8; 32]);
+
+/// Sends [`Batch`]es on one UDP socket.
+pub struct UdpSender {
+    socket: Arc<std::net::UdpSocket>,
+    path: SendPath,
+    gso: bool,
+    ring: Option<io_uring::IoUring>,
+    runs: Vec<Run>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<CmsgBuf>,
+}
+
+// SAFETY: the raw pointers inside `iovecs`/`msgs` are scratch space rebuilt on every flush
+// and only dereferenced (by the kernel) during it; between flushes they dangle unused.
+unsafe impl Send for UdpSender {}
+
+impl UdpSender {
+    /// A sender on `socket` (made non-blocking here) using `path`, with UDP GSO runs when
+    /// `gso`. The io_uring path falls back to `sendmmsg` when a ring cannot be set up (old
+    /// kernel, seccomp), with a log line.
+    ///
+    /// GSO caveat: a veth passes GSO packets to its peer unsegmented (the receiving socket
+    /// splits them), so a capture on a veth shows one frame per run and counts the other
+    /// segments as lost although every receiver gets them; a real NIC, or a veth with
+    /// `tx-udp-segmentation off`, puts ordinary packets on the wire.
+    pub fn new(
+        socket: Arc<std::net::UdpSocket>,
+        path: SendPath,
+        gso: bool,
+    ) -> io::Result<UdpSender> {
+        socket.set_nonblocking(true)?;
+        let mut path = path;
+        let ring = if path == SendPath::Uring {
+            match io_uring::IoUring::new(256) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!("io_uring unavailable ({e}); sending with sendmmsg instead");
+                    path = SendPath::Sendmmsg;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(UdpSender {
+            socket,
+            gso,
+            path,
+            ring,
+            runs: Vec::new(),
+            iovecs: Vec::new(),
+            msgs: Vec::new(),
+            cmsgs: Vec::new(),
+        })
+    }
+
+    /// The path in use.
+    pub fn path(&self) -> SendPath {
+        self.path
+    }
+
+    /// Whether GSO is in use (asked for, and not refused by the kernel).
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Send and clear `batch`. `fate` is called once per datagram.
+    pub fn flush(&mut self, batch: &mut Batch, mut fate: impl FnMut(Fate)) -> FlushOutcome {
+        let mut out = FlushOutcome::default();
+        if batch.is_empty() {
+            return out;
+        }
+        self.plan(batch);
+        let mut i = 0;
+        while i < self.msgs.len() {
+            let end = (i + MAX_MMSG).min(self.msgs.len());
+            let at = Instant::now();
+            let results = match self.path {
+                SendPath::Uring => self.submit_uring(i, end, &mut out),
+                _ => self.submit_mmsg(i, end, &mut out),
+            };
+            for (k, res) in results.into_iter().enumerate() {
+                let run = self.runs[i + k];
+                let dgrams = &batch.datagrams[run.first..run.first + run.count];
+                match res {
+                    Ok(()) => {
+                        out.sent += run.count;
+                        for d in dgrams {
+                            out.bytes += d.len();
+                            fate(Fate::Sent {
+                                at,
+                                deadline: d.deadline,
+                            });
+                        }
+                    }
+                    Err(e) if run.segment != 0 && gso_refused(&e) => {
+                        // The kernel or device will not segment: send this run one by one
+                        // and stop asking for GSO.
+                        if self.gso {
+                            info!("UDP GSO refused by the kernel ({e}); sending without GSO");
+                            self.gso = false;
+                        }
+                        for d in dgrams {
+                            out.syscalls += 1;
+                            match self.send_one(&batch.dests[d.dest as usize], d) {
+                                Ok(()) => {
+                                    out.sent += 1;
+                                    out.bytes += d.len();
+                                    fate(Fate::Sent {
+                                        at,
+                                        deadline: d.deadline,
+                                    });
+                                }
+                                Err(_) => {
+                                    out.dropped += 1;
+                                    fate(Fate::Dropped { tag: d.tag });
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        out.dropped += run.count;
+                        for d in dgrams {
+                            fate(Fate::Dropped { tag: d.tag });
+                        }
+                    }
+                }
+            }
+            i = end;
+        }
+        batch.clear();
+        out
+    }
+
+    /// Group datagrams into runs and build iovecs, control messages and `mmsghdr`s.
+    fn plan(&mut self, batch: &Batch) {
+        self.runs.clear();
+        let ds = &batch.datagrams;
+        let mut i = 0;
+        let mut iov = 0;
+        while i < ds.len() {
+            let seg = ds[i].len();
+            let mut j = i + 1;
+            let mut total = seg;
+            if self.gso && seg > 0 {
+                while j < ds.len()
+                    && j - i < MAX_GSO_SEGMENTS
+                    && ds[j].dest == ds[i].dest
+                    && ds[j].len() <= seg
+                    && ds[j].len() > 0
+                    && total + ds[j].len() <= MAX_GSO_BYTES
+                {
+                    total += ds[j].len();
+                    j += 1;
+                    if ds[j - 1].len() < seg {
+                        break; // a shorter datagram must be the last segment
+                    }
+                }
+            }
+            let iov_count: usize = ds[i..j]
+                .iter()
+                .map(|d| usize::from(d.head_len > 0) + 1)
+                .sum();
+            self.runs.push(Run {
+                first: i,
+                count: j - i,
+                segment: if j - i > 1 { seg as u16 } else { 0 },
+                iov_first: iov,
+                iov_count,
+            });
+            iov += iov_count;
+            i = j;
+        }
+        // Fill the scratch vectors completely before taking pointers into them.
+        self.iovecs.clear();
+        for d in ds {
+            if d.head_len > 0 {
+                self.iovecs.push(libc::iovec {
+                    iov_base: d.head.as_ptr() as *mut libc::c_void,
+                    iov_len: usize::from(d.head_len),
+                });
+            }
+            self.iovecs.push(libc::iovec {
+                iov_base: d.payload.as_ptr() as *mut libc::c_void,
+                iov_len: d.payload.len(),
+            });
+        }
+        self.cmsgs.clear();
+        self.cmsgs.resize(self.runs.len(), CmsgBuf([0; 32]));
+        self.msgs.clear();
+        for (k, run) in self.runs.iter().enumerate() {
+            let dest = &batch.dests[ds[run.first].dest as usize];
+            // SAFETY: an all-zero msghdr is a valid "no name, no data" header.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+            hdr.msg_namelen = dest.len();
+            hdr.msg_iov = self.iovecs[run.iov_first..].as_mut_ptr();
+            hdr.msg_iovlen = run.iov_count as _;
+            if run.segment != 0 {
+                let buf = &mut self.cmsgs[k];
+                // SAFETY: CMSG_* walk `buf`, which is 8-byte aligned and large enough for
+                // one cmsghdr carrying a u16 (CMSG_SPACE(2) = 24 on 64-bit Linux).
+                unsafe {
+                    let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+                    hdr.msg_control = buf.0.as_mut_ptr() as *mut libc::c_void;
+                    hdr.msg_controllen = space as _;
+                    let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, run.segment);
+                }
+            }
+            self.msgs.push(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// `sendmmsg` messages `from..to`; one result per message.
+    fn submit_mmsg(
+        &mut self,
+        from: usize,
+        to: usize,
+        out: &mut FlushOutcome,
+    ) -> Vec<io::Result<()>> {
+        let mut results = Vec::with_capacity(to - from);
+        let mut i = from;
+        let mut waited = false;
+        while i < to {
+            out.syscalls += 1;
+            // SAFETY: msgs[i..to] were built by `plan` and point into live scratch vectors
+            // and into the batch, which outlives this call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd(),
+                    self.msgs[i..].as_mut_ptr(),
+                    (to - i) as libc::c_uint,
+                    0,
+                )
+            };
+            if n > 0 {
+                for _ in 0..n {
+                    results.push(Ok(()));
+                }
+                i += n as usize;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            if is_full(&err) && !waited {
+                // The socket buffer is full: everyone's packets share it, so wait a moment
+                // once per flush for the device to drain, then drop what still does not fit.
+                waited = true;
+                self.wait_writable();
+                continue;
+            }
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            results.push(Err(err));
+            i += 1;
+        }
+        results
+    }
+
+    fn wait_writable(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe {
+            libc::poll(&mut pfd, 1, FULL_BUFFER_WAIT_MS);
+        }
+    }
+
+    /// io_uring `SENDMSG` for messages `from..to`; one result per message.
+    fn submit_uring(
+        &mut self,
+        from: usize,
+        to: usize,
+        out: &mut FlushOutcome,
+    ) -> Vec<io::Result<()>> {
+        let fd = self.fd();
+        let Some(ring) = self.ring.as_mut() else {
+            return self.submit_mmsg(from, to, out);
+        };
+        let mut results: Vec<io::Result<()>> = (from..to).map(|_| Ok(())).collect();
+        let depth = ring.params().sq_entries() as usize;
+        let mut i = from;
+        while i < to {
+            let end = (i + depth).min(to);
+            {
+                let mut sq = ring.submission();
+                for k in i..end {
+                    let entry = io_uring::opcode::SendMsg::new(
+                        io_uring::types::Fd(fd),
+                        &self.msgs[k].msg_hdr as *const libc::msghdr,
+                    )
+                    .build()
+                    .user_data(k as u64);
+                    // SAFETY: the msghdr and everything it points to stay alive and
+                    // unmoved until the completions are reaped below.
+                    if unsafe { sq.push(&entry) }.is_err() {
+                        results[k - from] = Err(io::Error::other("io_uring queue full"));
+                    }
+                }
+            }
+            out.syscalls += 1;
+            let want = end - i;
+            let mut reaped = 0;
+            if let Err(e) = ring.submit_and_wait(want) {
+                warn!("io_uring submit failed: {e}");
+            }
+            while reaped < want {
+                let mut got = 0;
+                for cqe in ring.completion() {
+                    got += 1;
+                    let k = cqe.user_data() as usize;
+                    if cqe.result() < 0 && k >= from && k < to {
+                        results[k - from] = Err(io::Error::from_raw_os_error(-cqe.result()));
+                    }
+                }
+                reaped += got;
+                if reaped < want {
+                    out.syscalls += 1;
+                    if ring.submit_and_wait(want - reaped).is_err() {
+                        break;
+                    }
+                }
+            }
+            i = end;
+        }
+        results
+    }
+
+    /// One datagram with plain `sendmsg` (the GSO fallback).
+    fn send_one(&self, dest: &SockAddr, d: &Datagram) -> io::Result<()> {
+        let mut iov = [
+            libc::iovec {
+                iov_base: d.head.as_ptr() as *mut libc::c_void,
+                iov_len: usize::from(d.head_len),
+            },
+            libc::iovec {
+                iov_base: d.payload.as_ptr() as *mut libc::c_void,
+                iov_len: d.payload.len(),
+            },
+        ];
+        // SAFETY: zeroed msghdr, then pointers to locals that outlive the call.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+        hdr.msg_namelen = dest.len();
+        hdr.msg_iov = iov.as_mut_ptr();
+        hdr.msg_iovlen = 2;
+        // SAFETY: valid fd and msghdr.
+        let n = unsafe { libc::sendmsg(self.fd(), &hdr, 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS))
+}
+
+/// Errors that mean "no GSO here" rather than "this destination is bad".
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    fn receiver() -> UdpSocket {
+        let r = UdpSocket::bind("127.0.0.1:0").unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        r
+    }
+
+    fn recv_all(r: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while out.len() < n {
+            match r.recv(&mut buf) {
+                Ok(k) => out.push(buf[..k].to_vec()),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    fn check_path(path: SendPath, gso: bool) {
+        let a = receiver();
+        let b = receiver();
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let mut s = UdpSender::new(sock, path, gso).unwrap();
+        let payload = Bytes::from(vec![7u8; 1000]);
+        let short = Bytes::from(vec![9u8; 300]);
+        let mut batch = Batch::new();
+        let da = batch.dest(&SockAddr::from(a.local_addr().unwrap()));
+        for i in 0..5u8 {
+            batch.push(da, &[i; 12], payload.clone(), 1, Instant::now());
+        }
+        batch.push(da, &[5; 12], short.clone(), 1, Instant::now());
+        let db = batch.dest(&SockAddr::from(b.local_addr().unwrap()));
+        for i in 0..3u8 {
+            batch.push(db, &[i; 12], payload.clone(), 2, Instant::now());
+        }
+        let out = s.flush(&mut batch, |f| {
+            assert!(matches!(f, Fate::Sent { .. }), "nothing should drop")
+        });
+        assert_eq!(out.sent, 9);
+        assert!(batch.is_empty());
+        let got_a = recv_all(&a, 6);
+        assert_eq!(got_a.len(), 6, "{path:?}");
+        for (i, d) in got_a.iter().take(5).enumerate() {
+            assert_eq!(d.len(), 1012);
+            assert_eq!(d[0], i as u8);
+            assert_eq!(d[12], 7);
+        }
+        assert_eq!(got_a[5].len(), 312);
+        assert_eq!(got_a[5][12], 9);
+        let got_b = recv_all(&b, 3);
+        assert_eq!(got_b.len(), 3);
+    }
+
+    #[test]
+    fn sendmmsg_with_gso_delivers_every_datagram_intact() {
+        check_path(SendPath::Sendmmsg, true);
+    }
+
+    #[test]
+    fn sendmmsg_without_gso_delivers_every_datagram_intact() {
+        check_path(SendPath::Sendmmsg, false);
+    }
+
+    #[test]
+    fn io_uring_delivers_every_datagram_intact() {
+        check_path(SendPath::Uring, true);
+        check_path(SendPath::Uring, false);
+    }
+
+    #[test]
+    fn unreachable_destinations_are_counted_not_fatal() {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let mut s = UdpSender::new(sock, SendPath::Sendmmsg, true).unwrap();
+        let a = receiver();
+        let mut batch = Batch::new();
+        // An IPv6 destination on an IPv4 socket is refused by the kernel.
+        let bad = batch.dest(&SockAddr::from("[::1]:9".parse::<SocketAddr>().unwrap()));
+        batch.push(bad, &[0; 12], Bytes::from_static(b"x"), 3, Instant::now());
+        let good = batch.dest(&SockAddr::from(a.local_addr().unwrap()));
+        batch.push(good, &[0; 12], Bytes::from_static(b"y"), 4, Instant::now());
+        let mut drops = Vec::new();
+        let out = s.flush(&mut batch, |f| {
+            if let Fate::Dropped { tag } = f {
+                drops.push(tag)
+            }
+        });
+        assert_eq!(drops, vec![3]);
+        assert_eq!(out.sent, 1);
+        assert_eq!(recv_all(&a, 1).len(), 1);
+    }
+}

@@ -1,0 +1,332 @@
+//! Live channels: one subscription to the encoder unit per (channel, rendition) while it
+//! has viewers, fanned out to all of them.
+//!
+//! - [`LiveHub`]: the table of subscribed channels. [`LiveHub::acquire`] subscribes on
+//!   first use and returns a [`Viewer`]; when the last viewer is dropped the subscription
+//!   lingers a little (a client's DESCRIBE-then-SETUP, a quick reconnect) and is closed.
+//! - each subscribed channel has a task that moves its frames into the fan-out engine,
+//!   keeps its input state (live / stalled / ended) for the status endpoint, keeps its
+//!   content keys for edge encryption, and sends (rate-limited) keyframe requests.
+//! - [`session`]: the RTSP session of one live viewer.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use divisor_link::{ChannelState, Message, TrackInfo};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::fanout::feedback::KeyframeLimiter;
+use crate::fanout::{Command as EngineCommand, FanOut, FeedId};
+use crate::upstream::{Channel, ChannelEvent, ContentKeys, Upstream, UpstreamError};
+
+/// Least time between two keyframe requests for one track of a channel.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What a viewer's session asks of its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// A viewer needs a keyframe of this link track (PLI/FIR, or a join with no GOP cached).
+    KeyframeRequest(u8),
+    /// No viewers left: unsubscribe.
+    Close,
+}
+
+/// A live channel's input as the encoder unit reports it, for the status endpoint.
+#[derive(Debug, Clone)]
+pub struct LiveStatus {
+    pub channel: String,
+    pub rendition: String,
+    /// `None` until the encoder reported a state (frames flowing means live).
+    pub state: Option<ChannelState>,
+    pub detail: String,
+    /// When `state` last changed.
+    pub since: SystemTime,
+    pub viewers: usize,
+    pub frames: u64,
+    /// Content keys held (encrypted channels).
+    pub keys: usize,
+}
+
+/// One subscribed channel rendition.
+pub struct LiveChannel {
+    pub name: String,
+    pub rendition: String,
+    /// Its feed in the fan-out engine.
+    pub feed: FeedId,
+    /// The announced tracks.
+    pub tracks: Vec<TrackInfo>,
+    /// Content keys, newest last (for edge encryption).
+    pub keys: ContentKeys,
+    state: Mutex<(Option<ChannelState>, String, SystemTime)>,
+    frames: AtomicU64,
+    viewers: AtomicUsize,
+    control: mpsc::UnboundedSender<Control>,
+    ended: watch::Receiver<bool>,
+}
+
+impl LiveChannel {
+    /// Ask the channel for something.
+    pub fn control(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+
+    /// Whether the subscription ended (link down, channel removed, encoder error).
+    pub fn is_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// Resolves when the subscription ends.
+    pub fn ended(&self) -> watch::Receiver<bool> {
+        self.ended.clone()
+    }
+
+    pub fn status(&self) -> LiveStatus {
+        let (state, detail, since) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        LiveStatus {
+            channel: self.name.clone(),
+            rendition: self.rendition.clone(),
+            state,
+            detail,
+            since,
+            viewers: self.viewers.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
+            keys: self.keys.lock().map(|k| k.len()).unwrap_or(0),
+        }
+    }
+
+    fn set_state(&self, state: ChannelState, detail: String) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 != Some(state) {
+            s.2 = SystemTime::now();
+        }
+        s.0 = Some(state);
+        s.1 = detail;
+    }
+}
+
+type Key = (String, String);
+
+/// The subscribed live channels.
+pub struct LiveHub {
+    upstream: Upstream,
+    fan: Arc<FanOut>,
+    channels: Mutex<HashMap<Key, Arc<LiveChannel>>>,
+    /// Serialises subscriptions so two first viewers do not subscribe twice.
+    subscribing: tokio::sync::Mutex<()>,
+    linger: Duration,
+}
+
+/// A viewer's hold on a channel; dropping it may end the subscription (after the linger).
+pub struct Viewer {
+    pub channel: Arc<LiveChannel>,
+    hub: Arc<LiveHub>,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        if self.channel.viewers.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let hub = self.hub.clone();
+        let channel = self.channel.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            channel.control(Control::Close);
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(hub.linger).await;
+            if channel.viewers.load(Ordering::Acquire) == 0 && hub.forget(&channel) {
+                info!(channel = %channel.name, rendition = %channel.rendition, "no viewers left; unsubscribing");
+                channel.control(Control::Close);
+            }
+        });
+    }
+}
+
+impl LiveHub {
+    /// A hub subscribing through `upstream` and sending through `fan`; a channel without
+    /// viewers stays subscribed for `linger`.
+    pub fn new(upstream: Upstream, fan: Arc<FanOut>, linger: Duration) -> Arc<LiveHub> {
+        Arc::new(LiveHub {
+            upstream,
+            fan,
+            channels: Mutex::new(HashMap::new()),
+            subscribing: tokio::sync::Mutex::new(()),
+            linger,
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<LiveChannel>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remove `channel` from the table if it is still the one held. True if removed.
+    fn forget(&self, channel: &Arc<LiveChannel>) -> bool {
+        let key = (channel.name.clone(), channel.rendition.clone());
+        let mut map = self.map();
+        match map.get(&key) {
+            Some(c) if Arc::ptr_eq(c, channel) => {
+                map.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn existing(self: &Arc<Self>, key: &Key) -> Option<Viewer> {
+        let map = self.map();
+        let c = map.get(key)?;
+        if c.is_ended() {
+            return None;
+        }
+        c.viewers.fetch_add(1, Ordering::AcqRel);
+        Some(Viewer {
+            channel: c.clone(),
+            hub: self.clone(),
+        })
+    }
+
+    /// A viewer of `name` in `rendition`, subscribing on first use.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        name: &str,
+        rendition: &str,
+    ) -> Result<Viewer, UpstreamError> {
+        let key = (name.to_string(), rendition.to_string());
+        if let Some(v) = self.existing(&key) {
+            return Ok(v);
+        }
+        let _guard = self.subscribing.lock().await;
+        if let Some(v) = self.existing(&key) {
+            return Ok(v);
+        }
+        let mut upstream_channel = self.upstream.subscribe(name, rendition).await?;
+        let Some(events) = upstream_channel.take_events() else {
+            return Err(UpstreamError::Protocol("channel without events".into()));
+        };
+        for t in &upstream_channel.tracks {
+            if let Err(e) = crate::packetize::Packetizer::new(t) {
+                return Err(UpstreamError::Refused {
+                    code: divisor_link::ErrorCode::UnsupportedMedia,
+                    message: format!("live channel {name}: track {}: {e}", t.track),
+                });
+            }
+        }
+        let feed = self.fan.next_id();
+        self.fan.engine.send(EngineCommand::AddLive {
+            feed,
+            tracks: upstream_channel.tracks.clone(),
+            name: format!("{name}/{rendition}"),
+        });
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended_rx) = watch::channel(false);
+        let channel = Arc::new(LiveChannel {
+            name: name.to_string(),
+            rendition: rendition.to_string(),
+            feed,
+            tracks: upstream_channel.tracks.clone(),
+            keys: upstream_channel.keys.clone(),
+            state: Mutex::new((None, String::new(), SystemTime::now())),
+            frames: AtomicU64::new(0),
+            viewers: AtomicUsize::new(1),
+            control: control_tx,
+            ended: ended_rx,
+        });
+        info!(
+            channel = name,
+            rendition,
+            feed,
+            tracks = channel.tracks.len(),
+            "live channel subscribed"
+        );
+        self.map().insert(key, channel.clone());
+        tokio::spawn(run_channel(
+            self.clone(),
+            channel.clone(),
+            upstream_channel,
+            events,
+            control_rx,
+            ended_tx,
+        ));
+        Ok(Viewer {
+            channel,
+            hub: self.clone(),
+        })
+    }
+
+    /// The state of every subscribed channel.
+    pub fn status(&self) -> Vec<LiveStatus> {
+        let mut v: Vec<LiveStatus> = self.map().values().map(|c| c.status()).collect();
+        v.sort_by(|a, b| (&a.channel, &a.rendition).cmp(&(&b.channel, &b.rendition)));
+        v
+    }
+}
+
+/// Move one channel's frames into the engine until it ends or is closed.
+async fn run_channel(
+    hub: Arc<LiveHub>,
+    channel: Arc<LiveChannel>,
+    upstream: Channel,
+    mut events: mpsc::UnboundedReceiver<ChannelEvent>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    ended: watch::Sender<bool>,
+) {
+    let mut limiter = KeyframeLimiter::new(KEYFRAME_INTERVAL);
+    let name = format!("{}/{}", channel.name, channel.rendition);
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ChannelEvent::Message(Message::Frame(frame))) => {
+                    channel.frames.fetch_add(1, Ordering::Relaxed);
+                    hub.fan.engine.send(EngineCommand::LiveFrame { feed: channel.feed, frame });
+                }
+                Some(ChannelEvent::Message(Message::Status { state, detail, .. })) => {
+                    match state {
+                        ChannelState::Live => info!(channel = %name, "live input flowing: {detail}"),
+                        ChannelState::Stalled => warn!(channel = %name, "live input stalled: {detail}"),
+                        ChannelState::Ended => info!(channel = %name, "live channel ended: {detail}"),
+                    }
+                    channel.set_state(state, detail);
+                    if state == ChannelState::Ended {
+                        break;
+                    }
+                }
+                Some(ChannelEvent::Message(Message::ContentKey { key_id, cipher, key, .. })) => {
+                    debug!(channel = %name, key_id, "content key");
+                    upstream.add_key(crate::upstream::ContentKey { key_id, cipher, key });
+                }
+                Some(ChannelEvent::Message(Message::Error { code, message, .. })) => {
+                    warn!(channel = %name, ?code, "encoder unit ends the live channel: {message}");
+                    break;
+                }
+                Some(ChannelEvent::Message(other)) => {
+                    debug!(channel = %name, "ignored from encoder: {other:?}");
+                }
+                Some(ChannelEvent::LinkDown) | None => {
+                    warn!(channel = %name, "link to the encoder unit lost; live channel ends");
+                    break;
+                }
+            },
+            c = control.recv() => match c {
+                Some(Control::KeyframeRequest(track)) => {
+                    if limiter.allow(track, Instant::now()) {
+                        hub.fan.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        let _ = upstream.send(Message::KeyframeRequest { channel: upstream.id, track }).await;
+                    }
+                }
+                Some(Control::Close) | None => break,
+            },
+        }
+    }
+    let _ = ended.send(true);
+    hub.forget(&channel);
+    hub.fan
+        .engine
+        .send(EngineCommand::RemoveFeed { feed: channel.feed });
+    drop(upstream); // sends Close to the encoder unit
+}

@@ -1,0 +1,645 @@
+//! Prometheus metrics of the protocol unit (served as text on `/metrics` by [`crate::http`]).
+//!
+//! Updating is cheap enough for the send path: every counter and gauge is a plain atomic
+//! (`prometheus-client`'s `Counter`/`Gauge`), reached through a field of [`Metrics`] with no
+//! lock and no label lookup. The fan-out should still count per batch
+//! (`packets_sent.inc_by(n)`) rather than per packet. Histograms (RTCP loss, jitter, RTT)
+//! take a short lock per observation; they are fed per receiver report (about one a
+//! second per client), never per packet.
+//!
+//! Two things are read only at scrape time, from the code that owns them:
+//! - send lateness: the scheduler keeps its own histogram; it registers a
+//!   [`HistogramSource`] ([`Metrics::register_histogram`]) which is asked for a
+//!   [`HistogramSnapshot`] on each scrape;
+//! - link and live-channel state: a [`StatusSource`]
+//!   ([`Metrics::register_status_source`]), also what `/status` shows.
+//!
+//! Label sets are bounded: reasons are fixed strings, channels are the configured ones.
+//! There are no per-client labels: per-client RTCP figures go into histograms.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// A histogram owned elsewhere, as read at scrape time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound, observations in this bucket only)`, bounds increasing. Observations
+    /// above the last bound are `count` minus the sum of these (the `+Inf` bucket).
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Something that can describe its histogram on demand (e.g. the scheduler's send
+/// lateness, in seconds).
+pub trait HistogramSource: Send + Sync + 'static {
+    fn snapshot(&self) -> HistogramSnapshot;
+}
+
+impl<F: Fn() -> HistogramSnapshot + Send + Sync + 'static> HistogramSource for F {
+    fn snapshot(&self) -> HistogramSnapshot {
+        self()
+    }
+}
+
+/// The link to the encoder unit, for `/status` and `divisor_link_up`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LinkStatus {
+    /// `up` when a link is attached, else e.g. `down` / `connecting`.
+    pub state: String,
+    /// The encoder unit's address, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// One live channel, for `/status` and `divisor_channel_state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelStatus {
+    pub name: String,
+    /// e.g. `live`, `stalled`, `failed`, `idle` (as the encoder unit reports it).
+    pub state: String,
+    /// Clients watching this channel now.
+    pub clients: u64,
+}
+
+/// What the rest of the unit reports about itself at scrape time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UnitStatus {
+    pub link: LinkStatus,
+    pub channels: Vec<ChannelStatus>,
+}
+
+/// Provider of [`UnitStatus`] (implemented by the upstream / channel router).
+pub trait StatusSource: Send + Sync + 'static {
+    fn status(&self) -> UnitStatus;
+}
+
+impl<F: Fn() -> UnitStatus + Send + Sync + 'static> StatusSource for F {
+    fn status(&self) -> UnitStatus {
+        self()
+    }
+}
+
+/// Why an inbound RTCP packet was dropped (a fixed label set).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RtcpDrop {
+    /// Did not parse as RTCP.
+    Malformed,
+    /// From an address that holds no session.
+    UnknownSource,
+    /// SRTCP that failed authentication, or SRTCP before the client's keys.
+    SrtcpRejected,
+    /// Over the per-client NACK rate limit.
+    RateLimited,
+}
+
+impl RtcpDrop {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownSource => "unknown_source",
+            Self::SrtcpRejected => "srtcp_rejected",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The protocol unit's metrics. Clone freely: every field is a shared handle.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Clients (RTSP sessions) being served now.
+    pub clients: Gauge,
+    /// Sessions set up since start (counter; `clients` is the current figure).
+    pub sessions_started: Counter,
+    /// RTP/RTCP packets and bytes (UDP payload) sent to clients.
+    pub packets_sent: Counter,
+    pub bytes_sent: Counter,
+    /// Packets sent after their deadline by more than the scheduler's tolerance.
+    pub late_packets: Counter,
+    /// Packets dropped at send time (a client's socket buffer full, send error).
+    pub send_drops: Counter,
+    /// RTCP receiver reports received.
+    pub receiver_reports: Counter,
+    /// NACKs received (generic NACK FCI entries) and packets retransmitted for them.
+    pub nacks_received: Counter,
+    pub retransmissions: Counter,
+    /// PLI/FIR turned into keyframe requests to the encoder unit.
+    pub keyframe_requests: Counter,
+    rtcp_fraction_lost: Histogram,
+    rtcp_jitter: Histogram,
+    rtcp_rtt: Histogram,
+    rtcp_dropped: Family<ReasonLabel, Counter>,
+    admission_refusals: Family<ReasonLabel, Counter>,
+    registry: Arc<Mutex<Registry>>,
+    status: Arc<OnceLock<Arc<dyn StatusSource>>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered under the `divisor_` prefix.
+    pub fn new() -> Self {
+        let m = Self {
+            clients: Gauge::default(),
+            sessions_started: Counter::default(),
+            packets_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            late_packets: Counter::default(),
+            send_drops: Counter::default(),
+            receiver_reports: Counter::default(),
+            nacks_received: Counter::default(),
+            retransmissions: Counter::default(),
+            keyframe_requests: Counter::default(),
+            // Fraction lost per report, 0..1.
+            rtcp_fraction_lost: Histogram::new([0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5]),
+            // 100 µs .. ~3.3 s
+            rtcp_jitter: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 100 µs .. ~3.3 s
+            rtcp_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            rtcp_dropped: Family::default(),
+            admission_refusals: Family::default(),
+            registry: Arc::new(Mutex::new(Registry::with_prefix("divisor"))),
+            status: Arc::new(OnceLock::new()),
+            started: Instant::now(),
+        };
+        {
+            let mut r = m.lock_registry();
+            r.register(
+                "clients",
+                "Clients (sessions) served now",
+                m.clients.clone(),
+            );
+            r.register(
+                "sessions_started",
+                "Sessions set up since start",
+                m.sessions_started.clone(),
+            );
+            r.register(
+                "packets_sent",
+                "RTP and RTCP packets sent to clients",
+                m.packets_sent.clone(),
+            );
+            r.register(
+                "bytes_sent",
+                "UDP payload bytes sent to clients",
+                m.bytes_sent.clone(),
+            );
+            r.register(
+                "late_packets",
+                "Packets sent later than their deadline allows",
+                m.late_packets.clone(),
+            );
+            r.register(
+                "send_drops",
+                "Packets dropped at send time (client buffer full, send error)",
+                m.send_drops.clone(),
+            );
+            r.register(
+                "rtcp_receiver_reports",
+                "RTCP receiver reports received from clients",
+                m.receiver_reports.clone(),
+            );
+            r.register(
+                "rtcp_fraction_lost",
+                "Fraction lost per RTCP receiver report",
+                m.rtcp_fraction_lost.clone(),
+            );
+            r.register(
+                "rtcp_jitter_seconds",
+                "Interarrival jitter per RTCP receiver report",
+                m.rtcp_jitter.clone(),
+            );
+            r.register(
+                "rtcp_rtt_seconds",
+                "Round-trip time computed from RTCP receiver reports",
+                m.rtcp_rtt.clone(),
+            );
+            r.register(
+                "rtcp_dropped",
+                "Inbound RTCP packets dropped, by reason",
+                m.rtcp_dropped.clone(),
+            );
+            r.register(
+                "nacks_received",
+                "Packets asked for again by RTCP generic NACKs",
+                m.nacks_received.clone(),
+            );
+            r.register(
+                "retransmissions",
+                "Packets retransmitted in answer to NACKs",
+                m.retransmissions.clone(),
+            );
+            r.register(
+                "keyframe_requests",
+                "PLI/FIR forwarded to the encoder unit as keyframe requests",
+                m.keyframe_requests.clone(),
+            );
+            r.register(
+                "admission_refusals",
+                "Sessions refused by admission control (453), by reason",
+                m.admission_refusals.clone(),
+            );
+            r.register_collector(Box::new(StatusCollector {
+                status: Arc::clone(&m.status),
+                started: m.started,
+            }));
+        }
+        m
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // Registration cannot leave the registry half-updated; keep using a poisoned one.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record one RTCP receiver report block: `fraction_lost` as carried (x/256),
+    /// `jitter_seconds` converted from the track clock, and the round-trip time when the
+    /// report referenced one of our sender reports.
+    pub fn observe_receiver_report(
+        &self,
+        fraction_lost: u8,
+        jitter_seconds: f64,
+        rtt: Option<Duration>,
+    ) {
+        self.receiver_reports.inc();
+        self.rtcp_fraction_lost
+            .observe(f64::from(fraction_lost) / 256.0);
+        if jitter_seconds.is_finite() && jitter_seconds >= 0.0 {
+            self.rtcp_jitter.observe(jitter_seconds);
+        }
+        if let Some(rtt) = rtt {
+            self.rtcp_rtt.observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// Count a dropped inbound RTCP packet.
+    pub fn rtcp_dropped(&self, why: RtcpDrop) {
+        self.rtcp_dropped
+            .get_or_create(&ReasonLabel {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    /// Count an admission refusal, labelled by [`crate::admission::Refused::kind`].
+    pub fn admission_refused(&self, refused: &crate::admission::Refused) {
+        self.admission_refusals
+            .get_or_create(&ReasonLabel {
+                reason: refused.kind(),
+            })
+            .inc();
+    }
+
+    /// Expose a histogram kept elsewhere (e.g. `send_lateness_seconds` from the
+    /// scheduler) under `divisor_<name>`, read on each scrape.
+    pub fn register_histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        source: Arc<dyn HistogramSource>,
+    ) {
+        self.lock_registry()
+            .register_collector(Box::new(ExternalHistogram { name, help, source }));
+    }
+
+    /// Where link and channel state come from (first call wins; later calls are ignored).
+    pub fn register_status_source(&self, source: Arc<dyn StatusSource>) {
+        let _ = self.status.set(source);
+    }
+
+    /// The unit's status now (link, channels); default (empty) when nobody registered.
+    pub fn unit_status(&self) -> UnitStatus {
+        self.status.get().map(|s| s.status()).unwrap_or_default()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The OpenMetrics text exposition (what `/metrics` returns).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let registry = self.lock_registry();
+        // Writing into a String cannot fail; an error here would be a collector bug, and
+        // the scrape then carries what was written so far.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// A histogram read from its owner at scrape time.
+struct ExternalHistogram {
+    name: &'static str,
+    help: &'static str,
+    source: Arc<dyn HistogramSource>,
+}
+
+impl std::fmt::Debug for ExternalHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalHistogram")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Collector for ExternalHistogram {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.source.snapshot();
+        let mut buckets: Vec<(f64, u64)> = snap
+            .buckets
+            .iter()
+            .copied()
+            .filter(|(le, _)| le.is_finite())
+            .collect();
+        let counted: u64 = buckets.iter().map(|(_, n)| n).sum();
+        buckets.push((f64::INFINITY, snap.count.saturating_sub(counted)));
+        let count = snap.count.max(counted);
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        metric.encode_histogram::<NoLabelSet>(snap.sum, count, &buckets, None)
+    }
+}
+
+/// Uptime, link state and live-channel states, read at scrape time.
+struct StatusCollector {
+    status: Arc<OnceLock<Arc<dyn StatusSource>>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for StatusCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let uptime = self.started.elapsed().as_secs_f64();
+        encoder
+            .encode_descriptor(
+                "uptime_seconds",
+                "Seconds since the protocol unit started",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&uptime)?;
+        let Some(source) = self.status.get() else {
+            return Ok(());
+        };
+        let status = source.status();
+        let up = i64::from(status.link.state == "up");
+        encoder
+            .encode_descriptor(
+                "link_up",
+                "1 while a link to the encoder unit is attached",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&up)?;
+        if !status.channels.is_empty() {
+            let mut states = encoder.encode_descriptor(
+                "channel_state",
+                "Live channel state (1 for the current state)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for ch in &status.channels {
+                let labels = [("channel", ch.name.as_str()), ("state", ch.state.as_str())];
+                states.encode_family(&labels)?.encode_gauge(&1i64)?;
+            }
+            let mut clients = encoder.encode_descriptor(
+                "channel_clients",
+                "Clients watching each live channel",
+                None,
+                MetricType::Gauge,
+            )?;
+            for ch in &status.channels {
+                let labels = [("channel", ch.name.as_str())];
+                let n = i64::try_from(ch.clients).unwrap_or(i64::MAX);
+                clients.encode_family(&labels)?.encode_gauge(&n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A small check of the text exposition format, for tests here and in `http`: every line
+/// is a `# HELP`/`# TYPE`/`# UNIT` comment, `# EOF` (last), or `name{labels} value` with a
+/// numeric value; every sample belongs to a declared family. Returns the samples.
+pub fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut families: Vec<String> = Vec::new();
+    let mut samples = Vec::new();
+    let mut saw_eof = false;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if saw_eof {
+            return Err(format!("line {n}: content after # EOF"));
+        }
+        if line == "# EOF" {
+            saw_eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let kind = parts.next().unwrap_or("");
+            let name = parts
+                .next()
+                .ok_or(format!("line {n}: comment without name"))?;
+            match kind {
+                "TYPE" => {
+                    let t = parts.next().unwrap_or("");
+                    if !["counter", "gauge", "histogram", "info", "unknown"].contains(&t) {
+                        return Err(format!("line {n}: unknown type {t:?}"));
+                    }
+                    families.push(name.to_string());
+                }
+                "HELP" | "UNIT" => {}
+                _ => return Err(format!("line {n}: unknown comment {kind:?}")),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or(format!("line {n}: no value: {line:?}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .map_err(|_| format!("line {n}: bad value {v:?}"))?,
+        };
+        let name = match series.split_once('{') {
+            Some((name, labels)) => {
+                if !labels.ends_with('}') {
+                    return Err(format!("line {n}: unterminated labels"));
+                }
+                name
+            }
+            None => series,
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            return Err(format!("line {n}: bad metric name {name:?}"));
+        }
+        let family_ok = families.iter().any(|f| {
+            name == f
+                || ["_total", "_bucket", "_sum", "_count", "_created", "_info"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(f.as_str()))
+        });
+        if !family_ok {
+            return Err(format!("line {n}: sample {name} has no # TYPE"));
+        }
+        samples.push((series.to_string(), value));
+    }
+    if !saw_eof {
+        return Err("no # EOF".into());
+    }
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
+        samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn counters_and_histograms_render() {
+        let m = Metrics::new();
+        m.clients.set(3);
+        m.packets_sent.inc_by(1000);
+        m.bytes_sent.inc_by(1_200_000);
+        m.observe_receiver_report(64, 0.002, Some(Duration::from_millis(5)));
+        m.rtcp_dropped(RtcpDrop::Malformed);
+        m.rtcp_dropped(RtcpDrop::Malformed);
+        m.admission_refused(&crate::admission::Refused::TooManyClients { limit: 1 });
+        let text = m.encode();
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(value(&samples, "divisor_clients"), Some(3.0));
+        assert_eq!(value(&samples, "divisor_packets_sent_total"), Some(1000.0));
+        assert_eq!(value(&samples, "divisor_bytes_sent_total"), Some(1.2e6));
+        assert_eq!(
+            value(&samples, "divisor_rtcp_receiver_reports_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&samples, "divisor_rtcp_fraction_lost_sum"),
+            Some(0.25)
+        );
+        assert_eq!(value(&samples, "divisor_rtcp_rtt_seconds_count"), Some(1.0));
+        assert_eq!(
+            value(&samples, "divisor_rtcp_dropped_total{reason=\"malformed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "divisor_admission_refusals_total{reason=\"clients\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(value(&samples, "divisor_uptime_seconds").is_some());
+    }
+
+    #[test]
+    fn external_histogram_and_status() {
+        let m = Metrics::new();
+        m.register_histogram(
+            "send_lateness_seconds",
+            "Send lateness",
+            Arc::new(|| HistogramSnapshot {
+                buckets: vec![(0.0001, 5), (0.001, 3), (0.002, 1)],
+                sum: 0.004,
+                count: 10,
+            }),
+        );
+        m.register_status_source(Arc::new(|| UnitStatus {
+            link: LinkStatus {
+                state: "up".into(),
+                peer: None,
+            },
+            channels: vec![ChannelStatus {
+                name: "cam1".into(),
+                state: "live".into(),
+                clients: 7,
+            }],
+        }));
+        let text = m.encode();
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let b = |le: &str| {
+            value(
+                &samples,
+                &format!("divisor_send_lateness_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(b("0.0001"), Some(5.0));
+        assert_eq!(b("0.001"), Some(8.0));
+        assert_eq!(b("0.002"), Some(9.0));
+        assert_eq!(b("+Inf"), Some(10.0));
+        assert_eq!(
+            value(&samples, "divisor_send_lateness_seconds_count"),
+            Some(10.0)
+        );
+        assert_eq!(value(&samples, "divisor_link_up"), Some(1.0));
+        assert_eq!(
+            value(
+                &samples,
+                "divisor_channel_state{channel=\"cam1\",state=\"live\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&samples, "divisor_channel_clients{channel=\"cam1\"}"),
+            Some(7.0)
+        );
+        assert_eq!(m.unit_status().channels.len(), 1);
+    }
+
+    #[test]
+    fn parser_rejects_bad_text() {
+        assert!(parse_exposition("").is_err());
+        assert!(
+            parse_exposition("x 1\n# EOF\n").is_err(),
+            "undeclared family"
+        );
+        assert!(parse_exposition("# TYPE x gauge\nx abc\n# EOF\n").is_err());
+        assert!(parse_exposition("# TYPE x gauge\nx 1\n").is_err(), "no EOF");
+        assert!(parse_exposition("# TYPE x gauge\nx{a=\"1\" 1\n# EOF\n").is_err());
+        assert_eq!(
+            parse_exposition("# TYPE x gauge\nx 1\n# EOF\n").unwrap(),
+            vec![("x".to_string(), 1.0)]
+        );
+    }
+}
