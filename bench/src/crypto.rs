@@ -39,7 +39,7 @@ struct Row {
 }
 
 pub fn run(args: CryptoArgs) -> Result<()> {
-    if args.seconds <= 0.0 || args.size == 0 || args.size % 16 != 0 {
+    if args.seconds <= 0.0 || args.size == 0 || !args.size.is_multiple_of(16) {
         bail!("--seconds must be positive and --size a positive multiple of 16");
     }
     let secs = Duration::from_secs_f64(args.seconds);

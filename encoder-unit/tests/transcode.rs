@@ -510,3 +510,57 @@ fn test_source_counter_reads_back_without_gaps() {
         );
     }
 }
+
+#[test]
+fn passthrough_tiers_from_mark_layers_decode_exactly() {
+    use divisor_encoder::transcode::LayerMarker;
+    let dir = tempfile::tempdir().unwrap();
+    // A stored file as ffmpeg makes them by default: B-frames, adaptive, normal pyramid.
+    let path = dir.path().join("bframes.mp4");
+    run(Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=25",
+        ])
+        .args([
+            "-t", "4", "-c:v", "libx264", "-bf", "3", "-pix_fmt", "yuv420p",
+        ])
+        .arg(&path));
+    let mut src = FileSource::open(&path).unwrap();
+    let mut marker = LayerMarker;
+    marker.tracks(src.tracks()).unwrap();
+    let mut v = Vec::new();
+    while let Demuxed::Frame(f) = src.next_frame().unwrap() {
+        let mut out = Vec::new();
+        marker.push(f, &mut out).unwrap();
+        v.extend(frames_of(out).filter(|f| f.track == 0));
+    }
+    assert_eq!(v.len(), FRAMES);
+    let disposable = v.iter().filter(|f| f.flags.layer() == 2).count();
+    assert!(
+        disposable > 10,
+        "the file has non-reference B-frames: {disposable}"
+    );
+    let mut by_pts: Vec<&Frame> = v.iter().collect();
+    by_pts.sort_by_key(|f| f.pts);
+    let full_file = dir.path().join("full.h264");
+    write_annexb(&full_file, &v.iter().collect::<Vec<_>>());
+    let full = decode_gray(&full_file, 320, 180);
+    let kept: Vec<&Frame> = v.iter().filter(|f| f.flags.layer() < 2).collect();
+    let file = dir.path().join("half.h264");
+    write_annexb(&file, &kept);
+    assert_eq!(decode_errors(&file, None), "");
+    let got = decode_gray(&file, 320, 180);
+    assert_eq!(got.len(), kept.len());
+    let mut pts: Vec<i64> = kept.iter().map(|f| f.pts).collect();
+    pts.sort();
+    for (g, p) in got.iter().zip(pts) {
+        let i = by_pts.iter().position(|f| f.pts == p).unwrap();
+        assert!(*g == full[i], "picture at pts {p} differs without layer 2");
+    }
+}

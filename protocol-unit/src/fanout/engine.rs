@@ -378,8 +378,11 @@ impl Engine {
                 }
             }
             Command::Reschedule { feed } => {
+                // A VoD playout is polled at once: besides frames that became due, a
+                // change may have produced credits to return (dropped frames of a seek)
+                // while it has no deadline at all.
                 let next = match self.feeds.get(&feed) {
-                    Some(FeedState::Vod(v)) => lock(&v.playout).next_wakeup(),
+                    Some(FeedState::Vod(_)) => Some(now),
                     Some(FeedState::Live(l)) => l.feed.next_deadline(),
                     None => None,
                 };
