@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::metrics::{ChannelStatus, LinkStatus, Metrics};
+use crate::metrics::{ChannelStatus, ClientStatus, LinkStatus, Metrics};
 
 /// HTTP flags, to be flattened into the front-end flags (`#[command(flatten)]`).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -41,10 +41,13 @@ pub struct StatusDocument {
     pub sessions_started: u64,
     pub packets_sent: u64,
     pub bytes_sent: u64,
+    /// Every client served now, with its latest receiver report.
+    pub sessions: Vec<ClientStatus>,
 }
 
 impl StatusDocument {
     pub fn from_metrics(metrics: &Metrics) -> Self {
+        metrics.refresh();
         let unit = metrics.unit_status();
         Self {
             uptime_seconds: metrics.uptime().as_secs_f64(),
@@ -54,6 +57,7 @@ impl StatusDocument {
             sessions_started: metrics.sessions_started.get(),
             packets_sent: metrics.packets_sent.get(),
             bytes_sent: metrics.bytes_sent.get(),
+            sessions: metrics.client_statuses(),
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Prometheus metrics of the protocol unit (served as text on `/metrics` by [`crate::http`]).
 //!
-//! Updating is cheap enough for the send path: every counter and gauge is a plain atomic
-//! (`prometheus-client`'s `Counter`/`Gauge`), reached through a field of [`Metrics`] with no
-//! lock and no label lookup. The fan-out should still count per batch
-//! (`packets_sent.inc_by(n)`) rather than per packet. Histograms (RTCP loss, jitter, RTT)
-//! take a short lock per observation; they are fed per receiver report (about one a
-//! second per client), never per packet.
+//! The send path never touches this module: the fan-out engine keeps its own relaxed
+//! atomics ([`ServerStats`] / [`ClientStats`]) and [`Metrics::attach_fanout`] makes every
+//! scrape read them. On each scrape ([`Metrics::refresh`]) the fan-out totals are copied
+//! into the counters here (packets, bytes, late sends, drops, RRs, NACKs, retransmits,
+//! keyframe requests, malformed/stranger RTCP); the RTCP histograms (fraction lost, jitter,
+//! RTT) are built from each current client's latest receiver report; and the send-lateness
+//! histogram is read from the sender's merged hdrhistogram. Counters pushed from outside
+//! the fan-out (sessions started, admission refusals, SRTCP rejections) are plain atomics.
 //!
-//! Two things are read only at scrape time, from the code that owns them:
-//! - send lateness: the scheduler keeps its own histogram; it registers a
-//!   [`HistogramSource`] ([`Metrics::register_histogram`]) which is asked for a
-//!   [`HistogramSnapshot`] on each scrape;
+//! Also read only at scrape time, from the code that owns them:
+//! - any other histogram kept elsewhere: a [`HistogramSource`]
+//!   ([`Metrics::register_histogram`]) asked for a [`HistogramSnapshot`] on each scrape;
 //! - link and live-channel state: a [`StatusSource`]
 //!   ([`Metrics::register_status_source`]), also what `/status` shows.
 //!
@@ -25,10 +26,12 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::fanout::{ClientStats, ServerStats};
 
 /// A histogram owned elsewhere, as read at scrape time.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -70,6 +73,49 @@ pub struct ChannelStatus {
     pub state: String,
     /// Clients watching this channel now.
     pub clients: u64,
+}
+
+/// One client (RTSP session) as `/status` shows it, from its [`ClientStats`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClientStatus {
+    pub session: String,
+    pub stream: String,
+    pub peer: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+    pub retransmits: u64,
+    pub nacks_received: u64,
+    pub receiver_reports: u64,
+    /// Latest receiver report: fraction lost (0..1), cumulative lost, jitter (s), RTT (s).
+    pub fraction_lost: f64,
+    pub cumulative_lost: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_seconds: Option<f64>,
+}
+
+impl ClientStatus {
+    pub fn of(c: &ClientStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rtt = c.rtt_us.load(Relaxed);
+        ClientStatus {
+            session: c.session.clone(),
+            stream: c.stream.clone(),
+            peer: c.peer.clone(),
+            packets: c.packets.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
+            drops: c.drops.load(Relaxed),
+            retransmits: c.retransmits.load(Relaxed),
+            nacks_received: c.nacks_received.load(Relaxed),
+            receiver_reports: c.receiver_reports.load(Relaxed),
+            fraction_lost: f64::from(c.fraction_lost.load(Relaxed)) / 256.0,
+            cumulative_lost: c.cumulative_lost.load(Relaxed),
+            jitter_seconds: c.jitter_seconds(),
+            rtt_seconds: (rtt >= 0).then(|| rtt as f64 / 1e6),
+        }
+    }
 }
 
 /// What the rest of the unit reports about itself at scrape time.
@@ -140,13 +186,13 @@ pub struct Metrics {
     pub retransmissions: Counter,
     /// PLI/FIR turned into keyframe requests to the encoder unit.
     pub keyframe_requests: Counter,
-    rtcp_fraction_lost: Histogram,
-    rtcp_jitter: Histogram,
-    rtcp_rtt: Histogram,
     rtcp_dropped: Family<ReasonLabel, Counter>,
     admission_refusals: Family<ReasonLabel, Counter>,
     registry: Arc<Mutex<Registry>>,
     status: Arc<OnceLock<Arc<dyn StatusSource>>>,
+    fanout: Arc<OnceLock<Arc<ServerStats>>>,
+    /// Serialises [`Metrics::refresh`] so two scrapes cannot add the same delta twice.
+    refreshing: Arc<Mutex<()>>,
     started: Instant,
 }
 
@@ -176,16 +222,12 @@ impl Metrics {
             nacks_received: Counter::default(),
             retransmissions: Counter::default(),
             keyframe_requests: Counter::default(),
-            // Fraction lost per report, 0..1.
-            rtcp_fraction_lost: Histogram::new([0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5]),
-            // 100 µs .. ~3.3 s
-            rtcp_jitter: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            // 100 µs .. ~3.3 s
-            rtcp_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             rtcp_dropped: Family::default(),
             admission_refusals: Family::default(),
             registry: Arc::new(Mutex::new(Registry::with_prefix("divisor"))),
             status: Arc::new(OnceLock::new()),
+            fanout: Arc::new(OnceLock::new()),
+            refreshing: Arc::new(Mutex::new(())),
             started: Instant::now(),
         };
         {
@@ -226,21 +268,6 @@ impl Metrics {
                 m.receiver_reports.clone(),
             );
             r.register(
-                "rtcp_fraction_lost",
-                "Fraction lost per RTCP receiver report",
-                m.rtcp_fraction_lost.clone(),
-            );
-            r.register(
-                "rtcp_jitter_seconds",
-                "Interarrival jitter per RTCP receiver report",
-                m.rtcp_jitter.clone(),
-            );
-            r.register(
-                "rtcp_rtt_seconds",
-                "Round-trip time computed from RTCP receiver reports",
-                m.rtcp_rtt.clone(),
-            );
-            r.register(
                 "rtcp_dropped",
                 "Inbound RTCP packets dropped, by reason",
                 m.rtcp_dropped.clone(),
@@ -265,6 +292,9 @@ impl Metrics {
                 "Sessions refused by admission control (453), by reason",
                 m.admission_refusals.clone(),
             );
+            r.register_collector(Box::new(FanOutCollector {
+                fanout: Arc::clone(&m.fanout),
+            }));
             r.register_collector(Box::new(StatusCollector {
                 status: Arc::clone(&m.status),
                 started: m.started,
@@ -278,24 +308,51 @@ impl Metrics {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record one RTCP receiver report block: `fraction_lost` as carried (x/256),
-    /// `jitter_seconds` converted from the track clock, and the round-trip time when the
-    /// report referenced one of our sender reports.
-    pub fn observe_receiver_report(
-        &self,
-        fraction_lost: u8,
-        jitter_seconds: f64,
-        rtt: Option<Duration>,
-    ) {
-        self.receiver_reports.inc();
-        self.rtcp_fraction_lost
-            .observe(f64::from(fraction_lost) / 256.0);
-        if jitter_seconds.is_finite() && jitter_seconds >= 0.0 {
-            self.rtcp_jitter.observe(jitter_seconds);
+    /// Read the fan-out's statistics on every scrape (first call wins).
+    pub fn attach_fanout(&self, stats: Arc<ServerStats>) {
+        let _ = self.fanout.set(stats);
+    }
+
+    /// Copy the fan-out's totals into the counters (done by [`Metrics::encode`] and the
+    /// `/status` handler; cheap: a few atomic loads).
+    pub fn refresh(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(s) = self.fanout.get() else {
+            return;
+        };
+        let _serial = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        self.clients
+            .set(i64::try_from(s.client_count()).unwrap_or(i64::MAX));
+        catch_up(&self.packets_sent, s.packets.load(Relaxed));
+        catch_up(&self.bytes_sent, s.bytes.load(Relaxed));
+        catch_up(&self.late_packets, s.late_sends.load(Relaxed));
+        catch_up(&self.send_drops, s.drops.load(Relaxed));
+        catch_up(&self.receiver_reports, s.receiver_reports.load(Relaxed));
+        catch_up(&self.nacks_received, s.nacks_received.load(Relaxed));
+        catch_up(&self.retransmissions, s.retransmits.load(Relaxed));
+        catch_up(&self.keyframe_requests, s.keyframe_requests.load(Relaxed));
+        for (why, total) in [
+            (RtcpDrop::Malformed, s.rtcp_malformed.load(Relaxed)),
+            (RtcpDrop::UnknownSource, s.rtcp_strangers.load(Relaxed)),
+            (RtcpDrop::RateLimited, s.nacks_refused.load(Relaxed)),
+        ] {
+            if total > 0 {
+                catch_up(
+                    &self.rtcp_dropped.get_or_create(&ReasonLabel {
+                        reason: why.label(),
+                    }),
+                    total,
+                );
+            }
         }
-        if let Some(rtt) = rtt {
-            self.rtcp_rtt.observe(rtt.as_secs_f64());
-        }
+    }
+
+    /// Every current client's figures (for `/status`); empty before [`Self::attach_fanout`].
+    pub fn client_statuses(&self) -> Vec<ClientStatus> {
+        self.fanout
+            .get()
+            .map(|s| s.clients().iter().map(|c| ClientStatus::of(c)).collect())
+            .unwrap_or_default()
     }
 
     /// Count a dropped inbound RTCP packet.
@@ -344,12 +401,137 @@ impl Metrics {
 
     /// The OpenMetrics text exposition (what `/metrics` returns).
     pub fn encode(&self) -> String {
+        self.refresh();
         let mut out = String::with_capacity(4096);
         let registry = self.lock_registry();
         // Writing into a String cannot fail; an error here would be a collector bug, and
         // the scrape then carries what was written so far.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// Raise a counter fed from elsewhere to `total` (counters only grow).
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// Bucket `values` (each with a count) under increasing `bounds`.
+fn bucketed(bounds: &[f64], values: impl Iterator<Item = (f64, u64)>) -> HistogramSnapshot {
+    let mut snap = HistogramSnapshot {
+        buckets: bounds.iter().map(|b| (*b, 0)).collect(),
+        sum: 0.0,
+        count: 0,
+    };
+    for (v, n) in values {
+        if !v.is_finite() {
+            continue;
+        }
+        snap.sum += v * n as f64;
+        snap.count += n;
+        if let Some(b) = snap.buckets.iter_mut().find(|(le, _)| v <= *le) {
+            b.1 += n;
+        }
+    }
+    snap
+}
+
+fn encode_snapshot(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    snap: &HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut buckets: Vec<(f64, u64)> = snap
+        .buckets
+        .iter()
+        .copied()
+        .filter(|(le, _)| le.is_finite())
+        .collect();
+    let counted: u64 = buckets.iter().map(|(_, n)| n).sum();
+    buckets.push((f64::INFINITY, snap.count.saturating_sub(counted)));
+    let count = snap.count.max(counted);
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(snap.sum, count, &buckets, None)
+}
+
+/// Send lateness bounds, seconds (50 µs .. 1 s).
+const LATENESS_BOUNDS: [f64; 13] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The fan-out's histograms, built at scrape time: send lateness (from the sender's
+/// merged hdrhistogram) and, over the clients served now, the latest receiver report's
+/// fraction lost, jitter and round-trip time.
+struct FanOutCollector {
+    fanout: Arc<OnceLock<Arc<ServerStats>>>,
+}
+
+impl std::fmt::Debug for FanOutCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOutCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for FanOutCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = self.fanout.get() else {
+            return Ok(());
+        };
+        let lateness = {
+            let h = stats.lateness.lock().unwrap_or_else(|e| e.into_inner());
+            bucketed(
+                &LATENESS_BOUNDS,
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to() as f64 / 1e6, v.count_at_value())),
+            )
+        };
+        encode_snapshot(
+            &mut encoder,
+            "send_lateness_seconds",
+            "Send lateness (deadline to send call), per frame and client batch",
+            &lateness,
+        )?;
+        let clients: Vec<ClientStatus> = stats
+            .clients()
+            .iter()
+            .map(|c| ClientStatus::of(c))
+            .filter(|c| c.receiver_reports > 0)
+            .collect();
+        let loss = bucketed(
+            &[0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
+            clients.iter().map(|c| (c.fraction_lost, 1)),
+        );
+        encode_snapshot(
+            &mut encoder,
+            "rtcp_fraction_lost",
+            "Fraction lost in each current client's latest RTCP receiver report",
+            &loss,
+        )?;
+        let time_bounds = exponential_buckets(0.0001, 2.0, 16).collect::<Vec<_>>();
+        let jitter = bucketed(
+            &time_bounds,
+            clients.iter().filter_map(|c| Some((c.jitter_seconds?, 1))),
+        );
+        encode_snapshot(
+            &mut encoder,
+            "rtcp_jitter_seconds",
+            "Interarrival jitter in each current client's latest RTCP receiver report",
+            &jitter,
+        )?;
+        let rtt = bucketed(
+            &time_bounds,
+            clients.iter().filter_map(|c| Some((c.rtt_seconds?, 1))),
+        );
+        encode_snapshot(
+            &mut encoder,
+            "rtcp_rtt_seconds",
+            "Round-trip time from each current client's latest RTCP receiver report",
+            &rtt,
+        )
     }
 }
 
@@ -370,19 +552,7 @@ impl std::fmt::Debug for ExternalHistogram {
 
 impl Collector for ExternalHistogram {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snap = self.source.snapshot();
-        let mut buckets: Vec<(f64, u64)> = snap
-            .buckets
-            .iter()
-            .copied()
-            .filter(|(le, _)| le.is_finite())
-            .collect();
-        let counted: u64 = buckets.iter().map(|(_, n)| n).sum();
-        buckets.push((f64::INFINITY, snap.count.saturating_sub(counted)));
-        let count = snap.count.max(counted);
-        let mut metric =
-            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
-        metric.encode_histogram::<NoLabelSet>(snap.sum, count, &buckets, None)
+        encode_snapshot(&mut encoder, self.name, self.help, &self.source.snapshot())
     }
 }
 
@@ -541,9 +711,8 @@ mod tests {
         m.clients.set(3);
         m.packets_sent.inc_by(1000);
         m.bytes_sent.inc_by(1_200_000);
-        m.observe_receiver_report(64, 0.002, Some(Duration::from_millis(5)));
-        m.rtcp_dropped(RtcpDrop::Malformed);
-        m.rtcp_dropped(RtcpDrop::Malformed);
+        m.rtcp_dropped(RtcpDrop::SrtcpRejected);
+        m.rtcp_dropped(RtcpDrop::SrtcpRejected);
         m.admission_refused(&crate::admission::Refused::TooManyClients { limit: 1 });
         let text = m.encode();
         let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -551,16 +720,7 @@ mod tests {
         assert_eq!(value(&samples, "divisor_packets_sent_total"), Some(1000.0));
         assert_eq!(value(&samples, "divisor_bytes_sent_total"), Some(1.2e6));
         assert_eq!(
-            value(&samples, "divisor_rtcp_receiver_reports_total"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&samples, "divisor_rtcp_fraction_lost_sum"),
-            Some(0.25)
-        );
-        assert_eq!(value(&samples, "divisor_rtcp_rtt_seconds_count"), Some(1.0));
-        assert_eq!(
-            value(&samples, "divisor_rtcp_dropped_total{reason=\"malformed\"}"),
+            value(&samples, "divisor_rtcp_dropped_total{reason=\"srtcp_rejected\"}"),
             Some(2.0)
         );
         assert_eq!(
@@ -625,6 +785,51 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(m.unit_status().channels.len(), 1);
+    }
+
+    #[test]
+    fn fanout_stats_are_read_at_scrape_time() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = Metrics::new();
+        let stats = ServerStats::new();
+        m.attach_fanout(stats.clone());
+        let c = ClientStats::new(1, "S1", "vod/a.mp4", "10.0.0.2:5000");
+        c.receiver_reports.store(3, Relaxed);
+        c.fraction_lost.store(64, Relaxed);
+        c.jitter.store(900, Relaxed);
+        c.jitter_clock_rate.store(90_000, Relaxed);
+        c.rtt_us.store(5_000, Relaxed);
+        stats.add_client(c);
+        stats.packets.store(1000, Relaxed);
+        stats.receiver_reports.store(3, Relaxed);
+        stats.rtcp_malformed.store(2, Relaxed);
+        let mut local = crate::fanout::stats::new_lateness_histogram();
+        local.record(300).unwrap();
+        local.record(3_000).unwrap();
+        stats.merge_lateness(&local);
+        let text = m.encode();
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(value(&samples, "divisor_clients"), Some(1.0));
+        assert_eq!(value(&samples, "divisor_packets_sent_total"), Some(1000.0));
+        assert_eq!(
+            value(&samples, "divisor_rtcp_receiver_reports_total"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&samples, "divisor_rtcp_dropped_total{reason=\"malformed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(value(&samples, "divisor_rtcp_fraction_lost_sum"), Some(0.25));
+        assert_eq!(value(&samples, "divisor_rtcp_rtt_seconds_count"), Some(1.0));
+        assert_eq!(
+            value(&samples, "divisor_send_lateness_seconds_count"),
+            Some(2.0)
+        );
+        // A second scrape does not count anything twice.
+        let text = m.encode();
+        let samples = parse_exposition(&text).unwrap();
+        assert_eq!(value(&samples, "divisor_packets_sent_total"), Some(1000.0));
+        assert_eq!(m.client_statuses()[0].jitter_seconds, Some(0.01));
     }
 
     #[test]

@@ -121,6 +121,24 @@ pub fn describe_encrypted(
     describe_with(tracks, duration_ms, origin_ip, session_name, Some(cipher))
 }
 
+/// [`describe`] or [`describe_encrypted`], as a channel's content keys say: encrypted with
+/// the cipher of its newest key when it has one (the encoder sends keys before the
+/// announce, so a channel that is encrypted at all has one by the time it is described).
+pub fn describe_channel(
+    tracks: &[TrackInfo],
+    duration_ms: Option<u64>,
+    origin_ip: IpAddr,
+    session_name: &str,
+    keys: &crate::upstream::ContentKeys,
+) -> Result<String, SdpError> {
+    let cipher = keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .last()
+        .map(|k| k.cipher);
+    describe_with(tracks, duration_ms, origin_ip, session_name, cipher)
+}
+
 fn describe_with(
     tracks: &[TrackInfo],
     duration_ms: Option<u64>,

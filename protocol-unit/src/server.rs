@@ -11,8 +11,11 @@ use divisor_link::{LinkConfig, LinkListener};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admission::{Admission, AdmissionArgs, AdmissionConfig};
 use crate::fanout::{FanOut, FanOutConfig, SendPath};
+use crate::http::HttpArgs;
 use crate::live::LiveHub;
+use crate::metrics::{ChannelStatus, LinkStatus, Metrics, UnitStatus};
 use crate::rtsp::{self, RtspContext};
 use crate::schedule::{SchedulerConfig, SchedulerMode};
 use crate::session::Sessions;
@@ -67,6 +70,15 @@ pub struct FrontEndArgs {
     /// Seconds a live channel stays subscribed after its last viewer leaves.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub live_linger: u64,
+
+    /// Budgets (`--max-clients`, `--max-egress-mbps`, `--max-sessions-per-ip`): a SETUP
+    /// over budget gets 453 Not Enough Bandwidth.
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+
+    /// `--http-listen`: `/metrics` and `/status`.
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 impl FrontEndArgs {
@@ -88,6 +100,8 @@ impl FrontEndArgs {
                 },
             },
             live_linger: Duration::from_secs(self.live_linger),
+            admission: self.admission.config(),
+            http_listen: self.http.http_listen,
         }
     }
 }
@@ -100,6 +114,9 @@ pub struct FrontEndConfig {
     pub session_timeout: Duration,
     pub fan_out: FanOutConfig,
     pub live_linger: Duration,
+    pub admission: AdmissionConfig,
+    /// Where `/metrics` and `/status` are served; off when `None`.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// The running front-end's shared parts: what `/metrics` and the status endpoint read.
@@ -109,6 +126,7 @@ pub struct FrontEnd {
     pub fan: Arc<FanOut>,
     pub live: Arc<LiveHub>,
     pub ctx: Arc<RtspContext>,
+    pub metrics: Metrics,
 }
 
 impl FrontEnd {
@@ -124,13 +142,66 @@ impl FrontEnd {
         let live = LiveHub::new(upstream.clone(), fan.clone(), config.live_linger);
         let sessions = Sessions::new(config.session_timeout);
         tokio::spawn(sessions.clone().reaper());
-        let ctx = RtspContext::new(upstream, sessions.clone(), fan.clone(), live.clone());
+        let metrics = Metrics::new();
+        metrics.attach_fanout(fan.stats.clone());
+        let status_upstream = upstream.clone();
+        let status_live = live.clone();
+        metrics.register_status_source(Arc::new(move || UnitStatus {
+            link: LinkStatus {
+                state: if status_upstream.is_up() { "up" } else { "down" }.into(),
+                peer: None,
+            },
+            channels: status_live
+                .status()
+                .into_iter()
+                .map(|c| ChannelStatus {
+                    name: if c.rendition.is_empty() {
+                        c.channel
+                    } else {
+                        format!("{}/{}", c.channel, c.rendition)
+                    },
+                    state: match c.state {
+                        None => "starting",
+                        Some(divisor_link::ChannelState::Live) => "live",
+                        Some(divisor_link::ChannelState::Stalled) => "stalled",
+                        Some(divisor_link::ChannelState::Ended) => "ended",
+                    }
+                    .into(),
+                    clients: c.viewers as u64,
+                })
+                .collect(),
+        }));
+        let admission = Admission::new(config.admission.clone());
+        let ctx = RtspContext::new(
+            upstream,
+            sessions.clone(),
+            fan.clone(),
+            live.clone(),
+            metrics.clone(),
+            admission,
+        );
         Ok(FrontEnd {
             sessions,
             fan,
             live,
             ctx,
+            metrics,
         })
+    }
+
+    /// Serve `/metrics` and `/status` on `listen` in the background. Fails when the
+    /// address cannot be bound, so a mistyped flag stops start-up.
+    pub async fn serve_http(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        let listener = crate::http::bind(listen).await?;
+        let at = listener.local_addr().unwrap_or(listen);
+        info!("metrics on http://{at}/metrics, status on http://{at}/status");
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, metrics).await {
+                warn!("HTTP server ended: {e}");
+            }
+        });
+        Ok(())
     }
 
     /// Serve RTSP on `listen`, forever.
@@ -148,6 +219,9 @@ impl FrontEnd {
 /// Serve RTSP on `config.rtsp_listen` with frames from `upstream`, forever.
 pub async fn serve_rtsp(config: &FrontEndConfig, upstream: Upstream) -> anyhow::Result<()> {
     let front = FrontEnd::start(config, upstream)?;
+    if let Some(listen) = config.http_listen {
+        front.serve_http(listen).await?;
+    }
     front.serve(config.rtsp_listen).await
 }
 

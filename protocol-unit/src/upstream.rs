@@ -174,11 +174,11 @@ impl Upstream {
     }
 
     /// Open VoD asset `asset` on the encoder unit and wait for its announce.
-    pub async fn open(&self, asset: &str) -> Result<Channel, UpstreamError> {
+    pub async fn open(&self, asset: &str, rendition: &str) -> Result<Channel, UpstreamError> {
         self.request(|id| Message::Open {
             channel: id,
             asset: asset.to_string(),
-            rendition: String::new(),
+            rendition: rendition.to_string(),
         })
         .await
     }

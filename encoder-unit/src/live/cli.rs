@@ -30,8 +30,10 @@ An input that sends nothing for 2 s is reported stalled; it is reopened until it
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LiveArgs {
     /// Configuration file (TOML): the rendition ladder, live channels, VoD renditions,
-    /// content encryption. Re-read on SIGHUP: live channels that changed are added,
-    /// removed or restarted, the others keep playing; a bad file is logged and ignored.
+    /// content encryption (`encryption = "des"` is INSECURE: 56-bit DES, kept only to
+    /// reproduce the paper's workload; use "aes"). Re-read on SIGHUP: live channels that
+    /// changed are added, removed or restarted, the others keep playing; a bad file is
+    /// logged and ignored.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

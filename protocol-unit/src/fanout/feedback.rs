@@ -163,6 +163,7 @@ pub fn handle(
                     };
                     let s = &fb.stats;
                     s.receiver_reports.fetch_add(1, Ordering::Relaxed);
+                    server.receiver_reports.fetch_add(1, Ordering::Relaxed);
                     s.fraction_lost
                         .store(u32::from(r.fraction_lost), Ordering::Relaxed);
                     s.cumulative_lost
@@ -178,6 +179,9 @@ pub fn handle(
                 media_ssrc, lost, ..
             } => {
                 fb.stats
+                    .nacks_received
+                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                server
                     .nacks_received
                     .fetch_add(lost.len() as u64, Ordering::Relaxed);
                 if fb.stream(media_ssrc).is_none() {

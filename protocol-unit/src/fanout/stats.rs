@@ -39,6 +39,9 @@ pub struct ServerStats {
     pub syscalls: AtomicU64,
     /// RTP packets sent again for a NACK.
     pub retransmits: AtomicU64,
+    /// RTCP receiver report blocks about our streams, and NACKed packets, from all clients.
+    pub receiver_reports: AtomicU64,
+    pub nacks_received: AtomicU64,
     /// NACKed packets not retransmitted: too old, or over the client's rate limit.
     pub nacks_refused: AtomicU64,
     /// RTCP datagrams that did not parse.
@@ -63,6 +66,8 @@ impl Default for ServerStats {
             drops: AtomicU64::new(0),
             syscalls: AtomicU64::new(0),
             retransmits: AtomicU64::new(0),
+            receiver_reports: AtomicU64::new(0),
+            nacks_received: AtomicU64::new(0),
             nacks_refused: AtomicU64::new(0),
             rtcp_malformed: AtomicU64::new(0),
             rtcp_strangers: AtomicU64::new(0),

@@ -20,6 +20,7 @@ use divisor_link::{ChannelState, Message, TrackInfo};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::content::EdgeCrypto;
 use crate::fanout::feedback::KeyframeLimiter;
 use crate::fanout::{Command as EngineCommand, FanOut, FeedId};
 use crate::upstream::{Channel, ChannelEvent, ContentKeys, Upstream, UpstreamError};
@@ -278,11 +279,30 @@ async fn run_channel(
 ) {
     let mut limiter = KeyframeLimiter::new(KEYFRAME_INTERVAL);
     let name = format!("{}/{}", channel.name, channel.rendition);
+    // Edge encryption happens here, as frames arrive in link order, so each frame left to
+    // the edge is encrypted under the key the encoder announced last before it.
+    let mut edge = EdgeCrypto::new();
+    for k in upstream.keys.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if let Err(e) = edge.add_key(k.key_id, k.cipher, &k.key) {
+            warn!(channel = %name, key_id = k.key_id, "content key ignored: {e}");
+        }
+    }
+    let mut edge_failures: u64 = 0;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ChannelEvent::Message(Message::Frame(frame))) => {
                     channel.frames.fetch_add(1, Ordering::Relaxed);
+                    let frame = match edge.prepare(frame) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            edge_failures += 1;
+                            if edge_failures.is_power_of_two() {
+                                warn!(channel = %name, dropped = edge_failures, "frame dropped: cannot encrypt at the edge: {e}");
+                            }
+                            continue;
+                        }
+                    };
                     hub.fan.engine.send(EngineCommand::LiveFrame { feed: channel.feed, frame });
                 }
                 Some(ChannelEvent::Message(Message::Status { state, detail, .. })) => {
@@ -298,6 +318,9 @@ async fn run_channel(
                 }
                 Some(ChannelEvent::Message(Message::ContentKey { key_id, cipher, key, .. })) => {
                     debug!(channel = %name, key_id, "content key");
+                    if let Err(e) = edge.add_key(key_id, cipher, &key) {
+                        warn!(channel = %name, key_id, "content key ignored: {e}");
+                    }
                     upstream.add_key(crate::upstream::ContentKey { key_id, cipher, key });
                 }
                 Some(ChannelEvent::Message(Message::Error { code, message, .. })) => {

@@ -43,7 +43,8 @@ impl From<UpstreamError> for RtspError {
     fn from(e: UpstreamError) -> RtspError {
         let status = match &e {
             UpstreamError::Refused { code, .. } => match code {
-                ErrorCode::NotFound => 404,
+                // An unknown rendition is a resource that does not exist.
+                ErrorCode::NotFound | ErrorCode::NoSuchRendition => 404,
                 ErrorCode::Forbidden => 403,
                 ErrorCode::UnsupportedMedia => 415,
                 ErrorCode::BadRequest => 400,

@@ -159,20 +159,21 @@ async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, Rt
         .unwrap_or_default();
     let (sdp, base) = match &target.live {
         None => {
-            let channel = conn.ctx.upstream.open(&target.asset).await?;
-            let sdp = crate::sdp::describe(
+            let channel = conn
+                .ctx
+                .upstream
+                .open(&target.asset, &target.rendition)
+                .await?;
+            let sdp = crate::sdp::describe_channel(
                 &channel.tracks,
                 channel.duration_ms,
                 conn.local.ip(),
                 &target.asset,
+                &channel.keys,
             )
             .map_err(|e| RtspError::new(415, format!("cannot describe {}: {e}", target.asset)))?;
             drop(channel);
-            let mut base = url;
-            if !base.ends_with('/') {
-                base.push('/');
-            }
-            (sdp, base)
+            with_query_controls(&url, sdp)
         }
         Some(live) => {
             // The viewer is dropped at the end: the subscription lingers for the SETUP.
@@ -181,12 +182,15 @@ async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, Rt
                 .live
                 .acquire(&live.channel, &live.rendition)
                 .await?;
-            let sdp =
-                crate::sdp::describe(&viewer.channel.tracks, None, conn.local.ip(), &target.asset)
-                    .map_err(|e| {
-                        RtspError::new(415, format!("cannot describe {}: {e}", target.asset))
-                    })?;
-            live_description(&url, live, sdp)
+            let sdp = crate::sdp::describe_channel(
+                &viewer.channel.tracks,
+                None,
+                conn.local.ip(),
+                &target.asset,
+                &viewer.channel.keys,
+            )
+            .map_err(|e| RtspError::new(415, format!("cannot describe {}: {e}", target.asset)))?;
+            with_query_controls(&url, sdp)
         }
     };
     Ok(Reply {
@@ -196,10 +200,11 @@ async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, Rt
     .header(headers::CONTENT_BASE, base))
 }
 
-/// A live SDP with absolute track URLs carrying the query (the tier): clients resolve
-/// relative control URLs against the base differently, and a query must survive into
-/// SETUP. Returns the SDP and the Content-Base.
-fn live_description(url: &str, live: &LiveTarget, sdp: String) -> (String, String) {
+/// An SDP whose track URLs carry the request's query (a live tier, a VoD rendition): with a
+/// query, track URLs are made absolute, since clients resolve relative control URLs against
+/// the base differently and the query must survive into SETUP. Returns the SDP and the
+/// Content-Base.
+fn with_query_controls(url: &str, sdp: String) -> (String, String) {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
@@ -208,10 +213,10 @@ fn live_description(url: &str, live: &LiveTarget, sdp: String) -> (String, Strin
     if !base.ends_with('/') {
         base.push('/');
     }
-    let suffix = match (query, live.tier) {
-        (Some(q), _) => format!("?{q}"),
-        (None, _) => String::new(),
+    let Some(query) = query else {
+        return (sdp, base);
     };
+    let suffix = format!("?{query}");
     let sdp = sdp
         .lines()
         .map(|l| match l.strip_prefix("a=control:") {
@@ -293,10 +298,28 @@ async fn setup(
             ))
         }
         Some(s) => s,
-        None => match &target.live {
-            None => create_session(conn, &target.asset).await?,
-            Some(live) => create_live_session(conn, &target.asset, live).await?,
-        },
+        None => {
+            // Admission before anything is allocated for the session (channel, driver,
+            // fan-out client): a refused client costs nothing, and no one playing notices.
+            let ticket = admit(conn)?;
+            let session = match &target.live {
+                None => create_session(conn, &target.asset, &target.rendition).await?,
+                Some(live) => create_live_session(conn, &target.asset, live).await?,
+            };
+            // The budget share lives as long as the session's driver (to within a second),
+            // however the session ends (TEARDOWN, time-out, connection loss, end of the
+            // channel). A weak handle: holding a sender would keep the driver alive.
+            let commands = session.commands.downgrade();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                while commands.upgrade().is_some_and(|c| !c.is_closed()) {
+                    tick.tick().await;
+                }
+                drop(ticket);
+            });
+            conn.ctx.metrics.sessions_started.inc();
+            session
+        }
     };
     if !session.tracks.iter().any(|t| t.track == track) {
         return Err(RtspError::not_found(format!(
@@ -347,10 +370,26 @@ async fn setup(
         .header(headers::TRANSPORT, format!("{transport};ssrc={ssrc:08X}")))
 }
 
-async fn create_session(conn: &Connection, asset: &str) -> Result<Arc<SessionHandle>, RtspError> {
-    let channel = conn.ctx.upstream.open(asset).await?;
+/// Reserve a share of the admission budgets for a new session, or refuse it with 453.
+fn admit(conn: &Connection) -> Result<crate::admission::Ticket, RtspError> {
+    let admission = &conn.ctx.admission;
+    admission
+        .try_admit(conn.peer.ip(), admission.estimate_bps(None))
+        .map_err(|refused| {
+            conn.ctx.metrics.admission_refused(&refused);
+            RtspError::new(refused.status().into(), refused.to_string())
+        })
+}
+
+async fn create_session(
+    conn: &Connection,
+    asset: &str,
+    rendition: &str,
+) -> Result<Arc<SessionHandle>, RtspError> {
+    let channel = conn.ctx.upstream.open(asset, rendition).await?;
     let playout = Playout::new(&channel.tracks, "divisor")
-        .map_err(|e| RtspError::new(415, format!("cannot stream {asset}: {e}")))?;
+        .map_err(|e| RtspError::new(415, format!("cannot stream {asset}: {e}")))?
+        .with_keys(&channel.keys.lock().unwrap_or_else(|p| p.into_inner()));
     let (commands, rx) = mpsc::channel(64);
     let last_seen = Arc::new(Mutex::new(Instant::now()));
     let session = conn.ctx.sessions.insert(

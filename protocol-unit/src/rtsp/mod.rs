@@ -23,8 +23,10 @@ use tracing::{debug, info, warn};
 
 pub use error::RtspError;
 
+use crate::admission::Admission;
 use crate::fanout::FanOut;
 use crate::live::LiveHub;
+use crate::metrics::Metrics;
 use crate::session::{Command, SessionHandle, Sessions};
 use crate::upstream::Upstream;
 
@@ -40,6 +42,10 @@ pub struct RtspContext {
     pub fan: Arc<FanOut>,
     /// Subscribed live channels.
     pub live: Arc<LiveHub>,
+    /// Counters that are not the fan-out's own (sessions started, refusals).
+    pub metrics: Metrics,
+    /// Budgets checked on a session's first SETUP.
+    pub admission: Admission,
     next_connection: AtomicU64,
 }
 
@@ -49,12 +55,16 @@ impl RtspContext {
         sessions: Arc<Sessions>,
         fan: Arc<FanOut>,
         live: Arc<LiveHub>,
+        metrics: Metrics,
+        admission: Admission,
     ) -> Arc<RtspContext> {
         Arc::new(RtspContext {
             upstream,
             sessions,
             fan,
             live,
+            metrics,
+            admission,
             next_connection: AtomicU64::new(1),
         })
     }

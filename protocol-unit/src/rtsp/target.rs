@@ -1,4 +1,4 @@
-//! What an RTSP URL names: `rtsp://host:port/vod/<asset>[/trackID=N]` or
+//! What an RTSP URL names: `rtsp://host:port/vod/<asset>[/trackID=N][?rendition=NAME]` or
 //! `rtsp://host:port/live/<channel>[/<rendition>][/trackID=N][?tier=full|half|quarter]`.
 
 use percent_encoding::percent_decode_str;
@@ -23,6 +23,8 @@ pub struct Target {
     pub asset: String,
     /// Track control suffix, when the URL names one track.
     pub track: Option<u8>,
+    /// VoD: the rendition of the encoder's ladder (`?rendition=NAME`); "" = the source.
+    pub rendition: String,
     /// Set for `/live/` URLs; `asset` is then `live/<channel>/<rendition>`.
     pub live: Option<LiveTarget>,
 }
@@ -39,6 +41,7 @@ pub fn parse(url: Option<&Url>) -> Result<Target, RtspError> {
             "no such resource {path}: URLs look like /vod/<file> or /live/<channel>"
         ))
     })?;
+    let (rendition, glued_track) = parse_vod_query(url.query())?;
     let (encoded_asset, track) = match rest.rsplit_once('/') {
         Some((asset, last)) if last.starts_with("trackID=") => {
             let track = crate::sdp::parse_track_id(last)
@@ -63,9 +66,40 @@ pub fn parse(url: Option<&Url>) -> Result<Target, RtspError> {
     }
     Ok(Target {
         asset,
-        track,
+        track: track.or(glued_track),
+        rendition,
         live: None,
     })
+}
+
+/// The VoD query: `rendition=NAME`, possibly with a relative control URL glued on by a
+/// client that resolved it against a base ending in the query (`rendition=360p/trackID=0`).
+fn parse_vod_query(query: Option<&str>) -> Result<(String, Option<u8>), RtspError> {
+    let mut rendition = String::new();
+    let mut track = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (v, glued) = match v.split_once('/') {
+            Some((v, g)) => (v, Some(g)),
+            None => (v, None),
+        };
+        if k == "rendition" {
+            let name = percent_decode_str(v)
+                .decode_utf8()
+                .map_err(|_| RtspError::bad_request("rendition name is not UTF-8"))?;
+            if name.contains(['/', '\0']) {
+                return Err(RtspError::bad_request(format!("{name:?} is not a rendition")));
+            }
+            rendition = name.into_owned();
+        }
+        if let Some(g) = glued {
+            track = Some(
+                crate::sdp::parse_track_id(g)
+                    .ok_or_else(|| RtspError::not_found(format!("no such track {g}")))?,
+            );
+        }
+    }
+    Ok((rendition, track))
 }
 
 /// `<channel>[/<rendition>][/trackID=N]` and the query. A client that glued a relative
@@ -122,6 +156,7 @@ fn parse_live(rest: &str, query: Option<&str>) -> Result<Target, RtspError> {
     Ok(Target {
         asset: format!("live/{channel}/{rendition}"),
         track,
+        rendition: String::new(),
         live: Some(LiveTarget {
             channel,
             rendition,
@@ -145,6 +180,7 @@ mod tests {
             Target {
                 asset: "demo.mp4".into(),
                 track: None,
+                rendition: String::new(),
                 live: None
             }
         );
@@ -153,6 +189,7 @@ mod tests {
             Target {
                 asset: "demo.mp4".into(),
                 track: None,
+                rendition: String::new(),
                 live: None
             }
         );
@@ -161,6 +198,7 @@ mod tests {
             Target {
                 asset: "dir/my clip.mkv".into(),
                 track: Some(1),
+                rendition: String::new(),
                 live: None
             }
         );

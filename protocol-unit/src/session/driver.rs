@@ -338,6 +338,7 @@ impl Driver {
 
     fn message(&mut self, msg: Message) {
         match msg {
+            Message::ContentKey { .. } => self.playout().on_message(&msg),
             Message::Frame(frame) => {
                 self.playout().on_frame(frame);
                 self.reschedule();

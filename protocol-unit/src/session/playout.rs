@@ -10,10 +10,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use divisor_link::{Frame, FrameFlags, TrackInfo};
+use divisor_link::{Frame, FrameFlags, Message, TrackInfo};
 use tracing::warn;
 
+use crate::content::EdgeCrypto;
 use crate::packetize::{rtp_timestamp, Packetizer, RtpHeader};
+use crate::upstream::ContentKey;
 
 /// How often each track gets an RTCP sender report while playing.
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -99,6 +101,11 @@ pub struct Playout {
     next_request: u32,
     pending_credits: u32,
     cname: String,
+    /// The channel's content keys, for frames left to the edge to encrypt
+    /// ([`FrameFlags::EDGE_ENCRYPT`]).
+    edge: EdgeCrypto,
+    /// Edge frames dropped because they could not be encrypted (for rate-limited logs).
+    edge_failures: u64,
 }
 
 impl Playout {
@@ -131,7 +138,48 @@ impl Playout {
             next_request: 1,
             pending_credits: 0,
             cname: cname.to_string(),
+            edge: EdgeCrypto::new(),
+            edge_failures: 0,
         })
+    }
+
+    /// Take the content keys the channel received before its announce (oldest first).
+    /// A key of the wrong length is logged and skipped.
+    pub fn with_keys(mut self, keys: &[ContentKey]) -> Playout {
+        for k in keys {
+            if let Err(e) = self.edge.add_key(k.key_id, k.cipher, &k.key) {
+                warn!(key_id = k.key_id, "content key ignored: {e}");
+            }
+        }
+        self
+    }
+
+    /// Look at a channel message in link order: content keys are kept for edge encryption.
+    /// Must see every [`Message::ContentKey`] before the frames that follow it.
+    pub fn on_message(&mut self, msg: &Message) {
+        if let Err(e) = self.edge.on_message(msg) {
+            warn!("content key ignored: {e}");
+        }
+    }
+
+    /// Encrypt a frame left to the edge; `None` (logged, rate-limited) when it cannot be.
+    fn prepare(&mut self, frame: Frame) -> Option<Frame> {
+        if !frame.flags.contains(FrameFlags::EDGE_ENCRYPT) {
+            return Some(frame);
+        }
+        match self.edge.prepare(frame) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.edge_failures += 1;
+                if self.edge_failures.is_power_of_two() {
+                    warn!(
+                        dropped = self.edge_failures,
+                        "frame dropped: cannot encrypt at the edge: {e}"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// The client set up `track`. Returns false for a track the channel does not have.
@@ -251,9 +299,23 @@ impl Playout {
     }
 
     /// A frame from the encoder unit.
+    /// Frames left to the edge are encrypted here, as they arrive (so under the key the
+    /// encoder announced last before them); one that cannot be is dropped.
     pub fn on_frame(&mut self, frame: Frame) {
         let stale = matches!(self.state, State::Seeking { .. } | State::Idle);
         let credit = needs_credit(&frame);
+        let wanted = !stale
+            && self
+                .tracks
+                .iter()
+                .any(|t| t.info.track == frame.track && t.enabled);
+        let frame = if wanted { self.prepare(frame) } else { None };
+        let Some(frame) = frame else {
+            if credit {
+                self.pending_credits += 1;
+            }
+            return;
+        };
         match self.tracks.iter_mut().find(|t| t.info.track == frame.track) {
             Some(t) if t.enabled && !stale => {
                 if frame.flags.contains(FrameFlags::END_OF_STREAM) {
