@@ -24,6 +24,7 @@ LIB=sample-library
 KEY=divisor-link.key
 LOGDIR=target/quickstart-logs
 URL="rtsp://$RTSP_HOST:$RTSP_PORT/vod/demo.mp4"
+LIVE_URL="rtsp://$RTSP_HOST:$RTSP_PORT/live/demo"
 
 ./scripts/install-deps.sh
 echo "quickstart: building (cargo build --release --workspace --bins) ..."
@@ -58,6 +59,7 @@ trap cleanup EXIT
 trap 'echo; echo "quickstart: stopping"; exit 130' INT TERM
 
 target/release/divisor-encoder --library "$LIB" --link-listen "$LINK" --link-key-file "$KEY" \
+  --live demo=loop:demo.mp4 \
   >"$LOGDIR/encoder.log" 2>&1 &
 PIDS+=($!)
 target/release/divisor-protocol --link-connect "$LINK" --link-key-file "$KEY" \
@@ -78,6 +80,13 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 ((up)) || { echo "quickstart: RTSP port $RTSP_PORT did not open in 10 s" >&2; tail -n 20 "$LOGDIR"/*.log >&2; exit 1; }
+# The RTSP port opens at once; clients get 503 until the link to the encoder unit is up.
+for _ in $(seq 1 100); do
+  grep -q "link established" "$LOGDIR/protocol.log" && break
+  sleep 0.1
+done
+grep -q "link established" "$LOGDIR/protocol.log" \
+  || { echo "quickstart: the link did not come up in 10 s" >&2; tail -n 20 "$LOGDIR"/*.log >&2; exit 1; }
 
 echo
 echo "== ffprobe $URL"
@@ -99,6 +108,17 @@ if ((status == 0)); then
   if [[ -s $LOGDIR/ffmpeg.log ]]; then echo "ffmpeg errors:"; tail -n 10 "$LOGDIR/ffmpeg.log"; fi
 fi
 
+echo
+echo "== ffmpeg -t 5 $LIVE_URL  (live channel: demo.mp4 looped in real time)"
+set +e
+timeout 40 ffmpeg -hide_banner -nostdin -loglevel error -rtsp_transport tcp -i "$LIVE_URL" \
+  -t 5 -f null - 2>"$LOGDIR/ffmpeg-live.log"
+live_status=$?
+set -e
+echo "ffmpeg (live) exit status $live_status"
+if [[ -s $LOGDIR/ffmpeg-live.log ]]; then echo "ffmpeg (live) errors:"; tail -n 10 "$LOGDIR/ffmpeg-live.log"; fi
+((status == 0)) && status=$live_status
+
 cat <<MSG
 
 Stream URL: $URL   (any file in $LIB/ is at rtsp://$RTSP_HOST:$RTSP_PORT/vod/<file name>)
@@ -106,6 +126,7 @@ Open it with:
   ffplay -rtsp_transport tcp $URL
   vlc $URL
   gst-launch-1.0 playbin uri=$URL
+Live channel: $LIVE_URL   (add channels with --live NAME=testsrc|loop:FILE|udp://..|rtp://..)
 MSG
 
 if ((WAIT)); then

@@ -2,6 +2,7 @@
 //! N whose measuring receivers meet the quality bar.
 
 use crate::cpu::{self, Usage};
+use crate::decrypt::KeySource;
 use crate::nft;
 use crate::receiver::Receiver;
 use crate::servers::{Cores, Server};
@@ -54,7 +55,13 @@ pub struct Level {
     /// Why it failed the bar (empty when it passed).
     pub reasons: Vec<String>,
     pub received: u64,
+    /// Packets lost, plus frames that failed to decrypt (encrypted workloads): a frame a
+    /// client cannot decrypt is lost to it.
     pub lost: u64,
+    /// Encrypted workloads: frames the measuring receivers decrypted and verified, and
+    /// frames that failed (also counted in `lost`). Both 0 for clear workloads.
+    pub decrypted_frames: u64,
+    pub decrypt_failures: u64,
     pub max_jitter_ms: f64,
     pub p50_lateness_ms: Option<f64>,
     pub p99_lateness_ms: Option<f64>,
@@ -100,6 +107,7 @@ pub fn level(
     plan: &Plan,
     bar: &Bar,
     n: usize,
+    keys: Option<&KeySource>,
 ) -> Result<Level> {
     if n == 0 {
         bail!("a level needs at least one client (N = 0 given)");
@@ -111,7 +119,16 @@ pub fn level(
     let client_ip = server.topo().client_ip;
     let receivers: Vec<Receiver> = measure
         .iter()
-        .map(|&p| Receiver::start(&client_ns, client_ip, p, 90_000, Some(cores.load)))
+        .map(|&p| {
+            Receiver::start(
+                &client_ns,
+                client_ip,
+                p,
+                90_000,
+                Some(cores.load),
+                keys.cloned(),
+            )
+        })
         .collect::<Result<_>>()?;
     let opened = server.open(&measure, &load)?;
     if opened.clock_rate != 90_000 {
@@ -133,7 +150,9 @@ pub fn level(
     thread::sleep(Duration::from_millis(500));
 
     let received: u64 = reports.iter().map(|r| r.received).sum();
-    let lost: u64 = reports.iter().map(|r| r.lost).sum();
+    let decrypted: u64 = reports.iter().map(|r| r.decrypted_frames).sum();
+    let decrypt_failures: u64 = reports.iter().map(|r| r.decrypt_failures).sum();
+    let lost: u64 = reports.iter().map(|r| r.lost).sum::<u64>() + decrypt_failures;
     let max_jitter = reports.iter().map(|r| r.jitter_ms).fold(0.0, f64::max);
     let lateness: Vec<f64> = reports
         .iter()
@@ -155,8 +174,14 @@ pub fn level(
     if reports.iter().any(|r| r.received == 0) {
         reasons.push("a measuring receiver got no packets".into());
     }
-    if lost > 0 {
-        reasons.push(format!("{lost} packets lost"));
+    if decrypt_failures > 0 {
+        reasons.push(format!("{decrypt_failures} frames failed to decrypt"));
+    }
+    if lost > decrypt_failures {
+        reasons.push(format!("{} packets lost", lost - decrypt_failures));
+    }
+    if keys.is_some() && decrypted == 0 {
+        reasons.push("encrypted workload but no frame was decrypted".into());
     }
     match p99 {
         Some(p) if p > bar.max_p99_lateness_ms => reasons.push(format!(
@@ -182,6 +207,8 @@ pub fn level(
         reasons,
         received,
         lost,
+        decrypted_frames: decrypted,
+        decrypt_failures,
         max_jitter_ms: max_jitter,
         p50_lateness_ms: percentile(&lateness, 50.0),
         p99_lateness_ms: p99,
@@ -203,6 +230,7 @@ pub fn search(
     cores: Cores,
     plan: &Plan,
     bar: &Bar,
+    keys: Option<&KeySource>,
 ) -> Result<Search> {
     if plan.start == 0 || plan.max == 0 {
         bail!("client counts must be at least 1 (got start {}, max {}): pass --start N / --max N with N >= 1", plan.start, plan.max);
@@ -221,7 +249,7 @@ pub fn search(
     loop {
         pb.set_position(n as u64);
         pb.set_message("measuring");
-        let l = level(server, cores, plan, bar, n)?;
+        let l = level(server, cores, plan, bar, n, keys)?;
         pb.set_message(if l.pass {
             format!(
                 "N={n} ok (p99 {:.2} ms)",
@@ -253,7 +281,7 @@ pub fn search(
                 break;
             }
             pb.set_position(mid as u64);
-            let l = level(server, cores, plan, bar, mid)?;
+            let l = level(server, cores, plan, bar, mid, keys)?;
             if pb.is_hidden() {
                 eprintln!("{label} {workload}: {}", level_line(&l));
             }
@@ -285,11 +313,19 @@ pub fn level_line(l: &Level) -> String {
         .map(|u| format!("{} {:.0}%", u.unit, u.cpu_pct))
         .collect();
     format!(
-        "N={} {} (received {}, lost {}, p99 lateness {} ms, jitter {:.2} ms, CPU {}){}",
+        "N={} {} (received {}, lost {}{}, p99 lateness {} ms, jitter {:.2} ms, CPU {}){}",
         l.clients,
         if l.pass { "ok" } else { "FAIL" },
         l.received,
         l.lost,
+        if l.decrypted_frames + l.decrypt_failures > 0 {
+            format!(
+                ", decrypted {} frames, {} failed",
+                l.decrypted_frames, l.decrypt_failures
+            )
+        } else {
+            String::new()
+        },
         l.p99_lateness_ms
             .map(|p| format!("{p:.2}"))
             .unwrap_or("-".into()),

@@ -7,6 +7,7 @@ mod asset;
 mod capacity;
 mod cpu;
 mod crypto;
+mod decrypt;
 mod link;
 mod loadgen;
 mod nft;

@@ -2,6 +2,7 @@
 //! stamped by the kernel on arrival (`SO_TIMESTAMPNS`), so the receiver thread being
 //! descheduled (it shares a core with a server unit) does not distort the timings.
 
+use crate::decrypt::{Decryptor, KeySource};
 use crate::nsthread;
 use crate::stats::{parse_rtp, parse_sr, StreamReport, StreamStats};
 use anyhow::{Context, Result};
@@ -19,23 +20,28 @@ const MAX_DGRAM: usize = 2048;
 /// One measuring receiver, running on its own thread in the client namespace.
 pub struct Receiver {
     stats: Arc<Mutex<StreamStats>>,
+    /// Encrypted workloads: decrypts and verifies every frame.
+    decrypt: Option<Arc<Mutex<Decryptor>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
 impl Receiver {
-    /// Binds `rtp_port` and `rtp_port + 1` on `ip` inside `ns` and starts reading.
+    /// Binds `rtp_port` and `rtp_port + 1` on `ip` inside `ns` and starts reading. With
+    /// `keys`, the stream is content-encrypted: every frame is decrypted and verified.
     pub fn start(
         ns: &str,
         ip: Ipv4Addr,
         rtp_port: u16,
         clock_rate: u32,
         core: Option<usize>,
+        keys: Option<KeySource>,
     ) -> Result<Receiver> {
         let stats = Arc::new(Mutex::new(StreamStats::new(clock_rate)));
+        let decrypt = keys.map(|k| Arc::new(Mutex::new(Decryptor::new(k))));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
-        let (st, sp) = (stats.clone(), stop.clone());
+        let (st, sp, dc) = (stats.clone(), stop.clone(), decrypt.clone());
         let thread = nsthread::spawn_in_ns(&format!("recv-{rtp_port}"), ns, core, move || {
             let bound = bind_pair(ip, rtp_port);
             let (rtp, rtcp) = match bound {
@@ -49,11 +55,12 @@ impl Receiver {
                     anyhow::bail!(msg);
                 }
             };
-            receive_loop(&rtp, &rtcp, &st, &sp)
+            receive_loop(&rtp, &rtcp, &st, dc.as_deref(), &sp)
         })?;
         rx.recv().context("receiver thread died before binding")??;
         Ok(Receiver {
             stats,
+            decrypt,
             stop,
             thread: Some(thread),
         })
@@ -66,14 +73,23 @@ impl Receiver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .restart();
+        if let Some(d) = &self.decrypt {
+            d.lock().unwrap_or_else(|p| p.into_inner()).reset_counts();
+        }
     }
 
     /// The figures since the last reset.
     pub fn report(&self) -> StreamReport {
-        self.stats
+        let mut r = self
+            .stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .report()
+            .report();
+        if let Some(d) = &self.decrypt {
+            let d = d.lock().unwrap_or_else(|p| p.into_inner());
+            (r.decrypted_frames, r.decrypt_failures) = (d.ok, d.failed);
+        }
+        r
     }
 }
 
@@ -116,6 +132,7 @@ fn receive_loop(
     rtp: &UdpSocket,
     rtcp: &UdpSocket,
     stats: &Mutex<StreamStats>,
+    decrypt: Option<&Mutex<Decryptor>>,
     stop: &AtomicBool,
 ) -> Result<()> {
     let mut batch = Batch::new();
@@ -147,11 +164,15 @@ fn receive_loop(
                     break;
                 }
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = decrypt.map(|d| d.lock().unwrap_or_else(|p| p.into_inner()));
                 for k in 0..got {
                     let (data, at) = batch.get(k);
                     if i == 0 {
                         if let Some(info) = parse_rtp(data) {
                             s.on_rtp(info, data.len(), at);
+                            if let Some(d) = d.as_mut() {
+                                d.on_rtp(data);
+                            }
                         }
                     } else if let Some(sr) = parse_sr(data) {
                         s.on_sr(sr, at);

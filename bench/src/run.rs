@@ -2,6 +2,7 @@
 //! capacity searches, the raw sendmmsg probe, then JSON, Markdown and plots.
 
 use crate::capacity::{self, Bar, Plan, Search};
+use crate::decrypt::KeySource;
 use crate::probe::{self, ProbeResult};
 use crate::servers::{self, Cores, Scenario, Server, UnitArgs};
 use crate::{asset, nft, report, sched};
@@ -16,10 +17,14 @@ pub struct RunArgs {
     /// Scenarios to measure, comma-separated: mono-1c, split-2x1c, mono-2c.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Option<Vec<String>>,
-    /// Workloads, comma-separated: divisor-vod (live and live-transcode once the encoder
-    /// has live channels).
+    /// Workloads, comma-separated: divisor-vod, divisor-vod-des (DIVISOR's DES content
+    /// encryption, all of it in the encoder unit), divisor-vod-des-edge (the same with
+    /// --edge-share of the frames left to the protocol unit), live, live-transcode.
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
+    /// divisor-vod-des-edge: share of the frames the protocol unit encrypts (0..=1).
+    #[arg(long)]
+    pub edge_share: Option<f64>,
     /// Peers to run beside ours, comma-separated: gst, ffmpeg, or none.
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
@@ -114,6 +119,11 @@ fn machine() -> Machine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     DivisorVod,
+    /// VoD with DES content encryption (`[vod] encryption = "des"`), all in the encoder.
+    DivisorVodDes,
+    /// As [`Workload::DivisorVodDes`] with a share of the frames encrypted by the
+    /// protocol unit (`edge_share`).
+    DivisorVodDesEdge,
     Live,
     LiveTranscode,
 }
@@ -122,12 +132,35 @@ impl Workload {
     fn parse(s: &str) -> Result<Workload> {
         Ok(match s {
             "divisor-vod" => Workload::DivisorVod,
+            "divisor-vod-des" => Workload::DivisorVodDes,
+            "divisor-vod-des-edge" => Workload::DivisorVodDesEdge,
             "live" => Workload::Live,
             "live-transcode" => Workload::LiveTranscode,
-            _ => bail!("unknown workload `{s}`: use divisor-vod, live or live-transcode"),
+            _ => bail!(
+                "unknown workload `{s}`: use divisor-vod, divisor-vod-des, divisor-vod-des-edge, \
+                 live or live-transcode"
+            ),
         })
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::DivisorVod => "divisor-vod",
+            Workload::DivisorVodDes => "divisor-vod-des",
+            Workload::DivisorVodDesEdge => "divisor-vod-des-edge",
+            Workload::Live => "live",
+            Workload::LiveTranscode => "live-transcode",
+        }
+    }
+
+    /// Whether the content is encrypted (the peers cannot serve it).
+    fn encrypted(self) -> bool {
+        matches!(self, Workload::DivisorVodDes | Workload::DivisorVodDesEdge)
+    }
 }
+
+/// Default share of the frames the protocol unit encrypts in `divisor-vod-des-edge`.
+const DEFAULT_EDGE_SHARE: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -157,6 +190,7 @@ struct Settings {
     bar: Bar,
     probe_secs: f64,
     sched_clients: usize,
+    edge_share: f64,
     out: PathBuf,
 }
 
@@ -220,6 +254,10 @@ fn settings(mode: Mode, a: &RunArgs) -> Result<Settings> {
             asset::SECONDS
         );
     }
+    let edge_share = a.edge_share.unwrap_or(DEFAULT_EDGE_SHARE);
+    if !(0.0..=1.0).contains(&edge_share) {
+        bail!("--edge-share {edge_share} is outside 0..=1");
+    }
     let bar = Bar {
         max_p99_lateness_ms: a.max_p99_lateness_ms.unwrap_or(20.0),
         max_jitter_ms: a.max_jitter_ms.unwrap_or(5.0),
@@ -237,6 +275,7 @@ fn settings(mode: Mode, a: &RunArgs) -> Result<Settings> {
         bar,
         probe_secs: a.probe_secs.unwrap_or(if quick { 1.0 } else { 3.0 }),
         sched_clients: a.sched_clients.unwrap_or(if quick { 4 } else { 200 }),
+        edge_share,
         out,
     })
 }
@@ -246,6 +285,15 @@ fn preflight(s: &Settings) -> Result<()> {
     for w in &s.workloads {
         match w {
             Workload::DivisorVod => {}
+            Workload::DivisorVodDes | Workload::DivisorVodDesEdge => {
+                if !help_of("divisor-encoder")?.contains("DES") {
+                    bail!(
+                        "workload `{}` needs content encryption in divisor-encoder (`--config` \
+                         with `[vod] encryption`), which this build does not have: rebuild",
+                        w.name()
+                    );
+                }
+            }
             Workload::Live => {
                 if !help_of("divisor-encoder")?.contains("--live") {
                     bail!(
@@ -300,6 +348,9 @@ pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
         format!("load generator on its own core {}", cores.load)
     };
     std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+    // Absolute: the encoder unit reads its config and key file from another namespace's
+    // working directory.
+    let out_dir = std::fs::canonicalize(&s.out)?;
     let library = asset::library()?;
     let file = library.join(asset::ASSET);
     println!("divisor-bench {mode:?}: output in {}", s.out.display());
@@ -308,15 +359,23 @@ pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
     let tag = format!("{}", std::process::id());
     let mut searches = Vec::new();
     for w in &s.workloads {
-        let wname = match w {
-            Workload::DivisorVod => "divisor-vod",
-            Workload::Live => "live",
-            Workload::LiveTranscode => "live-transcode",
-        };
-        let (stream, unit_args) = workload_setup(*w);
+        let wname = w.name();
+        let (stream, mut unit_args) = workload_setup(*w);
+        let keys = encryption_setup(*w, s.edge_share, &out_dir, &mut unit_args)?;
         for sc in &s.scenarios {
             let mut srv = servers::start_ours(*sc, cores, &library, &stream, &unit_args, &tag)?;
-            searches.push(capacity::search(&mut srv, wname, cores, &s.plan, &s.bar)?);
+            searches.push(capacity::search(
+                &mut srv,
+                wname,
+                cores,
+                &s.plan,
+                &s.bar,
+                keys.as_ref(),
+            )?);
+        }
+        if w.encrypted() && !s.peers.is_empty() {
+            println!("{wname}: peers skipped (they serve no encrypted content)");
+            continue;
         }
         // The peers serve the same file at the same rate: GStreamer with one pipeline per
         // client for VoD and one shared pipeline for live; ffmpeg always sends once to all.
@@ -336,6 +395,7 @@ pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
                 cores,
                 &s.plan,
                 &s.bar,
+                None,
             )?);
         }
     }
@@ -421,12 +481,55 @@ fn run_probe(cores: Cores, s: &Settings, searches: &[Search]) -> Result<Vec<Prob
     Ok(out)
 }
 
+/// The encrypted workloads' set-up: writes a master secret and an encoder config
+/// (`[vod] encryption = "des"`, `edge_share`) into `dir`, adds `--config` to the encoder's
+/// arguments, and returns what the measuring receivers need to decrypt. `None` for clear
+/// workloads.
+fn encryption_setup(
+    w: Workload,
+    edge_share: f64,
+    dir: &std::path::Path,
+    args: &mut UnitArgs,
+) -> Result<Option<KeySource>> {
+    let share = match w {
+        Workload::DivisorVodDes => 0.0,
+        Workload::DivisorVodDesEdge => edge_share,
+        _ => return Ok(None),
+    };
+    // A fresh secret per run; it only has to match between the encoder and the receivers.
+    let master = format!(
+        "divisor-bench-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let key_file = dir.join("content.key");
+    std::fs::write(&key_file, format!("{master}\n"))
+        .with_context(|| format!("writing {}", key_file.display()))?;
+    let config = dir.join(format!("{}.toml", w.name()));
+    std::fs::write(
+        &config,
+        format!(
+            "# DES is insecure (56-bit keys): DIVISOR's workload, for measurement only.\n\
+             [vod]\nencryption = \"des\"\nedge_share = {share}\n\n[encryption]\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    args.encoder.push("--config".into());
+    args.encoder.push(config.into_os_string());
+    Ok(Some(KeySource {
+        master: master.into_bytes(),
+        name: divisor_link::content::vod_key_name(asset::ASSET, ""),
+    }))
+}
+
 /// The stream URL path and unit arguments of a workload.
 pub fn workload_setup(w: Workload) -> (String, UnitArgs) {
     match w {
-        Workload::DivisorVod | Workload::LiveTranscode => {
-            (format!("vod/{}", asset::ASSET), UnitArgs::default())
-        }
+        Workload::DivisorVod
+        | Workload::DivisorVodDes
+        | Workload::DivisorVodDesEdge
+        | Workload::LiveTranscode => (format!("vod/{}", asset::ASSET), UnitArgs::default()),
         Workload::Live => (
             "live/bench".to_string(),
             UnitArgs {

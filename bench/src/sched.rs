@@ -77,7 +77,7 @@ pub fn table(
             let mut srv =
                 servers::start_ours(Scenario::Split2x1c, cores, library, &stream, &args, tag)?;
             let busy = BusyLoop::start(busy_core)?;
-            let l = capacity::level(&mut srv, cores, plan, bar, clients)?;
+            let l = capacity::level(&mut srv, cores, plan, bar, clients, None)?;
             drop(busy);
             eprintln!(
                 "scheduler {mode}, busy loop on {busy_on}: {}",

@@ -103,6 +103,10 @@ pub struct StreamReport {
     /// Gaps between arrivals of consecutive frames (packets with a new RTP timestamp), ms.
     #[serde(skip)]
     pub frame_gaps_ms: Vec<f64>,
+    /// Encrypted workloads: frames decrypted and verified by the receiver.
+    pub decrypted_frames: u64,
+    /// Encrypted workloads: complete frames that failed to decrypt or verify.
+    pub decrypt_failures: u64,
 }
 
 impl StreamStats {
@@ -216,6 +220,8 @@ impl StreamStats {
             jitter_ms: self.jitter * 1000.0 / self.clock_rate as f64,
             lateness_ms: lateness,
             frame_gaps_ms: gaps,
+            decrypted_frames: 0,
+            decrypt_failures: 0,
         }
     }
 }

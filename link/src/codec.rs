@@ -999,7 +999,11 @@ mod tests {
                 |(channel, key_id, des, key)| Message::ContentKey {
                     channel,
                     key_id,
-                    cipher: if des { Cipher::DesCbc } else { Cipher::Aes128Ctr },
+                    cipher: if des {
+                        Cipher::DesCbc
+                    } else {
+                        Cipher::Aes128Ctr
+                    },
                     key,
                 }
             ),

@@ -328,7 +328,9 @@ async fn malformed_after_handshake(kind: TransportKind) {
         };
         // Authenticated both ways: now the garbage (an unknown message kind).
         let [v0, v1] = PROTOCOL_VERSION.to_be_bytes();
-        s.write_all(&[0, 0, 0, 3, v0, v1, 200]).await.expect("write");
+        s.write_all(&[0, 0, 0, 3, v0, v1, 200])
+            .await
+            .expect("write");
         (s, buf)
     };
     let (link, (mut s, mut buf)) = tokio::join!(l.accept(), client);

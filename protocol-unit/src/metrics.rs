@@ -334,6 +334,7 @@ impl Metrics {
         for (why, total) in [
             (RtcpDrop::Malformed, s.rtcp_malformed.load(Relaxed)),
             (RtcpDrop::UnknownSource, s.rtcp_strangers.load(Relaxed)),
+            (RtcpDrop::SrtcpRejected, s.srtcp_rejected.load(Relaxed)),
             (RtcpDrop::RateLimited, s.nacks_refused.load(Relaxed)),
         ] {
             if total > 0 {
@@ -720,7 +721,10 @@ mod tests {
         assert_eq!(value(&samples, "divisor_packets_sent_total"), Some(1000.0));
         assert_eq!(value(&samples, "divisor_bytes_sent_total"), Some(1.2e6));
         assert_eq!(
-            value(&samples, "divisor_rtcp_dropped_total{reason=\"srtcp_rejected\"}"),
+            value(
+                &samples,
+                "divisor_rtcp_dropped_total{reason=\"srtcp_rejected\"}"
+            ),
             Some(2.0)
         );
         assert_eq!(
@@ -819,7 +823,10 @@ mod tests {
             value(&samples, "divisor_rtcp_dropped_total{reason=\"malformed\"}"),
             Some(2.0)
         );
-        assert_eq!(value(&samples, "divisor_rtcp_fraction_lost_sum"), Some(0.25));
+        assert_eq!(
+            value(&samples, "divisor_rtcp_fraction_lost_sum"),
+            Some(0.25)
+        );
         assert_eq!(value(&samples, "divisor_rtcp_rtt_seconds_count"), Some(1.0));
         assert_eq!(
             value(&samples, "divisor_send_lateness_seconds_count"),

@@ -374,9 +374,67 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         .map_err(|e| SdpError::Parse(e.to_string()))
 }
 
+/// The SDP offered to an SRTP client (RFC 3711, RFC 4567): every media line becomes
+/// `RTP/SAVP` and gets an `a=key-mgmt:<value>` line (before its `a=control`), where
+/// `key_mgmt(track)` gives the value for the media's track; a media for which it gives
+/// none keeps `RTP/AVP`. This is what makes GStreamer's `rtspsrc` use SRTP.
+pub fn offer_srtp(sdp: &str, mut key_mgmt: impl FnMut(u8) -> Option<String>) -> String {
+    // Per media section: its lines, and the key-mgmt value when it is secured.
+    let mut out = String::with_capacity(sdp.len() + 512);
+    let mut media: Vec<&str> = Vec::new();
+    let mut flush = |media: &mut Vec<&str>, out: &mut String| {
+        let track = media
+            .iter()
+            .find_map(|l| l.strip_prefix("a=control:"))
+            .and_then(parse_track_id);
+        let km = track.and_then(&mut key_mgmt);
+        for line in media.drain(..) {
+            match &km {
+                Some(km) if line.starts_with("m=") => {
+                    out.push_str(&line.replacen(" RTP/AVP ", " RTP/SAVP ", 1));
+                }
+                Some(km) if line.starts_with("a=control:") => {
+                    out.push_str("a=key-mgmt:");
+                    out.push_str(km);
+                    out.push_str("\r\n");
+                    out.push_str(line);
+                }
+                _ => out.push_str(line),
+            }
+            out.push_str("\r\n");
+        }
+    };
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            flush(&mut media, &mut out);
+        }
+        if media.is_empty() && !line.starts_with("m=") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        } else {
+            media.push(line);
+        }
+    }
+    flush(&mut media, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srtp_offer_secures_each_media() {
+        let plain =
+            "v=0\r\ns=x\r\na=control:*\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+                     a=control:trackID=0\r\nm=audio 0 RTP/AVP 97\r\na=control:trackID=1\r\n";
+        let sdp = offer_srtp(plain, |t| (t == 0).then(|| format!("mikey K{t}")));
+        assert_eq!(
+            sdp,
+            "v=0\r\ns=x\r\na=control:*\r\nm=video 0 RTP/SAVP 96\r\na=rtpmap:96 H264/90000\r\n\
+             a=key-mgmt:mikey K0\r\na=control:trackID=0\r\nm=audio 0 RTP/AVP 97\r\na=control:trackID=1\r\n"
+        );
+    }
     use bytes::Bytes;
     use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -148,7 +148,12 @@ impl FrontEnd {
         let status_live = live.clone();
         metrics.register_status_source(Arc::new(move || UnitStatus {
             link: LinkStatus {
-                state: if status_upstream.is_up() { "up" } else { "down" }.into(),
+                state: if status_upstream.is_up() {
+                    "up"
+                } else {
+                    "down"
+                }
+                .into(),
                 peer: None,
             },
             channels: status_live
@@ -160,7 +165,9 @@ impl FrontEnd {
                     } else {
                         format!("{}/{}", c.channel, c.rendition)
                     },
+                    // The encoder reports a state on changes only; frames mean live.
                     state: match c.state {
+                        None if c.frames > 0 => "live",
                         None => "starting",
                         Some(divisor_link::ChannelState::Live) => "live",
                         Some(divisor_link::ChannelState::Stalled) => "stalled",

@@ -92,9 +92,8 @@ impl Hub {
             let r = Arc::new(Rendition::new(&self.name, rendition, st.status.clone()));
             let mut chain = None;
             if let Some(tracks) = &st.tracks {
-                let (mut c, out) =
-                    rendition::build(&self.factory, &self.config, rendition, tracks)
-                        .map_err(|(_, why)| why)?;
+                let (mut c, out) = rendition::build(&self.factory, &self.config, rendition, tracks)
+                    .map_err(|(_, why)| why)?;
                 let mut prelude = Vec::new();
                 c.prelude(&mut prelude);
                 r.deliver(&mut prelude);

@@ -25,6 +25,7 @@ use super::stats::{new_lateness_histogram, ClientStats, ServerStats, LATE_THRESH
 use super::udp::{Batch, Fate, UdpSender};
 use crate::packetize::{write_rtp_header, RTP_HEADER_LEN};
 use crate::session::playout::{Action, Playout, TrackStart};
+use crate::srtp::SrtpSession;
 
 /// Identifies a feed. Chosen by the caller (unique per engine).
 pub type FeedId = u64;
@@ -47,8 +48,13 @@ const VOD_HISTORY: usize = 1024;
 /// Where one track of a client goes.
 #[derive(Clone, Debug)]
 pub enum TrackDest {
-    /// UDP to the client's RTP and RTCP ports, from the server's shared sockets.
-    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+    /// UDP to the client's RTP and RTCP ports, from the server's shared sockets. With
+    /// `srtp` (an RTP/SAVP client), every packet is protected for this client alone.
+    Udp {
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
+        srtp: Option<SharedSrtp>,
+    },
     /// Interleaved in the client's RTSP connection (its writer's bounded queue).
     Interleaved {
         writer: mpsc::Sender<Bytes>,
@@ -56,6 +62,10 @@ pub enum TrackDest {
         rtcp_channel: u8,
     },
 }
+
+/// A client track's SRTP state, shared by the RTSP side (which keys it) and the engine
+/// (which protects with it); only the engine's thread locks it per packet.
+pub type SharedSrtp = Arc<Mutex<SrtpSession>>;
 
 /// What the engine tells a VoD session's driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +179,7 @@ enum Dest {
     Udp {
         rtp: SockAddr,
         rtcp: SockAddr,
+        srtp: Option<SharedSrtp>,
     },
     Tcp {
         writer: mpsc::Sender<Bytes>,
@@ -180,9 +191,10 @@ enum Dest {
 impl From<TrackDest> for Dest {
     fn from(d: TrackDest) -> Dest {
         match d {
-            TrackDest::Udp { rtp, rtcp } => Dest::Udp {
+            TrackDest::Udp { rtp, rtcp, srtp } => Dest::Udp {
                 rtp: rtp.into(),
                 rtcp: rtcp.into(),
+                srtp,
             },
             TrackDest::Interleaved {
                 writer,
@@ -1104,9 +1116,36 @@ fn push_to(
         Dest::Udp {
             rtp,
             rtcp: rtcp_addr,
+            srtp: None,
         } => {
             let d = batch.dest(if rtcp { rtcp_addr } else { rtp });
             batch.push(d, head, payload.clone(), tag, deadline);
+        }
+        Dest::Udp {
+            rtp,
+            rtcp: rtcp_addr,
+            srtp: Some(srtp),
+        } => {
+            // The one per-client step that touches payload bytes: this client gets its
+            // own copy, protected; everyone else keeps sharing `payload`.
+            let mut plain = Vec::with_capacity(head.len() + payload.len());
+            plain.extend_from_slice(head);
+            plain.extend_from_slice(payload);
+            let protected = {
+                let mut s = lock(srtp);
+                if rtcp {
+                    s.protect_rtcp(&plain)
+                } else {
+                    s.protect_rtp(&plain)
+                }
+            };
+            match protected {
+                Ok(p) => {
+                    let d = batch.dest(if rtcp { rtcp_addr } else { rtp });
+                    batch.push(d, &[], p, tag, deadline);
+                }
+                Err(e) => debug!("SRTP packet not sent: {e}"),
+            }
         }
         Dest::Tcp {
             rtp: ch_rtp,
@@ -1234,6 +1273,7 @@ mod tests {
                     dest: TrackDest::Udp {
                         rtp: addr,
                         rtcp: addr,
+                        srtp: None,
                     },
                     ssrc: 0x1000 + client as u32,
                 }],

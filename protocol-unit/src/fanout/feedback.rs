@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::engine::{ClientId, Command};
+use super::engine::{ClientId, Command, SharedSrtp};
 use super::stats::{ClientStats, ServerStats};
 use crate::rtcp::{parse_incoming, RtcpEvent};
 use crate::schedule::EngineHandle;
@@ -107,6 +107,9 @@ impl Feedback {
 #[derive(Default)]
 pub struct FeedbackRoutes {
     map: Mutex<HashMap<SocketAddr, Arc<Feedback>>>,
+    /// RTP/SAVP clients' RTCP source addresses: their SRTCP is unprotected with the keys
+    /// of their `KeyMgmt` header before [`handle`] sees it.
+    srtcp: Mutex<HashMap<SocketAddr, SharedSrtp>>,
 }
 
 impl FeedbackRoutes {
@@ -117,11 +120,25 @@ impl FeedbackRoutes {
     /// RTCP from `from` belongs to `fb`.
     pub fn insert(&self, from: SocketAddr, fb: Arc<Feedback>) {
         lock(&self.map).insert(from, fb);
+        // A new session on this address is plain RTCP until told otherwise.
+        lock(&self.srtcp).remove(&from);
+    }
+
+    /// RTCP from `from` is SRTCP, to unprotect with `srtp` (call after [`Self::insert`]).
+    pub fn insert_srtcp(&self, from: SocketAddr, srtp: SharedSrtp) {
+        lock(&self.srtcp).insert(from, srtp);
+    }
+
+    /// The SRTP state RTCP from `from` must be unprotected with, if it is an SRTP client.
+    pub fn srtcp(&self, from: &SocketAddr) -> Option<SharedSrtp> {
+        lock(&self.srtcp).get(from).cloned()
     }
 
     /// Forget every address of client `client`.
     pub fn remove_client(&self, client: ClientId) {
-        lock(&self.map).retain(|_, f| f.client != client);
+        let mut map = lock(&self.map);
+        map.retain(|_, f| f.client != client);
+        lock(&self.srtcp).retain(|a, _| map.contains_key(a));
     }
 
     pub fn get(&self, from: &SocketAddr) -> Option<Arc<Feedback>> {

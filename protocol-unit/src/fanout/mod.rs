@@ -17,8 +17,8 @@ pub mod stats;
 pub mod udp;
 
 pub use engine::{
-    ClientId, Command, Engine, FeedId, JoinInfo, LiveJoin, LiveTrack, PrepareFrame, TrackDest,
-    VodEvent,
+    ClientId, Command, Engine, FeedId, JoinInfo, LiveJoin, LiveTrack, PrepareFrame, SharedSrtp,
+    TrackDest, VodEvent,
 };
 pub use live_feed::Tier;
 pub use service::{FanOut, FanOutConfig};

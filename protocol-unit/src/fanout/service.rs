@@ -138,7 +138,22 @@ async fn read_rtcp(socket: tokio::net::UdpSocket, fan: Arc<FanOut>) {
             }
         };
         match fan.routes.get(&from) {
-            Some(fb) => feedback::handle(&buf[..n], &fb, &fan.engine, &fan.stats, Instant::now()),
+            Some(fb) => match fan.routes.srtcp(&from) {
+                None => feedback::handle(&buf[..n], &fb, &fan.engine, &fan.stats, Instant::now()),
+                Some(srtp) => {
+                    let plain = srtp
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unprotect_rtcp(&buf[..n]);
+                    match plain {
+                        Ok(p) => feedback::handle(&p, &fb, &fan.engine, &fan.stats, Instant::now()),
+                        Err(e) => {
+                            fan.stats.srtcp_rejected.fetch_add(1, Ordering::Relaxed);
+                            debug!(%from, "SRTCP dropped: {e}");
+                        }
+                    }
+                }
+            },
             None => {
                 fan.stats.rtcp_strangers.fetch_add(1, Ordering::Relaxed);
                 debug!(%from, "RTCP from an address that holds no session dropped");

@@ -48,6 +48,8 @@ pub struct ServerStats {
     pub rtcp_malformed: AtomicU64,
     /// RTCP datagrams from an address that holds no session.
     pub rtcp_strangers: AtomicU64,
+    /// SRTCP datagrams that failed authentication (or came before the client's keys).
+    pub srtcp_rejected: AtomicU64,
     /// PLI/FIR received, and how many became a keyframe request to the encoder unit.
     pub keyframe_asks: AtomicU64,
     pub keyframe_requests: AtomicU64,
@@ -71,6 +73,7 @@ impl Default for ServerStats {
             nacks_refused: AtomicU64::new(0),
             rtcp_malformed: AtomicU64::new(0),
             rtcp_strangers: AtomicU64::new(0),
+            srtcp_rejected: AtomicU64::new(0),
             keyframe_asks: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             lateness: Mutex::new(new_lateness_histogram()),

@@ -282,7 +282,12 @@ async fn run_channel(
     // Edge encryption happens here, as frames arrive in link order, so each frame left to
     // the edge is encrypted under the key the encoder announced last before it.
     let mut edge = EdgeCrypto::new();
-    for k in upstream.keys.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for k in upstream
+        .keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
         if let Err(e) = edge.add_key(k.key_id, k.cipher, &k.key) {
             warn!(channel = %name, key_id = k.key_id, "content key ignored: {e}");
         }

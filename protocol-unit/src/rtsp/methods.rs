@@ -193,11 +193,98 @@ async fn describe(conn: &Connection, req: &Request<Vec<u8>>) -> Result<Reply, Rt
             with_query_controls(&url, sdp)
         }
     };
+    let sdp = if target::wants_srtp(req.request_uri()) {
+        offer_srtp(conn, &sdp)?
+    } else {
+        sdp
+    };
     Ok(Reply {
         body: Some(("application/sdp", sdp.into_bytes())),
         ..Default::default()
     }
     .header(headers::CONTENT_BASE, base))
+}
+
+/// Draw SRTP keys for every track of `sdp`, remember them on the connection for SETUP,
+/// and announce them with MIKEY (as gst-rtsp-server does, with ROC 0).
+fn offer_srtp(conn: &Connection, sdp: &str) -> Result<String, RtspError> {
+    use crate::srtp::{mikey::MikeyMessage, SrtpKeys};
+    let mut keys = conn.srtp_keys.lock().unwrap_or_else(|p| p.into_inner());
+    keys.clear();
+    let mut failure = None;
+    let ntp = ntp_now();
+    let sdp = crate::sdp::offer_srtp(sdp, |track| {
+        let k = SrtpKeys::random();
+        let msg = MikeyMessage::srtp_offer(&k, Vec::new(), rand::random(), ntp, rand::random());
+        match msg.sdp_key_mgmt_value() {
+            Ok(v) => {
+                keys.insert(track, k);
+                Some(v)
+            }
+            Err(e) => {
+                failure = Some(e);
+                None
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(RtspError::new(500, format!("cannot write MIKEY: {e}"))),
+        None => Ok(sdp),
+    }
+}
+
+/// Now as a 64-bit NTP timestamp (MIKEY's timestamp payload).
+fn ntp_now() -> u64 {
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+/// The client's SRTP state for the track being set up over RTP/SAVP: our keys from the
+/// DESCRIBE answer, and its keys from the `KeyMgmt` header (the entry for this URL).
+fn srtp_session(
+    conn: &Connection,
+    req: &Request<Vec<u8>>,
+    track: u8,
+) -> Result<crate::fanout::SharedSrtp, RtspError> {
+    use crate::srtp::{mikey, SrtpSession};
+    let local = conn
+        .srtp_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&track)
+        .cloned()
+        .ok_or_else(|| {
+            RtspError::unsupported_transport(
+                "RTP/SAVP needs the keys of a DESCRIBE with ?srtp=1 on this connection",
+            )
+        })?;
+    let mut session =
+        SrtpSession::new(local).map_err(|e| RtspError::new(500, format!("SRTP: {e}")))?;
+    let key_mgmt = HeaderName::from_static_str("KeyMgmt").ok();
+    if let Some(value) = key_mgmt.as_ref().and_then(|h| req.header(h)) {
+        let key_failure = |e: String| RtspError::new(463, format!("Key Management Failure: {e}"));
+        let entries =
+            mikey::parse_key_mgmt_header(value.as_str()).map_err(|e| key_failure(e.to_string()))?;
+        let url = req.request_uri().map(|u| u.as_str().to_string());
+        let entry = entries
+            .iter()
+            .find(|e| e.uri.is_some() && e.uri == url)
+            .or_else(|| entries.first())
+            .ok_or_else(|| key_failure("no MIKEY entry".into()))?;
+        let remote = entry
+            .message
+            .srtp_keys()
+            .map_err(|e| key_failure(e.to_string()))?;
+        session
+            .set_remote_keys(&remote)
+            .map_err(|e| key_failure(e.to_string()))?;
+    }
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(session)))
 }
 
 /// An SDP whose track URLs carry the request's query (a live tier, a VoD rendition): with a
@@ -231,8 +318,16 @@ fn with_query_controls(url: &str, sdp: String) -> (String, String) {
 
 /// The transport a client asked for, as we will serve it.
 enum Wanted {
-    Udp { rtp_port: u16, rtcp_port: u16 },
-    Interleaved { rtp: u8, rtcp: u8 },
+    /// `savp`: RTP/SAVP (SRTP) rather than RTP/AVP.
+    Udp {
+        rtp_port: u16,
+        rtcp_port: u16,
+        savp: bool,
+    },
+    Interleaved {
+        rtp: u8,
+        rtcp: u8,
+    },
 }
 
 fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspError> {
@@ -242,11 +337,17 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
         .ok_or_else(|| RtspError::unsupported_transport("Transport header missing"))?;
     for t in transports.iter() {
         let Transport::Rtp(rtp) = t else { continue };
-        if rtp.profile != RtpProfile::Avp || rtp.params.multicast {
+        let savp = match rtp.profile {
+            RtpProfile::Avp => false,
+            RtpProfile::SAvp => true,
+            _ => continue,
+        };
+        if rtp.params.multicast {
             continue;
         }
         match rtp.lower_transport {
-            Some(RtpLowerTransport::Tcp) => {
+            // SRTP is served over UDP only.
+            Some(RtpLowerTransport::Tcp) if !savp => {
                 let (rtp_ch, rtcp_ch) = match rtp.params.interleaved {
                     Some((a, b)) => (a, b.unwrap_or(a.wrapping_add(1))),
                     None => (track * 2, track * 2 + 1),
@@ -267,13 +368,15 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
                 return Ok(Wanted::Udp {
                     rtp_port,
                     rtcp_port,
+                    savp,
                 });
             }
             _ => continue,
         }
     }
     Err(RtspError::unsupported_transport(
-        "only RTP/AVP unicast over UDP (with client_port) or RTP/AVP/TCP interleaved is served",
+        "only RTP/AVP or RTP/SAVP unicast over UDP (with client_port), or RTP/AVP/TCP \
+         interleaved, is served",
     ))
 }
 
@@ -290,6 +393,10 @@ async fn setup(
         )
     })?;
     let wanted = choose_transport(req, track)?;
+    let srtp = match wanted {
+        Wanted::Udp { savp: true, .. } => Some(srtp_session(conn, req, track)?),
+        _ => None,
+    };
     let session = match session {
         Some(s) if s.asset != target.asset => {
             return Err(RtspError::new(
@@ -331,14 +438,17 @@ async fn setup(
         Wanted::Udp {
             rtp_port,
             rtcp_port,
+            savp,
         } => {
             let server_rtp = conn.ctx.fan.rtp_port;
             let sink = TrackDest::Udp {
                 rtp: (conn.peer.ip(), rtp_port).into(),
                 rtcp: (conn.peer.ip(), rtcp_port).into(),
+                srtp: srtp.clone(),
             };
+            let profile = if savp { "RTP/SAVP" } else { "RTP/AVP" };
             let transport = format!(
-                "RTP/AVP;unicast;client_port={rtp_port}-{rtcp_port};server_port={server_rtp}-{}",
+                "{profile};unicast;client_port={rtp_port}-{rtcp_port};server_port={server_rtp}-{}",
                 server_rtp + 1
             );
             (sink, transport)
@@ -360,6 +470,13 @@ async fn setup(
         }
     };
     let ssrc = ask(&session, |reply| Command::Setup { track, sink, reply }).await??;
+    // The session's RTCP route exists now: its RTCP is SRTCP.
+    if let (Some(srtp), Wanted::Udp { rtcp_port, .. }) = (srtp, &wanted) {
+        conn.ctx
+            .fan
+            .routes
+            .insert_srtcp((conn.peer.ip(), *rtcp_port).into(), srtp);
+    }
     if let Some(url) = req.request_uri() {
         let mut urls = session.track_urls.lock().unwrap_or_else(|p| p.into_inner());
         urls.retain(|(t, _)| *t != track);

@@ -101,6 +101,8 @@ pub struct Connection {
     pub ctx: Arc<RtspContext>,
     /// Interleaved channel -> (session, track), for RTCP the client sends back.
     pub interleaved: Mutex<HashMap<u8, (Arc<SessionHandle>, u8)>>,
+    /// SRTP keys the last `?srtp=1` DESCRIBE announced, by track: SETUP protects with them.
+    pub srtp_keys: Mutex<HashMap<u8, crate::srtp::SrtpKeys>>,
 }
 
 async fn connection(
@@ -127,6 +129,7 @@ async fn connection(
         writer,
         ctx: ctx.clone(),
         interleaved: Mutex::new(HashMap::new()),
+        srtp_keys: Mutex::new(HashMap::new()),
     };
     debug!(%peer, connection = conn.id, "RTSP connection");
     let result = read_loop(&conn, &mut rd).await;

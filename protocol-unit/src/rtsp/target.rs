@@ -72,6 +72,19 @@ pub fn parse(url: Option<&Url>) -> Result<Target, RtspError> {
     })
 }
 
+/// Whether the URL asks for SRTP (`?srtp=1`, beside any `rendition=` or `tier=`): the
+/// DESCRIBE answer then offers RTP/SAVP with MIKEY keys. A relative control URL glued on
+/// after the query (`srtp=1/trackID=0`) is understood too.
+pub fn wants_srtp(url: Option<&Url>) -> bool {
+    url.and_then(|u| u.query())
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(k, v)| {
+            k == "srtp" && matches!(v.split('/').next(), Some("1" | "true" | "yes" | "on"))
+        })
+}
+
 /// The VoD query: `rendition=NAME`, possibly with a relative control URL glued on by a
 /// client that resolved it against a base ending in the query (`rendition=360p/trackID=0`).
 fn parse_vod_query(query: Option<&str>) -> Result<(String, Option<u8>), RtspError> {
@@ -88,7 +101,9 @@ fn parse_vod_query(query: Option<&str>) -> Result<(String, Option<u8>), RtspErro
                 .decode_utf8()
                 .map_err(|_| RtspError::bad_request("rendition name is not UTF-8"))?;
             if name.contains(['/', '\0']) {
-                return Err(RtspError::bad_request(format!("{name:?} is not a rendition")));
+                return Err(RtspError::bad_request(format!(
+                    "{name:?} is not a rendition"
+                )));
             }
             rendition = name.into_owned();
         }
@@ -223,6 +238,19 @@ mod tests {
         assert_eq!(p("rtsp://h/live/news?tier=fast").unwrap_err().status, 400);
         assert_eq!(p("rtsp://h/live/").unwrap_err().status, 404);
         assert_eq!(p("rtsp://h/live/a/b/c").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn srtp_query() {
+        let w = |s: &str| wants_srtp(Some(&Url::parse(s).unwrap()));
+        assert!(w("rtsp://h/vod/a.mp4?srtp=1"));
+        assert!(w("rtsp://h/vod/a.mp4?rendition=360p&srtp=1/trackID=0"));
+        assert!(w("rtsp://h/live/news?tier=half&srtp=true"));
+        assert!(!w("rtsp://h/vod/a.mp4"));
+        assert!(!w("rtsp://h/vod/a.mp4?srtp=0"));
+        assert!(!w("rtsp://h/vod/a.mp4?rendition=srtp"));
+        let t = p("rtsp://h/vod/a.mp4?srtp=1/trackID=1").unwrap();
+        assert_eq!((t.asset.as_str(), t.track), ("a.mp4", Some(1)));
     }
 
     #[test]

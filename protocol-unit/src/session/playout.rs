@@ -571,6 +571,56 @@ mod tests {
     }
 
     #[test]
+    fn edge_frames_are_encrypted_on_arrival_and_dropped_without_a_key() {
+        use divisor_link::content::{derive_key, parse, FrameCipher, Keyring};
+        use divisor_link::Cipher;
+        let key = derive_key(b"m", "vod/a.mp4#", 0, Cipher::DesCbc);
+        // No key yet: the edge frame is dropped, its credit returned, nothing sent.
+        let (mut p, t0) = playing_from_zero();
+        p.on_frame(frame(0, FrameFlags::KEYFRAME | FrameFlags::EDGE_ENCRYPT));
+        let mut out = Vec::new();
+        p.poll(t0, SystemTime::now(), &mut out);
+        assert!(rtp(&out).is_empty());
+        assert_eq!(credits(&out), 1);
+        // With the key (before the announce, or as a link message): the same bytes the
+        // encoder would send, packetised as one opaque fragment (S|E).
+        let (p, t0) = playing_from_zero();
+        let mut p = p.with_keys(&[ContentKey {
+            key_id: 0,
+            cipher: Cipher::DesCbc,
+            key: key.clone(),
+        }]);
+        p.on_frame(frame(0, FrameFlags::KEYFRAME | FrameFlags::EDGE_ENCRYPT));
+        let mut out = Vec::new();
+        p.poll(t0, SystemTime::now(), &mut out);
+        let pkts = rtp(&out);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!(pkts[0][12], 0xC0, "S and E fragment header");
+        let payload = &pkts[0][13..];
+        assert_eq!(parse(payload).unwrap().key_id, 0);
+        let c = FrameCipher::new(Cipher::DesCbc, 0, &key).unwrap();
+        assert_eq!(
+            payload,
+            &c.encrypt(0, 0, &frame(0, FrameFlags::empty()).data)[..]
+        );
+        let mut ring = Keyring::new();
+        ring.insert(c);
+        assert_eq!(
+            ring.decrypt(payload).unwrap(),
+            frame(0, FrameFlags::empty()).data
+        );
+        let (mut p, _) = playing_from_zero();
+        p.on_message(&divisor_link::Message::ContentKey {
+            channel: 1,
+            key_id: 0,
+            cipher: Cipher::DesCbc,
+            key,
+        });
+        p.on_frame(frame(0, FrameFlags::EDGE_ENCRYPT));
+        assert!(p.tracks[0].queue[0].flags.contains(FrameFlags::ENCRYPTED));
+    }
+
+    #[test]
     fn frames_leave_at_their_media_time() {
         let mut p = Playout::new(&[video()], "t").unwrap();
         assert!(p.enable_track(0));

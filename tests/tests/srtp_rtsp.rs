@@ -1,0 +1,221 @@
+//! SRTP for RTSP clients: GStreamer's `rtspsrc`, asked for `?srtp=1`, gets an SDP with
+//! `RTP/SAVP` and MIKEY keys, sets up RTP/SAVP and plays the clip to the end; on the wire
+//! the media is protected (the H.264 payload headers are not readable, and every packet
+//! carries the 10-byte authentication tag), while a plain session of the same clip is not.
+
+use divisor_tests::media::{self, CLIP_MP4};
+use divisor_tests::{run, Checks, Deployment, Kind, LinkTransport, Node, Options};
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const HTTP_PORT: u16 = 9100;
+
+/// A counter of the protocol unit's `/metrics` (0 when absent).
+fn metric(d: &Deployment, sample: &str) -> f64 {
+    let url = format!("http://{}:{HTTP_PORT}/metrics", d.rtsp_addr.ip());
+    let out = d
+        .run_in(
+            Node::Client,
+            "curl",
+            ["-sS", "--fail", "--max-time", "10", url.as_str()],
+            Duration::from_secs(15),
+        )
+        .and_then(|o| o.check())
+        .expect("curl /metrics");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const RECEIVER_REPORTS: &str = "divisor_rtcp_receiver_reports_total ";
+const SRTCP_REJECTED: &str = "divisor_rtcp_dropped_total{reason=\"srtcp_rejected\"} ";
+
+/// What the capture shows of the server's video packets (payload type 96).
+#[derive(Debug, Default)]
+struct VideoOnWire {
+    packets: usize,
+    /// Packets whose first payload byte reads as an H.264 NAL / FU-A header we send
+    /// (forbidden bit clear, type 1, 5, 6, 7, 8, 24 or 28).
+    plausible_nal: usize,
+    /// Largest UDP payload (RTP packet) length.
+    max_len: usize,
+}
+
+fn video_on_wire(file: &Path, server_ip: &str) -> VideoOnWire {
+    let out = run(
+        Command::new("tshark")
+            .arg("-r")
+            .arg(file)
+            .args(["-o", "rtp.heuristic_rtp:TRUE"])
+            .args([
+                "-Y",
+                &format!("rtp && !rtcp && ip.src=={server_ip} && rtp.p_type==96"),
+            ])
+            .args(["-T", "fields", "-E", "separator=,"])
+            .args(["-e", "udp.length", "-e", "rtp.payload"]),
+        Duration::from_secs(60),
+    )
+    .and_then(|o| o.check())
+    .expect("tshark reads the capture");
+    let mut v = VideoOnWire::default();
+    for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split(',');
+        let len: usize = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        let payload = f.next().unwrap_or("").replace(':', "");
+        let first = u8::from_str_radix(payload.get(..2).unwrap_or("ff"), 16).unwrap_or(0xff);
+        v.packets += 1;
+        v.max_len = v.max_len.max(len.saturating_sub(8));
+        if first & 0x80 == 0 && matches!(first & 0x1f, 1 | 5 | 6 | 7 | 8 | 24 | 28) {
+            v.plausible_nal += 1;
+        }
+    }
+    v
+}
+
+/// Play `url` with rtspsrc over UDP while capturing in the client namespace.
+fn play_and_capture(
+    d: &Deployment,
+    url: &str,
+    name: &str,
+    timeout: Duration,
+) -> (divisor_tests::CmdOutput, VideoOnWire) {
+    let cap = d
+        .start_capture(Node::Client, &d.client_if.clone(), name)
+        .expect("capture starts");
+    let location = format!("location={url}");
+    let out = d
+        .run_in(
+            Node::Client,
+            "gst-launch-1.0",
+            [
+                "-e",
+                "-v",
+                "rtspsrc",
+                &location,
+                "protocols=udp",
+                "name=src",
+                "src.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "name=a",
+                "silent=false",
+                "sync=true",
+                "src.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "name=b",
+                "silent=false",
+                "sync=true",
+            ],
+            timeout,
+        )
+        .expect("gst-launch runs");
+    std::thread::sleep(Duration::from_millis(500));
+    let file = cap.stop();
+    let wire = video_on_wire(&file, &d.rtsp_ip.to_string());
+    (out, wire)
+}
+
+/// Decoded video frames that reached a fakesink, from `gst-launch-1.0 -v`'s report of
+/// each buffer (`last-message = chain ... (a:sink) (...)`) on the sink that got raw video.
+fn decoded_video_frames(stdout: &str) -> usize {
+    ["a", "b"]
+        .iter()
+        .filter(|sink| {
+            stdout.lines().any(|l| {
+                l.contains(&format!("GstFakeSink:{sink}: last-message"))
+                    && l.contains("video/x-raw")
+            })
+        })
+        .map(|sink| {
+            stdout
+                .matches(&format!("chain   ******* ({sink}:sink) ("))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn rtspsrc_plays_an_srtp_session_to_the_end() {
+    let options = Options {
+        protocol_args: vec![
+            OsString::from("--http-listen"),
+            OsString::from(format!("0.0.0.0:{HTTP_PORT}")),
+        ],
+        ..Default::default()
+    };
+    let d = Deployment::start_with("srtp-rtsp", Kind::Split(LinkTransport::Tcp), options)
+        .expect("deployment starts");
+    let a = media::asset(CLIP_MP4).unwrap();
+    let timeout = Duration::from_secs_f64(a.duration + 30.0);
+    let mut c = Checks::new();
+
+    let (plain_out, plain) = play_and_capture(&d, &d.url(CLIP_MP4), "plain", timeout);
+    let rr_before = metric(&d, RECEIVER_REPORTS);
+    let srtp_url = format!("{}?srtp=1", d.url(CLIP_MP4));
+    let (srtp_out, srtp) = play_and_capture(&d, &srtp_url, "srtp", timeout);
+    let rr_after = metric(&d, RECEIVER_REPORTS);
+    let rejected = metric(&d, SRTCP_REJECTED);
+    eprintln!("receiver reports: {rr_before} before the SRTP session, {rr_after} after; SRTCP rejected: {rejected}");
+    // rtspsrc's SRTCP receiver reports, unprotected with the keys of its KeyMgmt header.
+    c.check(rr_after > rr_before && rejected == 0.0, || {
+        format!(
+            "SRTCP from rtspsrc: receiver reports {rr_before} -> {rr_after}, rejected {rejected}"
+        )
+    });
+    eprintln!("plain session video on the wire: {plain:?}");
+    eprintln!("SRTP session video on the wire: {srtp:?}");
+
+    for (what, out) in [("plain", &plain_out), ("SRTP", &srtp_out)] {
+        let frames = decoded_video_frames(&out.stdout);
+        eprintln!(
+            "{what}: {frames} video frames decoded of {}",
+            a.video_frames
+        );
+        c.check(frames as u64 * 10 >= a.video_frames * 9, || {
+            format!(
+                "{what}: {frames} video frames decoded, expected about {}",
+                a.video_frames
+            )
+        });
+        c.check(out.success() && !out.timed_out, || {
+            format!(
+                "{what}: gst-launch-1.0 rtspsrc did not play to the end (exit {:?}, timed out {}): {}",
+                out.status, out.timed_out, out.stderr
+            )
+        });
+        c.check(!out.stderr.contains("ERROR"), || {
+            format!("{what}: gst-launch-1.0 reported an error: {}", out.stderr)
+        });
+    }
+    c.check(plain.packets > 50 && srtp.packets > 50, || {
+        format!("too few video packets captured: plain {plain:?}, SRTP {srtp:?}")
+    });
+    // The plain session's payload headers all read as H.264; the SRTP session's mostly not.
+    c.check(plain.plausible_nal == plain.packets, || {
+        format!("plain session: payload headers not all H.264: {plain:?}")
+    });
+    c.check(srtp.plausible_nal * 2 < srtp.packets, || {
+        format!("SRTP session: H.264 payload headers readable on the wire: {srtp:?}")
+    });
+    // Full-size packets carry the same media bytes plus the 80-bit authentication tag.
+    c.check(srtp.max_len == plain.max_len + 10, || {
+        format!(
+            "largest RTP packet: SRTP {} bytes, plain {} bytes; expected 10 more with SRTP",
+            srtp.max_len, plain.max_len
+        )
+    });
+    c.finish();
+}
