@@ -313,26 +313,29 @@ fn bad_rtsp(c: &mut Checks, d: &Deployment) {
     );
     expect(c, "PLAY with a bogus Session", r, &[454], "31");
 
-    // Unsupported transport on a real track.
-    let setup = RtspConn::connect(d, Node::Client, addr).and_then(|mut conn| {
-        let desc = conn.request("DESCRIBE", &clip, &[])?;
-        anyhow::ensure!(desc.status == 200, "DESCRIBE {clip}: {desc:?}");
-        let base = desc.header("Content-Base").unwrap_or(&clip).to_string();
-        let tracks = sdp_tracks(&desc.body_text(), &base);
-        let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
-        conn.request(
-            "SETUP",
-            &t.control,
-            &[("Transport", "RTP/AVP/SCTP;unicast")],
-        )
-    });
-    if let Some(r) = c.ok("SETUP with an unsupported transport", setup) {
-        c.check(r.status == 461, || {
-            format!(
-                "SETUP with Transport RTP/AVP/SCTP: {:?}, expected 461",
-                r.status_line
-            )
+    // Unsupported transports and impossible client port ranges on a real track: 461.
+    for transport in [
+        "RTP/AVP/SCTP;unicast",
+        "RTP/AVP;unicast;client_port=5000-4000",
+        "RTP/AVP;unicast;client_port=65535",
+        "RTP/AVP;unicast;client_port=0-1",
+    ] {
+        let setup = RtspConn::connect(d, Node::Client, addr).and_then(|mut conn| {
+            let desc = conn.request("DESCRIBE", &clip, &[])?;
+            anyhow::ensure!(desc.status == 200, "DESCRIBE {clip}: {desc:?}");
+            let base = desc.header("Content-Base").unwrap_or(&clip).to_string();
+            let tracks = sdp_tracks(&desc.body_text(), &base);
+            let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
+            conn.request("SETUP", &t.control, &[("Transport", transport)])
         });
+        if let Some(r) = c.ok(&format!("SETUP with Transport {transport}"), setup) {
+            c.check(r.status == 461, || {
+                format!(
+                    "SETUP with Transport {transport}: {:?}, expected 461",
+                    r.status_line
+                )
+            });
+        }
     }
 
     // The front-end still serves normally afterwards.

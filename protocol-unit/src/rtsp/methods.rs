@@ -335,6 +335,7 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
         .typed_header::<Transports>()
         .map_err(|_| RtspError::bad_request("malformed Transport header"))?
         .ok_or_else(|| RtspError::unsupported_transport("Transport header missing"))?;
+    let mut impossible = None;
     for t in transports.iter() {
         let Transport::Rtp(rtp) = t else { continue };
         let savp = match rtp.profile {
@@ -361,10 +362,19 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
                 let Some((rtp_port, rtcp)) = rtp.params.client_port else {
                     continue;
                 };
-                if rtp_port == 0 {
+                // A pair we could never send to (port 0, RTCP below RTP or past 65535)
+                // is refused rather than guessed at.
+                let rtcp_port = match rtcp {
+                    Some(p) => Some(p),
+                    None => rtp_port.checked_add(1),
+                };
+                let Some(rtcp_port) = rtcp_port.filter(|&p| rtp_port != 0 && p > rtp_port) else {
+                    impossible = Some(match rtcp {
+                        Some(p) => format!("client_port={rtp_port}-{p} is not a usable port pair"),
+                        None => format!("client_port={rtp_port} leaves no port for RTCP"),
+                    });
                     continue;
-                }
-                let rtcp_port = rtcp.unwrap_or(rtp_port.saturating_add(1));
+                };
                 return Ok(Wanted::Udp {
                     rtp_port,
                     rtcp_port,
@@ -373,6 +383,9 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
             }
             _ => continue,
         }
+    }
+    if let Some(why) = impossible {
+        return Err(RtspError::unsupported_transport(why));
     }
     Err(RtspError::unsupported_transport(
         "only RTP/AVP or RTP/SAVP unicast over UDP (with client_port), or RTP/AVP/TCP \
