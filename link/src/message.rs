@@ -394,28 +394,6 @@ pub enum Message {
 }
 
 impl Message {
-    /// The channel this message is about; `None` for the handshake messages, which belong
-    /// to the link itself.
-    pub fn channel(&self) -> Option<ChannelId> {
-        match self {
-            Message::Hello { .. } | Message::Auth { .. } => None,
-            Message::Open { channel, .. }
-            | Message::Subscribe { channel, .. }
-            | Message::Status { channel, .. }
-            | Message::ContentKey { channel, .. }
-            | Message::Announce { channel, .. }
-            | Message::Seek { channel, .. }
-            | Message::SeekDone { channel, .. }
-            | Message::Pause { channel }
-            | Message::Resume { channel }
-            | Message::Close { channel }
-            | Message::KeyframeRequest { channel, .. }
-            | Message::Credits { channel, .. }
-            | Message::Error { channel, .. }
-            | Message::Frame(Frame { channel, .. }) => Some(*channel),
-        }
-    }
-
     /// This message re-addressed to channel `id` (handshake messages are returned as they
     /// are). Stages and live channels build messages once and address them per receiver.
     pub fn with_channel(mut self, id: ChannelId) -> Message {
