@@ -316,7 +316,7 @@ fn bad_rtsp(c: &mut Checks, d: &Deployment) {
     // Unsupported transports and impossible client port ranges on a real track: 461.
     for transport in [
         "RTP/AVP/SCTP;unicast",
-        "RTP/AVP;unicast;client_port=5000-4000",
+        "RTP/AVP;unicast;client_port=5000-0",
         "RTP/AVP;unicast;client_port=65535",
         "RTP/AVP;unicast;client_port=0-1",
     ] {

@@ -362,13 +362,14 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
                 let Some((rtp_port, rtcp)) = rtp.params.client_port else {
                     continue;
                 };
-                // A pair we could never send to (port 0, RTCP below RTP or past 65535)
-                // is refused rather than guessed at.
+                // A pair we could never send to (port 0, or no room for RTCP past 65535)
+                // is refused rather than guessed at. Non-adjacent or even reversed pairs
+                // are deliverable: clients that bind two ephemeral sockets send them.
                 let rtcp_port = match rtcp {
                     Some(p) => Some(p),
                     None => rtp_port.checked_add(1),
                 };
-                let Some(rtcp_port) = rtcp_port.filter(|&p| rtp_port != 0 && p > rtp_port) else {
+                let Some(rtcp_port) = rtcp_port.filter(|&p| rtp_port != 0 && p != 0) else {
                     impossible = Some(match rtcp {
                         Some(p) => format!("client_port={rtp_port}-{p} is not a usable port pair"),
                         None => format!("client_port={rtp_port} leaves no port for RTCP"),
