@@ -9,7 +9,8 @@ use crate::{asset, nft, report, sched};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Options shared by `quick` and `full`; unset ones take the mode's default.
 #[derive(clap::Args, Debug, Clone)]
@@ -303,7 +304,12 @@ fn preflight(s: &Settings) -> Result<()> {
                 }
             }
             Workload::LiveTranscode => {
-                bail!("workload `live-transcode` is not wired into the harness yet: use --workloads divisor-vod,live");
+                if !help_of("divisor-encoder")?.contains("--config") {
+                    bail!(
+                        "workload `live-transcode` needs a rendition ladder in divisor-encoder \
+                         (`--config` with `[[rendition]]`), which this build does not have: rebuild"
+                    );
+                }
             }
         }
     }
@@ -362,8 +368,10 @@ pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
         let wname = w.name();
         let (stream, mut unit_args) = workload_setup(*w);
         let keys = encryption_setup(*w, s.edge_share, &out_dir, &mut unit_args)?;
+        let spread = ladder_setup(*w, &out_dir, &mut unit_args)?;
         for sc in &s.scenarios {
             let mut srv = servers::start_ours(*sc, cores, &library, &stream, &unit_args, &tag)?;
+            srv.spread_load(&spread, Duration::from_secs(30))?;
             searches.push(capacity::search(
                 &mut srv,
                 wname,
@@ -375,6 +383,10 @@ pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
         }
         if w.encrypted() && !s.peers.is_empty() {
             println!("{wname}: peers skipped (they serve no encrypted content)");
+            continue;
+        }
+        if *w == Workload::LiveTranscode && !s.peers.is_empty() {
+            println!("{wname}: peers skipped (they do not transcode a ladder)");
             continue;
         }
         // The peers serve the same file at the same rate: GStreamer with one pipeline per
@@ -523,13 +535,55 @@ fn encryption_setup(
     }))
 }
 
+/// live-transcode's ladder: (name, width, height, kbit/s). The bench asset is 640x360 at
+/// about 1 Mbit/s, so the top rung re-encodes at the source size.
+const LADDER: [(&str, u32, u32, u32); 3] = [
+    ("360p", 640, 360, 900),
+    ("270p", 480, 270, 500),
+    ("180p", 320, 180, 250),
+];
+
+/// live-transcode: writes the encoder's config (a 3-rung H.264 ladder over the bench asset
+/// looped as channel `bench`), adds `--config` to the encoder's arguments, and returns the
+/// stream paths of the lower rungs, over which the load clients are spread (the measuring
+/// receivers play the top rung). Other workloads: nothing to do.
+fn ladder_setup(w: Workload, dir: &Path, args: &mut UnitArgs) -> Result<Vec<String>> {
+    if w != Workload::LiveTranscode {
+        return Ok(Vec::new());
+    }
+    let mut toml = String::from(
+        "# divisor-bench live-transcode: one looped channel, encoded once per rung.\n",
+    );
+    for (name, width, height, kbps) in LADDER {
+        toml.push_str(&format!(
+            "\n[[rendition]]\nname = \"{name}\"\ncodec = \"h264\"\nwidth = {width}\n\
+             height = {height}\nbitrate_kbps = {kbps}\nkeyint = 50\n"
+        ));
+    }
+    let names: Vec<String> = LADDER.iter().map(|r| format!("{:?}", r.0)).collect();
+    toml.push_str(&format!(
+        "\n[[channel]]\nname = \"bench\"\nsource = \"loop:{}\"\nrenditions = [{}]\n",
+        asset::ASSET,
+        names.join(", ")
+    ));
+    let config = dir.join(format!("{}.toml", w.name()));
+    std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
+    args.encoder.push("--config".into());
+    args.encoder.push(config.into_os_string());
+    Ok(LADDER[1..]
+        .iter()
+        .map(|(name, ..)| format!("live/bench/{name}"))
+        .collect())
+}
+
 /// The stream URL path and unit arguments of a workload.
 pub fn workload_setup(w: Workload) -> (String, UnitArgs) {
     match w {
-        Workload::DivisorVod
-        | Workload::DivisorVodDes
-        | Workload::DivisorVodDesEdge
-        | Workload::LiveTranscode => (format!("vod/{}", asset::ASSET), UnitArgs::default()),
+        Workload::DivisorVod | Workload::DivisorVodDes | Workload::DivisorVodDesEdge => {
+            (format!("vod/{}", asset::ASSET), UnitArgs::default())
+        }
+        // The top rung; `ladder_setup` writes the config and names the other rungs.
+        Workload::LiveTranscode => (format!("live/bench/{}", LADDER[0].0), UnitArgs::default()),
         Workload::Live => (
             "live/bench".to_string(),
             UnitArgs {

@@ -125,9 +125,25 @@ pub struct RtspServer {
     topo: Topology,
     load: LoadGen,
     url: String,
+    /// Further stream URLs the load clients are spread over (besides `url`).
+    spread: Vec<String>,
     addr: SocketAddr,
     units: Vec<(String, String)>,
     pinning: String,
+}
+
+impl RtspServer {
+    /// Deal the load clients over these stream paths (e.g. `live/bench/270p`) as well as
+    /// the main stream; the measuring receivers stay on the main stream. Each path must
+    /// describe within `timeout` (a live rendition starts on its first DESCRIBE).
+    pub fn spread_load(&mut self, paths: &[String], timeout: Duration) -> Result<()> {
+        for path in paths {
+            let url = format!("rtsp://{}/{path}", self.addr);
+            wait_described(&self.topo, self.addr, &url, timeout)?;
+            self.spread.push(url);
+        }
+        Ok(())
+    }
 }
 
 impl Server for RtspServer {
@@ -138,14 +154,31 @@ impl Server for RtspServer {
         &self.topo
     }
     fn open(&mut self, measure: &[u16], load: &[u16]) -> Result<OpenInfo> {
-        let ports: Vec<u16> = measure.iter().chain(load).copied().collect();
-        let o = self.load.open(self.addr, &self.url, ports)?;
-        Ok(OpenInfo {
-            opened: o.opened,
-            failed: o.failed,
-            first_error: o.first_error,
-            clock_rate: o.described.clock_rate,
-        })
+        // The measuring receivers play the main stream; the load clients are dealt round
+        // robin over the main stream and the spread streams (live-transcode's rungs).
+        let mut groups: Vec<Vec<u16>> = vec![measure.to_vec()];
+        groups.extend(self.spread.iter().map(|_| Vec::new()));
+        let n_groups = groups.len();
+        for (i, &port) in load.iter().enumerate() {
+            groups[i % n_groups].push(port);
+        }
+        let urls = std::iter::once(&self.url).chain(&self.spread);
+        let mut info = OpenInfo::default();
+        for (n, (url, ports)) in urls.zip(groups).enumerate() {
+            if ports.is_empty() {
+                continue;
+            }
+            let o = self.load.open(self.addr, url, ports)?;
+            info.opened += o.opened;
+            info.failed += o.failed;
+            if info.first_error.is_none() {
+                info.first_error = o.first_error;
+            }
+            if n == 0 {
+                info.clock_rate = o.described.clock_rate;
+            }
+        }
+        Ok(info)
     }
     fn close(&mut self) -> Result<()> {
         self.load.close_all()
@@ -166,6 +199,15 @@ impl Server for RtspServer {
 pub struct UnitArgs {
     pub encoder: Vec<OsString>,
     pub protocol: Vec<OsString>,
+}
+
+/// Our units' session idle time-out for the capacity search. The load clients never send
+/// RTCP or RTSP keep-alives (their packets are dropped at ingress), so with the default 60 s
+/// a level whose set-up takes longer than that (thousands of sessions on an overloaded
+/// core) had its first sessions -- the measuring receivers -- reaped before the window,
+/// which showed up as receivers getting no packets at all (mono-1c, N = 4096).
+fn session_keepalive() -> [OsString; 2] {
+    ["--session-timeout".into(), "3600".into()]
 }
 
 /// Starts scenario `s` serving `library` and waits until `stream` (a path such as
@@ -211,6 +253,7 @@ pub fn start_ours(
                 "--rtsp-listen".into(),
                 rtsp_listen.into(),
             ];
+            pro.extend(session_keepalive());
             pro.extend(args.protocol.iter().cloned());
             topo.spawn_in(Node::Protocol, "protocol", "taskset", pro)?;
             (
@@ -239,6 +282,7 @@ pub fn start_ours(
                 "--rtsp-listen".into(),
                 rtsp_listen.into(),
             ];
+            a.extend(session_keepalive());
             a.extend(args.encoder.iter().cloned());
             a.extend(args.protocol.iter().cloned());
             topo.spawn_in(Node::Protocol, "mono", "taskset", a)?;
@@ -257,6 +301,7 @@ pub fn start_ours(
         topo,
         load,
         url,
+        spread: Vec::new(),
         addr,
         units,
         pinning,
@@ -374,6 +419,7 @@ pub fn start_gst(cores: Cores, file: &Path, shared: bool, tag: &str) -> Result<R
         topo,
         load,
         url,
+        spread: Vec::new(),
         addr,
         units: vec![("gst-rtsp-server".into(), ns)],
         pinning: format!("gst-rtsp-server on core {}", cores.protocol),
