@@ -15,6 +15,8 @@ PKGS=(
   tshark
   iproute2 nftables iputils-ping procps curl ca-certificates
   gir1.2-gst-rtsp-server-1.0 fonts-dejavu-core util-linux
+  chromium nodejs
+  janus
 )
 
 missing=()
@@ -23,6 +25,8 @@ for p in "${PKGS[@]}"; do
     missing+=("$p")
   fi
 done
+# Debian's nodejs ships npm separately (NodeSource's nodejs includes it).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if ((${#missing[@]})); then
   echo "install-deps: installing: ${missing[*]}"
@@ -38,6 +42,16 @@ if ((${#missing[@]})); then
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "install-deps: all system packages present"
+fi
+
+# playwright-core for the browser tests (tests/browser), as pinned by its lock file.
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+if ! cmp -s "$browser_dir/package-lock.json" "$browser_dir/node_modules/.divisor-lock"; then
+  echo "install-deps: npm ci in $browser_dir"
+  (cd "$browser_dir" && npm ci --no-audit --no-fund &&
+    cp package-lock.json node_modules/.divisor-lock)
+else
+  echo "install-deps: tests/browser node modules present"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -8,6 +8,8 @@ mod capacity;
 mod cpu;
 mod crypto;
 mod decrypt;
+mod fanout;
+mod janus;
 mod link;
 mod loadgen;
 mod nft;
@@ -22,6 +24,8 @@ mod sched;
 mod servers;
 mod stats;
 mod transcode;
+mod webrtc_capacity;
+mod whep_client;
 
 use clap::{Parser, Subcommand};
 
@@ -69,6 +73,25 @@ enum Command {
     /// prints wall time, frames/s and the ratio (goal >= 0.95).
     #[command(verbatim_doc_comment)]
     Transcode(transcode::TranscodeArgs),
+    /// Fan-out send path against the raw sendmmsg probe on one core (issue 4): the engine
+    /// driven in virtual time to N dropped clients beside the probe, packets/s of each.
+    /// Needs root. Wrap in `perf stat` with one --what phase for instructions per packet.
+    #[command(verbatim_doc_comment)]
+    Fanout(fanout::FanoutArgs),
+    /// WHEP viewers on webrtc-rs: --viewers N receive-only peer connections in this process
+    /// POST offers to --url (http://HOST:PORT/whep/CHANNEL[/RENDITION]), receive for
+    /// --seconds, DELETE; prints per-viewer and total RTP loss and join times (--json).
+    #[command(verbatim_doc_comment)]
+    Webrtc(whep_client::WebrtcArgs),
+    /// WebRTC viewers per core (issue 6): our split server (WHEP) beside Janus's streaming
+    /// plugin in one run, doubling viewer ramps with the same quality bar; CPU of the
+    /// server and of the load client. Needs root and Debian's janus.
+    #[command(verbatim_doc_comment)]
+    WebrtcCapacity(webrtc_capacity::CapacityArgs),
+    /// Join time (issue 6): WHEP POST to first decoded frame in headless Chromium
+    /// (tests/browser/play.mjs) on /play/cam/web, warm and cold channel, median and p95.
+    #[command(verbatim_doc_comment)]
+    WebrtcJoin(webrtc_capacity::JoinArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,5 +102,9 @@ fn main() -> anyhow::Result<()> {
         Command::Quick(args) => run::run(run::Mode::Quick, args),
         Command::Full(args) => run::run(run::Mode::Full, args),
         Command::Transcode(args) => transcode::run(args),
+        Command::Fanout(args) => fanout::run(args),
+        Command::Webrtc(args) => whep_client::run(args),
+        Command::WebrtcCapacity(args) => webrtc_capacity::run_capacity(args),
+        Command::WebrtcJoin(args) => webrtc_capacity::run_join(args),
     }
 }

@@ -30,11 +30,12 @@ pub struct ProbeResult {
     /// How many 1 Mbit/s streams of PACKET_BYTES packets that rate would carry.
     pub clients_1mbps: f64,
     pub errors: u64,
-}
-
-/// Packets/s of a 1 Mbit/s stream cut into PACKET_BYTES-byte packets.
-pub fn packets_per_client() -> f64 {
-    1_000_000.0 / (PACKET_BYTES as f64 * 8.0)
+    /// CPU time of the sending thread (user + system), seconds.
+    pub cpu_secs: f64,
+    /// Wall time of the send loop, seconds.
+    pub secs: f64,
+    /// Datagrams sent.
+    pub packets: u64,
 }
 
 /// Sends for `secs` from `ns` on `core` to `dests` in turn.
@@ -45,24 +46,39 @@ pub fn run(
     gso: bool,
     secs: f64,
 ) -> Result<ProbeResult> {
+    run_sized(ns, core, dests, gso, secs, PACKET_BYTES)
+}
+
+/// [`run`] with datagrams of `size` bytes (`divisor-bench fanout` matches the engine's).
+pub fn run_sized(
+    ns: &str,
+    core: usize,
+    dests: Vec<SocketAddrV4>,
+    gso: bool,
+    secs: f64,
+    size: usize,
+) -> Result<ProbeResult> {
     if dests.is_empty() {
         bail!("the probe needs at least one destination");
     }
+    if size == 0 || size * GSO_SEGMENTS > 65_000 {
+        bail!("probe datagram size {size} out of range");
+    }
     let h = nsthread::spawn_in_ns("probe", ns, Some(core), move || {
-        send_loop(&dests, gso, secs)
+        send_loop(&dests, gso, secs, size)
     })?;
     h.join()
         .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
 }
 
-fn send_loop(dests: &[SocketAddrV4], gso: bool, secs: f64) -> Result<ProbeResult> {
+fn send_loop(dests: &[SocketAddrV4], gso: bool, secs: f64, size: usize) -> Result<ProbeResult> {
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     sock.set_send_buffer_size(4 << 20)?;
     sock.bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
     let sock: UdpSocket = sock.into();
     let fd = sock.as_raw_fd();
     let segs = if gso { GSO_SEGMENTS } else { 1 };
-    let payload = vec![0x5au8; PACKET_BYTES * segs];
+    let payload = vec![0x5au8; size * segs];
     // Destinations as sockaddr_in, built once.
     let addrs: Vec<libc::sockaddr_in> = dests
         .iter()
@@ -88,7 +104,7 @@ fn send_loop(dests: &[SocketAddrV4], gso: bool, secs: f64) -> Result<ProbeResult
             (*c).cmsg_level = libc::SOL_UDP;
             (*c).cmsg_type = libc::UDP_SEGMENT;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, PACKET_BYTES as u16);
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, size as u16);
             space
         }
     } else {
@@ -100,6 +116,7 @@ fn send_loop(dests: &[SocketAddrV4], gso: bool, secs: f64) -> Result<ProbeResult
     };
     // SAFETY: mmsghdr is plain data; zero is valid.
     let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let cpu0 = thread_cpu_secs();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     let (mut sent_msgs, mut errors, mut next) = (0u64, 0u64, 0usize);
@@ -131,12 +148,27 @@ fn send_loop(dests: &[SocketAddrV4], gso: bool, secs: f64) -> Result<ProbeResult
         sent_msgs += n as u64;
     }
     let secs = start.elapsed().as_secs_f64();
-    let pps = (sent_msgs * segs as u64) as f64 / secs;
+    let packets = sent_msgs * segs as u64;
+    let pps = packets as f64 / secs;
     Ok(ProbeResult {
         gso,
         packets_per_s: pps,
-        gbit_per_s: pps * PACKET_BYTES as f64 * 8.0 / 1e9,
-        clients_1mbps: pps / packets_per_client(),
+        gbit_per_s: pps * size as f64 * 8.0 / 1e9,
+        clients_1mbps: pps * size as f64 * 8.0 / 1e6,
         errors,
+        cpu_secs: thread_cpu_secs() - cpu0,
+        secs,
+        packets,
     })
+}
+
+/// CPU time of the calling thread, seconds.
+pub fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }

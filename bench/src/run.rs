@@ -465,6 +465,7 @@ fn run_probe(cores: Cores, s: &Settings, searches: &[Search]) -> Result<Vec<Prob
         .max(1);
     let topo = divisor_tests::Topology::new(&format!("bench-{}-probe", std::process::id()))?;
     nft::install_drop(&topo.client_ns, &topo.client_if)?;
+    servers::veth_gso_passthrough(&topo)?;
     let dests: Vec<SocketAddrV4> = (0..clients)
         .map(|i| SocketAddrV4::new(topo.client_ip, nft::load_port(i)))
         .collect();
@@ -536,7 +537,10 @@ fn encryption_setup(
 }
 
 /// live-transcode's ladder: (name, width, height, kbit/s). The bench asset is 640x360 at
-/// about 1 Mbit/s, so the top rung re-encodes at the source size.
+/// about 1 Mbit/s, so the top rung re-encodes at the source size. The rungs have no
+/// frame-rate tiers: tiers need B-frames, whose RTP timestamps (pts) run up to 5 frames
+/// ahead of the send schedule (dts), which makes lateness and RFC 3550 jitter against the
+/// RTP clock meaningless.
 const LADDER: [(&str, u32, u32, u32); 3] = [
     ("360p", 640, 360, 900),
     ("270p", 480, 270, 500),
@@ -557,7 +561,7 @@ fn ladder_setup(w: Workload, dir: &Path, args: &mut UnitArgs) -> Result<Vec<Stri
     for (name, width, height, kbps) in LADDER {
         toml.push_str(&format!(
             "\n[[rendition]]\nname = \"{name}\"\ncodec = \"h264\"\nwidth = {width}\n\
-             height = {height}\nbitrate_kbps = {kbps}\nkeyint = 50\n"
+             height = {height}\nbitrate_kbps = {kbps}\nkeyint = 50\ntiers = false\n"
         ));
     }
     let names: Vec<String> = LADDER.iter().map(|r| format!("{:?}", r.0)).collect();

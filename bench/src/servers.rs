@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::str::FromStr;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -210,6 +211,31 @@ fn session_keepalive() -> [OsString; 2] {
     ["--session-timeout".into(), "3600".into()]
 }
 
+/// Let the protocol namespace's client-facing veth hand UDP GSO super-packets to the client
+/// side whole, as veths do by default and as a NIC with UDP segmentation offload does in
+/// hardware. The test topology turns that off (`gso_max_segs 1`: software segmentation,
+/// so packet captures see real packets); the bench measures servers and probe alike with
+/// offload. `divisor-bench fanout --veth-gso-segmented` shows the other case.
+pub fn veth_gso_passthrough(topo: &Topology) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["-n", &topo.proto_ns, "-o", "link", "show", "type", "veth"])
+        .output()
+        .context("running ip")?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    let dev = list
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .find(|n| !n.is_empty() && *n != topo.proto_link_if)
+        .context("no client-facing veth in the protocol namespace")?;
+    let st = Command::new("ip")
+        .args(["-n", &topo.proto_ns, "link", "set", "dev", &dev])
+        .args(["gso_max_segs", "65535"])
+        .status()?;
+    anyhow::ensure!(st.success(), "could not set gso_max_segs on {dev}");
+    Ok(())
+}
+
 /// Starts scenario `s` serving `library` and waits until `stream` (a path such as
 /// `vod/bench.mp4`) can be described.
 pub fn start_ours(
@@ -222,6 +248,7 @@ pub fn start_ours(
 ) -> Result<RtspServer> {
     let topo = Topology::new(&format!("bench-{tag}-{}", s.name()))?;
     crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
+    veth_gso_passthrough(&topo)?;
     let rtsp_listen = format!("0.0.0.0:{RTSP_PORT}");
     let lib = library.as_os_str().to_os_string();
     let (units, pinning) = match s {
@@ -392,6 +419,7 @@ pub fn start_gst(cores: Cores, file: &Path, shared: bool, tag: &str) -> Result<R
     check_gst_peer()?;
     let topo = Topology::new(&format!("bench-{tag}-gst"))?;
     crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
+    veth_gso_passthrough(&topo)?;
     let mut args: Vec<OsString> = vec![
         "-c".into(),
         cores.protocol.to_string().into(),
@@ -440,6 +468,7 @@ pub fn start_ffmpeg(cores: Cores, file: &Path, tag: &str) -> Result<FfmpegSender
     check_ffmpeg_peer()?;
     let topo = Topology::new(&format!("bench-{tag}-ffmpeg"))?;
     crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
+    veth_gso_passthrough(&topo)?;
     Ok(FfmpegSender {
         topo,
         file: file.to_path_buf(),

@@ -235,6 +235,8 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         bitrate_kbps: args.bitrate_kbps,
         keyint: Some(keyint),
         tiers,
+        profile: None,
+        audio: Default::default(),
     };
     let settings = H264Settings {
         width: u32::from(args.width),
@@ -244,6 +246,7 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         frame_rate: rate,
         threads,
         tiers,
+        profile: None,
     };
     println!(
         "input {} ({} fps); rendition {}x{} {} kbit/s, keyint {keyint}, tiers {}, {threads} threads",

@@ -13,10 +13,10 @@ use std::sync::{Arc, RwLock};
 
 use divisor_link::{content, TrackInfo};
 
-use crate::config::{ChannelConfig, Config, EncryptionMode, RenditionConfig};
+use crate::config::{AudioMode, ChannelConfig, Config, EncryptionMode, RenditionConfig};
 use crate::encrypt::ContentKeys;
 use crate::pipeline::{Chain, StageError};
-use crate::transcode::TranscodeStage;
+use crate::transcode::{AudioTranscodeStage, InterleaveStage, TranscodeStage};
 
 /// Why no chain could be built.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,13 @@ impl ChainFactory {
         // ---- STAGES: transcode (issue 3 item 1) -----------------------------------------
         if let Some(rung) = rung {
             chain = chain.then(Box::new(TranscodeStage::new(rung, self.threads)?));
+            // Audio after video: the video stage passes audio through untouched.
+            if rung.audio == AudioMode::Opus {
+                chain = chain.then(Box::new(AudioTranscodeStage::new(&rung.name)?));
+            }
+            // Transcoding delays video more than audio: restore presentation order so a
+            // subscriber starting at a keyframe gets the audio of that moment.
+            chain = chain.then(Box::new(InterleaveStage::new()));
         }
         // ---- STAGES: content encryption, after transcoding so keys protect what is sent.
         if encryption.mode != EncryptionMode::None {

@@ -10,6 +10,8 @@
 //! bitrate_kbps = 800
 //! keyint = 50            # frames between keyframes (default: 2 s of the source)
 //! tiers = true           # make frames disposable for half/quarter frame-rate tiers
+//! profile = "baseline"   # H.264 only: baseline (constrained, for browsers) | main | high
+//! audio = "copy"         # copy (the source audio) | opus (transcoded, 48 kHz, for WebRTC)
 //!
 //! [[channel]]            # a live channel, served as rtsp://HOST/live/<name>[/<rendition>]
 //! name = "news"
@@ -72,9 +74,44 @@ pub enum VideoCodec {
     Av1,
 }
 
+/// What a rendition does with the source's audio.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioMode {
+    /// The source audio as it is (AAC from files and the test source).
+    #[default]
+    Copy,
+    /// Transcoded to Opus, 48 kHz, 20 ms packets: what WebRTC clients can play.
+    Opus,
+}
+
+/// The H.264 profile of a rendition. Without one, x264 picks what its preset allows
+/// (High for the usual 4:2:0 8-bit input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum H264Profile {
+    /// Constrained Baseline (no B-frames, no CABAC): what every browser decodes and what
+    /// WebRTC negotiates as `profile-level-id=42e01f`. Excludes frame-rate tiers, which
+    /// need B-frames.
+    Baseline,
+    Main,
+    High,
+}
+
+impl H264Profile {
+    /// The libx264 `profile` option value.
+    pub fn x264_name(self) -> &'static str {
+        match self {
+            H264Profile::Baseline => "baseline",
+            H264Profile::Main => "main",
+            H264Profile::High => "high",
+        }
+    }
+}
+
 /// One rung of the ladder.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRendition")]
 pub struct RenditionConfig {
     pub name: String,
     #[serde(default = "default_codec")]
@@ -86,9 +123,59 @@ pub struct RenditionConfig {
     #[serde(default)]
     pub keyint: Option<u32>,
     /// Encode with disposable frames so the protocol unit can serve half and quarter
-    /// frame rates without re-encoding.
-    #[serde(default = "yes")]
+    /// frame rates without re-encoding. In the file it defaults to true, except for
+    /// baseline H.264 (which has no B-frames to make disposable).
     pub tiers: bool,
+    /// H.264 profile; `None`: the encoder's default.
+    pub profile: Option<H264Profile>,
+    /// Source audio as it is, or transcoded to Opus.
+    pub audio: AudioMode,
+}
+
+/// A `[[rendition]]` as written, before defaults that depend on other keys are applied.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRendition {
+    name: String,
+    #[serde(default = "default_codec")]
+    codec: VideoCodec,
+    width: u16,
+    height: u16,
+    bitrate_kbps: u32,
+    #[serde(default)]
+    keyint: Option<u32>,
+    #[serde(default)]
+    tiers: Option<bool>,
+    #[serde(default)]
+    profile: Option<H264Profile>,
+    #[serde(default)]
+    audio: AudioMode,
+}
+
+impl TryFrom<RawRendition> for RenditionConfig {
+    type Error = String;
+
+    fn try_from(r: RawRendition) -> Result<Self, String> {
+        let baseline = r.profile == Some(H264Profile::Baseline);
+        if baseline && r.tiers == Some(true) {
+            return Err(format!(
+                "rendition {:?}: profile = \"baseline\" cannot have tiers = true \
+                 (frame-rate tiers need B-frames, which baseline has not); drop one of them",
+                r.name
+            ));
+        }
+        Ok(RenditionConfig {
+            tiers: r.tiers.unwrap_or(!baseline),
+            name: r.name,
+            codec: r.codec,
+            width: r.width,
+            height: r.height,
+            bitrate_kbps: r.bitrate_kbps,
+            keyint: r.keyint,
+            profile: r.profile,
+            audio: r.audio,
+        })
+    }
 }
 
 /// A live channel.
@@ -153,10 +240,6 @@ fn default_codec() -> VideoCodec {
     VideoCodec::H264
 }
 
-fn yes() -> bool {
-    true
-}
-
 impl Config {
     /// Read and check `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -213,6 +296,22 @@ impl Config {
             }
             if r.keyint == Some(0) {
                 return invalid(format!("rendition {:?}: keyint must be > 0", r.name));
+            }
+            if let Some(profile) = r.profile {
+                if r.codec != VideoCodec::H264 {
+                    return invalid(format!(
+                        "rendition {:?}: profile = {:?} applies to H.264 renditions only",
+                        r.name,
+                        profile.x264_name()
+                    ));
+                }
+                if profile == H264Profile::Baseline && r.tiers {
+                    return invalid(format!(
+                        "rendition {:?}: baseline H.264 cannot have frame-rate tiers \
+                         (they need B-frames)",
+                        r.name
+                    ));
+                }
             }
         }
         let check_refs = |what: &str, names: &[String]| -> Result<(), ConfigError> {
@@ -325,5 +424,96 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("even"), "{e}");
+    }
+
+    const WEB: &str =
+        "[[rendition]]\nname = \"web\"\nwidth = 640\nheight = 360\nbitrate_kbps = 800\n";
+
+    #[test]
+    fn audio_defaults_to_copy_and_takes_opus() {
+        let c = Config::parse(WEB).unwrap();
+        let web = c.rendition("web").unwrap();
+        assert_eq!(web.audio, AudioMode::Copy);
+        assert_eq!(web.profile, None);
+        assert!(web.tiers);
+        let c = Config::parse(&format!("{WEB}audio = \"opus\"")).unwrap();
+        assert_eq!(c.rendition("web").unwrap().audio, AudioMode::Opus);
+    }
+
+    #[test]
+    fn unknown_audio_is_refused_by_name() {
+        let e = Config::parse(&format!("{WEB}audio = \"mp3\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mp3") && e.contains("opus") && e.contains("copy"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn baseline_turns_tiers_off_and_refuses_them() {
+        let c = Config::parse(&format!("{WEB}profile = \"baseline\"")).unwrap();
+        let web = c.rendition("web").unwrap();
+        assert_eq!(web.profile, Some(H264Profile::Baseline));
+        assert!(!web.tiers, "baseline has no B-frames to make tiers of");
+        let e = Config::parse(&format!("{WEB}profile = \"baseline\"\ntiers = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("baseline") && e.contains("tiers"), "{e}");
+        // Built in code rather than parsed: validate() catches it too.
+        let mut c = Config::parse(&format!("{WEB}profile = \"baseline\"")).unwrap();
+        c.renditions[0].tiers = true;
+        assert!(c.validate().unwrap_err().to_string().contains("tiers"));
+        let e = Config::parse(&format!("{WEB}profile = \"extended\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extended"), "{e}");
+    }
+
+    #[test]
+    fn profile_is_for_h264_only() {
+        let e = Config::parse(&format!("{WEB}codec = \"av1\"\nprofile = \"main\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("H.264"), "{e}");
+    }
+
+    #[test]
+    fn webrtc_contract_config_parses() {
+        let c = Config::parse(
+            r#"
+            [[rendition]]
+            name = "web"
+            codec = "h264"
+            profile = "baseline"
+            width = 640
+            height = 360
+            bitrate_kbps = 800
+            keyint = 50
+            audio = "opus"
+
+            [[rendition]]
+            name = "av1"
+            codec = "av1"
+            width = 320
+            height = 180
+            bitrate_kbps = 300
+            keyint = 50
+            audio = "opus"
+
+            [[channel]]
+            name = "cam"
+            source = "testsrc"
+            renditions = ["web", "av1"]
+            "#,
+        )
+        .unwrap();
+        let web = c.rendition("web").unwrap();
+        assert_eq!(
+            (web.profile, web.tiers, web.audio),
+            (Some(H264Profile::Baseline), false, AudioMode::Opus)
+        );
+        assert_eq!(c.rendition("av1").unwrap().audio, AudioMode::Opus);
     }
 }

@@ -72,6 +72,8 @@ fn rendition(name: &str, codec: VideoCodec, w: u16, h: u16, tiers: bool) -> Rend
         bitrate_kbps: 400,
         keyint: None,
         tiers,
+        profile: None,
+        audio: Default::default(),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct StatusDocument {
     pub bytes_sent: u64,
     /// Every client served now, with its latest receiver report.
     pub sessions: Vec<ClientStatus>,
+    /// WebRTC (WHEP) viewers held now, and each one's state.
+    pub webrtc_viewers: i64,
+    pub webrtc_sessions: Vec<crate::whep::WhepStatus>,
 }
 
 impl StatusDocument {
@@ -58,6 +61,8 @@ impl StatusDocument {
             packets_sent: metrics.packets_sent.get(),
             bytes_sent: metrics.bytes_sent.get(),
             sessions: metrics.client_statuses(),
+            webrtc_viewers: metrics.webrtc_viewers.get(),
+            webrtc_sessions: metrics.webrtc_statuses(),
         }
     }
 }
@@ -86,7 +91,7 @@ async fn status_handler(State(metrics): State<Metrics>) -> Json<StatusDocument> 
 async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
-        "not found: this port serves GET /metrics and GET /status\n",
+        "not found: this port serves /metrics, /status, /whep/<channel> and /play/<channel>\n",
     )
 }
 
@@ -99,7 +104,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serve `/metrics` and `/status` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Metrics) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics)).await
+    serve_router(listener, router(metrics)).await
+}
+
+/// Serve `router` (e.g. [`router`] merged with the WHEP routes) on `listener`; handlers
+/// can read the peer's address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_router(listener: TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 #[cfg(test)]

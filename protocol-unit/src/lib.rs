@@ -20,3 +20,4 @@ pub mod server;
 pub mod session;
 pub mod srtp;
 pub mod upstream;
+pub mod whep;

@@ -136,6 +136,9 @@ impl<F: Fn() -> UnitStatus + Send + Sync + 'static> StatusSource for F {
     }
 }
 
+/// Lists the WebRTC sessions for `/status`.
+pub type WebRtcStatusSource = Arc<dyn Fn() -> Vec<crate::whep::WhepStatus> + Send + Sync>;
+
 /// Why an inbound RTCP packet was dropped (a fixed label set).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RtcpDrop {
@@ -186,6 +189,14 @@ pub struct Metrics {
     pub retransmissions: Counter,
     /// PLI/FIR turned into keyframe requests to the encoder unit.
     pub keyframe_requests: Counter,
+    /// WebRTC (WHEP) viewers held now, and sessions created since start.
+    pub webrtc_viewers: Gauge,
+    pub webrtc_sessions: Counter,
+    /// WebRTC viewers moved to another rendition by their bandwidth estimate.
+    pub webrtc_switches: Counter,
+    webrtc_ended: Family<ReasonLabel, Counter>,
+    webrtc_refused: Family<ReasonLabel, Counter>,
+    webrtc_status: Arc<OnceLock<WebRtcStatusSource>>,
     rtcp_dropped: Family<ReasonLabel, Counter>,
     admission_refusals: Family<ReasonLabel, Counter>,
     registry: Arc<Mutex<Registry>>,
@@ -222,6 +233,12 @@ impl Metrics {
             nacks_received: Counter::default(),
             retransmissions: Counter::default(),
             keyframe_requests: Counter::default(),
+            webrtc_viewers: Gauge::default(),
+            webrtc_sessions: Counter::default(),
+            webrtc_switches: Counter::default(),
+            webrtc_ended: Family::default(),
+            webrtc_refused: Family::default(),
+            webrtc_status: Arc::new(OnceLock::new()),
             rtcp_dropped: Family::default(),
             admission_refusals: Family::default(),
             registry: Arc::new(Mutex::new(Registry::with_prefix("divisor"))),
@@ -286,6 +303,31 @@ impl Metrics {
                 "keyframe_requests",
                 "PLI/FIR forwarded to the encoder unit as keyframe requests",
                 m.keyframe_requests.clone(),
+            );
+            r.register(
+                "webrtc_viewers",
+                "WebRTC (WHEP) viewers held now",
+                m.webrtc_viewers.clone(),
+            );
+            r.register(
+                "webrtc_sessions",
+                "WebRTC (WHEP) sessions created since start",
+                m.webrtc_sessions.clone(),
+            );
+            r.register(
+                "webrtc_rendition_switches",
+                "WebRTC viewers moved to another rendition by their bandwidth estimate (REMB)",
+                m.webrtc_switches.clone(),
+            );
+            r.register(
+                "webrtc_sessions_ended",
+                "WebRTC sessions ended, by reason (deleted, timeout, channel_ended, closed)",
+                m.webrtc_ended.clone(),
+            );
+            r.register(
+                "webrtc_refused",
+                "WHEP requests refused, by reason",
+                m.webrtc_refused.clone(),
             );
             r.register(
                 "admission_refusals",
@@ -372,6 +414,30 @@ impl Metrics {
                 reason: refused.kind(),
             })
             .inc();
+    }
+
+    /// Count an ended WebRTC session (`kind`: a fixed label).
+    pub fn webrtc_session_ended(&self, kind: &'static str) {
+        self.webrtc_ended
+            .get_or_create(&ReasonLabel { reason: kind })
+            .inc();
+    }
+
+    /// Count a refused WHEP request (`kind`: a fixed label).
+    pub fn webrtc_refused(&self, kind: &'static str) {
+        self.webrtc_refused
+            .get_or_create(&ReasonLabel { reason: kind })
+            .inc();
+    }
+
+    /// Where `/status` reads the WebRTC sessions from (first call wins).
+    pub fn register_webrtc_status(&self, source: WebRtcStatusSource) {
+        let _ = self.webrtc_status.set(source);
+    }
+
+    /// Every WebRTC session now (empty without WHEP).
+    pub fn webrtc_statuses(&self) -> Vec<crate::whep::WhepStatus> {
+        self.webrtc_status.get().map(|f| f()).unwrap_or_default()
     }
 
     /// Expose a histogram kept elsewhere (e.g. `send_lateness_seconds` from the

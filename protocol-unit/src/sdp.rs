@@ -279,10 +279,15 @@ fn media(t: &TrackInfo) -> Result<MediaDescription, SdpError> {
                 .push(attr("fmtp", format!("{pt} sprop-stereo={stereo}")));
         }
         Codec::Av1 => {
-            return Err(SdpError::UnsupportedCodec {
-                track: t.track,
-                codec: t.codec,
-            })
+            // AV1 RTP payload format v1.0: the clock is always 90 kHz. No fmtp: profile,
+            // level-idx and tier are optional (defaults 0, 5, 0) and receivers read the
+            // sequence header in band.
+            md.attributes
+                .push(attr("rtpmap", format!("{pt} AV1/90000")));
+            if t.width > 0 && t.height > 0 {
+                md.attributes
+                    .push(attr("framesize", format!("{pt} {}-{}", t.width, t.height)));
+            }
         }
     }
     md.attributes.push(attr("control", track_control(t.track)));
@@ -620,6 +625,20 @@ mod tests {
         let clear = describe(&[video()], None, ip, "x").unwrap();
         assert!(clear.contains("a=rtpmap:96 H264/90000\r\n"));
         assert!(!clear.contains("X-DIVISOR"));
+    }
+
+    #[test]
+    fn av1_video() {
+        let mut v = video();
+        v.codec = Codec::Av1;
+        v.params.clear();
+        let text = describe(&[v], None, IpAddr::V4(Ipv4Addr::LOCALHOST), "cam/av1").unwrap();
+        let m = &parse(&text).unwrap().media_descriptions[0];
+        assert_eq!(m.media_name.media, "video");
+        assert_eq!(m.media_name.formats, vec!["96"]);
+        assert_eq!(attr(m, "rtpmap"), "96 AV1/90000");
+        assert_eq!(attr(m, "framesize"), "96 1280-720");
+        assert_eq!(attr(m, "control"), "trackID=0");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::rtsp::{self, RtspContext};
 use crate::schedule::{SchedulerConfig, SchedulerMode};
 use crate::session::Sessions;
 use crate::upstream::Upstream;
+use crate::whep::{WebRtcArgs, Whep, WhepConfig};
 
 /// The front-end's command-line flags, shared by `divisor-protocol` and `divisor-mono` so
 /// both deployments are configured the same way (`#[command(flatten)]`).
@@ -48,10 +49,19 @@ pub struct FrontEndArgs {
     )]
     pub send_path: SendPath,
 
-    /// Send each client's runs of equal-size packets as one UDP GSO message (fewer trips
-    /// through the stack). Off by default: a veth hands GSO packets to its peer unsplit, so
-    /// packet captures on veths miscount them; real NICs are unaffected.
-    #[arg(long)]
+    /// Send each client's runs of equal-size packets as one UDP GSO message (one trip
+    /// through the stack for up to 64 packets; about 4x the packet rate per core). On by
+    /// default; a kernel that refuses it is logged once and plain messages are sent.
+    /// `--gso false` turns it off. Note that a veth hands GSO packets to its peer unsplit
+    /// (captures there see one frame per run) unless its `gso_max_segs` is 1.
+    #[arg(
+        long,
+        value_name = "true|false",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub gso: bool,
 
     /// The sender: `rt` (own thread, SCHED_FIFO and locked memory when permitted,
@@ -79,6 +89,11 @@ pub struct FrontEndArgs {
     /// `--http-listen`: `/metrics` and `/status`.
     #[command(flatten)]
     pub http: HttpArgs,
+
+    /// WebRTC playback (WHEP on the HTTP port): `--webrtc-public-ip`, `--webrtc-udp-port`,
+    /// `--webrtc-timeout-secs`.
+    #[command(flatten)]
+    pub webrtc: WebRtcArgs,
 }
 
 impl FrontEndArgs {
@@ -102,6 +117,7 @@ impl FrontEndArgs {
             live_linger: Duration::from_secs(self.live_linger),
             admission: self.admission.config(),
             http_listen: self.http.http_listen,
+            webrtc: self.webrtc.config(),
         }
     }
 }
@@ -117,6 +133,8 @@ pub struct FrontEndConfig {
     pub admission: AdmissionConfig,
     /// Where `/metrics` and `/status` are served; off when `None`.
     pub http_listen: Option<SocketAddr>,
+    /// WHEP (served on the HTTP port).
+    pub webrtc: WhepConfig,
 }
 
 /// The running front-end's shared parts: what `/metrics` and the status endpoint read.
@@ -127,6 +145,7 @@ pub struct FrontEnd {
     pub live: Arc<LiveHub>,
     pub ctx: Arc<RtspContext>,
     pub metrics: Metrics,
+    pub whep: Arc<Whep>,
 }
 
 impl FrontEnd {
@@ -179,6 +198,20 @@ impl FrontEnd {
                 .collect(),
         }));
         let admission = Admission::new(config.admission.clone());
+        let whep = Whep::start(
+            config.webrtc.clone(),
+            live.clone(),
+            fan.clone(),
+            admission.clone(),
+            metrics.clone(),
+        )?;
+        let status_whep = Arc::downgrade(&whep);
+        metrics.register_webrtc_status(Arc::new(move || {
+            status_whep
+                .upgrade()
+                .map(|w| w.status())
+                .unwrap_or_default()
+        }));
         let ctx = RtspContext::new(
             upstream,
             sessions.clone(),
@@ -193,6 +226,7 @@ impl FrontEnd {
             live,
             ctx,
             metrics,
+            whep,
         })
     }
 
@@ -202,9 +236,11 @@ impl FrontEnd {
         let listener = crate::http::bind(listen).await?;
         let at = listener.local_addr().unwrap_or(listen);
         info!("metrics on http://{at}/metrics, status on http://{at}/status");
-        let metrics = self.metrics.clone();
+        info!("WHEP on http://{at}/whep/<channel>[/<rendition>], player on http://{at}/play/<channel>[/<rendition>]");
+        let router = crate::http::router(self.metrics.clone())
+            .merge(crate::whep::signal::router(self.whep.clone()));
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(listener, metrics).await {
+            if let Err(e) = crate::http::serve_router(listener, router).await {
                 warn!("HTTP server ended: {e}");
             }
         });

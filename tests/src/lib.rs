@@ -8,6 +8,7 @@
 //!
 //! Logs of every unit go to `target/test-logs/<test>/`; a failing test prints their tails.
 
+pub mod browser;
 pub mod clients;
 pub mod cmd;
 pub mod deploy;

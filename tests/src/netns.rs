@@ -130,6 +130,20 @@ impl Topology {
             &t.client_ns.clone(),
             t.client_ip,
         )?;
+        // UDP GSO (on by default in the protocol unit) is segmented in software before
+        // this veth, as in front of a NIC without UDP segmentation offload. Otherwise a
+        // veth hands whole GSO super-packets to its peer (the receiving socket splits them),
+        // and captures on the client veth see one frame per run instead of the packets.
+        ip(&[
+            "-n",
+            &t.proto_ns.clone(),
+            "link",
+            "set",
+            "dev",
+            &format!("v{tag}pc"),
+            "gso_max_segs",
+            "1",
+        ])?;
         Ok(t)
     }
 

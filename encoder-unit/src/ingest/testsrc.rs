@@ -106,6 +106,7 @@ impl TestSource {
             frame_rate: rate,
             threads: cfg.threads.max(1),
             tiers: true,
+            profile: None,
         };
         let video = H264Encoder::open(&settings).map_err(unsupported)?;
         let mut tracks = vec![TrackInfo {

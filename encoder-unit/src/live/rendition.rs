@@ -457,7 +457,11 @@ impl Worker {
                         chain.request_keyframe(track);
                     }
                     let mut result = Ok(());
-                    if frame.flags.contains(FrameFlags::DISCONTINUITY) && !chain.is_empty() {
+                    let has_video = self
+                        .input_tracks
+                        .as_ref()
+                        .is_some_and(|t| t.iter().any(|t| t.codec.is_video()));
+                    if starts_new_run(&frame, has_video) && !chain.is_empty() {
                         result = chain.flush(&mut out);
                     }
                     let result = result.and_then(|()| chain.push(frame, &mut out));
@@ -516,6 +520,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether `frame` begins a new input segment for the chain, which is then flushed first.
+/// The timeline flags the first frame of *every* track of a segment with DISCONTINUITY,
+/// but the chain must be flushed once per segment, at the video: a second flush at the
+/// audio's flag (which follows a few video frames later) would end the run the video
+/// keyframe had just started, and the transcoder would drop the video up to the next
+/// keyframe (a GOP lost at every loop point). Audio-only inputs flush at their audio.
+fn starts_new_run(frame: &Frame, input_has_video: bool) -> bool {
+    frame.flags.contains(FrameFlags::DISCONTINUITY) && (frame.codec.is_video() || !input_has_video)
 }
 
 /// The chain of `rendition` for an input with `tracks`, and what it outputs.
@@ -594,6 +608,24 @@ mod tests {
             duration: 0,
             data: Bytes::new(),
         }
+    }
+
+    #[test]
+    fn a_segment_flushes_the_chain_once_at_its_video() {
+        let mut video = f(0, 0, true);
+        let mut audio = f(1, 0, false);
+        assert!(!starts_new_run(&video, true), "no discontinuity, no flush");
+        video.flags.insert(FrameFlags::DISCONTINUITY);
+        audio.flags.insert(FrameFlags::DISCONTINUITY);
+        assert!(starts_new_run(&video, true));
+        assert!(
+            !starts_new_run(&audio, true),
+            "the audio's flag must not end the new run"
+        );
+        assert!(
+            starts_new_run(&audio, false),
+            "audio-only inputs flush at the audio"
+        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! every fourth picture is a P (layer 0), the middle B is a reference (layer 1) and the
 //! other two are disposable (layer 2).
 //!
+//! With `profile = "baseline"` the encode is Constrained Baseline (no B-frames, CAVLC),
+//! level 3.1 where the picture size and rate allow, and the SPS says so with the
+//! constraint flags browsers' WebRTC stacks expect (`profile-level-id=42e01f`, see
+//! [`mark_constrained_baseline`]).
+//!
 //! The options are a list of libavcodec AVOptions ([`x264_options`]) so the bench can
 //! hand exactly the same ones to the `ffmpeg` command line.
 
@@ -14,6 +19,7 @@ use ffmpeg_next as ffmpeg;
 use super::decode::CLOCK_90K;
 use super::layers::{self, strict_pyramid_layer};
 use super::FrameRate;
+use crate::config::H264Profile;
 use crate::ingest::h264;
 use crate::pipeline::StageError;
 
@@ -35,8 +41,35 @@ pub struct H264Settings {
     pub frame_rate: FrameRate,
     /// x264 threads (slices of one picture).
     pub threads: usize,
-    /// Encode the fixed B pyramid of frame-rate tiers.
+    /// Encode the fixed B pyramid of frame-rate tiers. Ignored with the baseline profile.
     pub tiers: bool,
+    /// `None`: what x264's preset gives.
+    pub profile: Option<H264Profile>,
+}
+
+/// Level 3.1 limits (H.264 Table A-1): frame size and rate in macroblocks, bit rate of
+/// Baseline in kbit/s. A baseline rendition inside them is written as level 3.1, the
+/// level of the `42e01f` WebRTC clients offer; a larger one gets x264's own choice.
+const LEVEL_31_MAX_FS: u64 = 3_600;
+const LEVEL_31_MAX_MBPS: u64 = 108_000;
+const LEVEL_31_MAX_KBPS: u32 = 14_000;
+
+/// Whether `s` fits level 3.1.
+fn fits_level_31(s: &H264Settings) -> bool {
+    let mbs = u64::from(s.width.div_ceil(16)) * u64::from(s.height.div_ceil(16));
+    let per_second = mbs as f64 * s.frame_rate.fps();
+    mbs <= LEVEL_31_MAX_FS
+        && per_second <= LEVEL_31_MAX_MBPS as f64
+        && s.bitrate_kbps <= LEVEL_31_MAX_KBPS
+}
+
+/// B-frames `s` encodes between P pictures.
+fn bframes(s: &H264Settings) -> u32 {
+    if s.tiers && s.profile != Some(H264Profile::Baseline) {
+        TIER_BFRAMES
+    } else {
+        0
+    }
 }
 
 /// The libavcodec options (`-key value` on the ffmpeg command line) of an encode.
@@ -46,13 +79,11 @@ pub fn x264_options(s: &H264Settings) -> Vec<(&'static str, String)> {
     // no lookahead delay.
     let mut x264 = String::from("open-gop=0:scenecut=0:rc-lookahead=0:sync-lookahead=0:mbtree=0");
     x264.push_str(":sliced-threads=1");
-    let bframes = if s.tiers {
+    let bframes = bframes(s);
+    if bframes > 0 {
         x264.push_str(":b-adapt=0:b-pyramid=strict");
-        TIER_BFRAMES
-    } else {
-        0
-    };
-    vec![
+    }
+    let mut options = vec![
         ("preset", X264_PRESET.to_string()),
         ("b", kbps.clone()),
         ("maxrate", kbps.clone()),
@@ -62,7 +93,35 @@ pub fn x264_options(s: &H264Settings) -> Vec<(&'static str, String)> {
         ("threads", s.threads.max(1).to_string()),
         ("forced-idr", "1".to_string()),
         ("x264-params", x264),
-    ]
+    ];
+    if let Some(profile) = s.profile {
+        options.push(("profile", profile.x264_name().to_string()));
+        if profile == H264Profile::Baseline && fits_level_31(s) {
+            options.push(("level", "3.1".to_string()));
+        }
+    }
+    options
+}
+
+/// Sets constraint_set0..2 in a Baseline SPS (NAL without start code) that already has
+/// constraint_set1 (x264's Constrained Baseline), so it reads `42e0..`. The stream meets
+/// all three: no B slices, CAVLC, no FMO/ASO or redundant pictures, frame coding with
+/// direct_8x8_inference. WebRTC stacks compare these bits exactly when they match
+/// `profile-level-id` (webrtc-rs does), and browsers offer `42e01f`, so announcing the
+/// `42c0..` x264 writes would find no codec in common. Other SPS are left alone.
+pub fn mark_constrained_baseline(sps: &[u8]) -> Bytes {
+    const PROFILE_BASELINE: u8 = 66;
+    const CONSTRAINT_SET1: u8 = 0x40;
+    const CONSTRAINT_SET012: u8 = 0xe0;
+    let mut out = sps.to_vec();
+    if out.len() >= 4
+        && h264::nal_type(&out) == h264::NAL_SPS
+        && out[1] == PROFILE_BASELINE
+        && out[2] & CONSTRAINT_SET1 != 0
+    {
+        out[2] |= CONSTRAINT_SET012;
+    }
+    Bytes::from(out)
 }
 
 /// One encoded picture.
@@ -124,8 +183,13 @@ impl H264Encoder {
                 std::slice::from_raw_parts(p.extradata, p.extradata_size as usize).to_vec()
             }
         };
-        let params = h264::find_params(&h264::split_annexb(&extradata))
+        let mut params = h264::find_params(&h264::split_annexb(&extradata))
             .ok_or_else(|| encode_error("libx264 gave no SPS/PPS"))?;
+        if settings.profile == Some(H264Profile::Baseline) {
+            for p in &mut params {
+                *p = mark_constrained_baseline(p);
+            }
+        }
         Ok(H264Encoder {
             encoder,
             params,

@@ -4,7 +4,9 @@
 //! band on keyframes, plus audio), decodes the video with libavcodec, scales it with
 //! swscale to the rendition size and encodes it again: H.264 through libavcodec's
 //! `libx264` ([`H264Encoder`]) or AV1 through rav1e ([`Av1Encoder`]). Audio passes
-//! through unchanged. Output timestamps stay in the 90 kHz track clock.
+//! through unchanged. Output timestamps stay in the 90 kHz track clock. Renditions with
+//! `audio = "opus"` add an [`AudioTranscodeStage`] after this one (AAC to Opus, see
+//! [`audio`]).
 //!
 //! Frame-rate tiers: H.264 renditions with `tiers = true` use a fixed `P b B b` strict B
 //! pyramid, and every output frame carries its temporal layer (read back from the
@@ -17,19 +19,24 @@
 //! interval). It is, in order: [`TranscodeStage::with_frame_rate`], the duration of the
 //! first video frame, the pts distance of the first two decoded pictures, or 25 fps.
 
+pub mod audio;
 mod av1enc;
 mod decode;
 mod h264enc;
+pub mod interleave;
 pub mod ivf;
 pub mod layers;
 mod scale;
 
+pub use audio::AudioTranscodeStage;
 pub use av1enc::{
     obus, probe_sequence_header, sequence_header, Av1Encoder, Av1Settings, EncodedUnit, AV1_SPEED,
 };
 pub use h264enc::{
-    x264_options, EncodedPicture, H264Encoder, H264Settings, TIER_BFRAMES, X264_PRESET,
+    mark_constrained_baseline, x264_options, EncodedPicture, H264Encoder, H264Settings,
+    TIER_BFRAMES, X264_PRESET,
 };
+pub use interleave::InterleaveStage;
 pub use layers::{classify, mark_layers, LayerMarker, PictureKind, SliceType};
 
 use bytes::Bytes;
@@ -144,7 +151,17 @@ pub struct TranscodeStage {
     channel: ChannelId,
     last_in_pts: Option<i64>,
     last_out_dts: Option<i64>,
+    /// Video frames dropped since the run began while waiting for a keyframe.
+    skipped: u32,
+    /// The input's video changed (DISCONTINUITY: a loop point, a reconnection): the next
+    /// video frame out says so too, as a passthrough rendition's would.
+    discontinuity: bool,
 }
+
+/// A run starts at a keyframe: what comes before cannot decode (a live rendition started
+/// mid-GOP). After this many frames without a flagged keyframe the decoder is tried
+/// anyway, in case an input does not flag them.
+const MAX_SKIPPED_FOR_KEYFRAME: u32 = 300;
 
 impl TranscodeStage {
     /// A stage producing `rendition`, using `threads` threads in each of the decoder and
@@ -181,6 +198,8 @@ impl TranscodeStage {
             channel: 0,
             last_in_pts: None,
             last_out_dts: None,
+            skipped: 0,
+            discontinuity: false,
         })
     }
 
@@ -222,6 +241,7 @@ impl TranscodeStage {
             frame_rate: rate,
             threads: self.threads,
             tiers: self.rendition.tiers,
+            profile: self.rendition.profile,
         }
     }
 
@@ -349,7 +369,10 @@ impl TranscodeStage {
             .frame_duration_90k();
         let track = self.input.map_or(0, |v| v.track);
         let codec = self.codec();
-        for (data, pts, dts, flags) in found.collect::<Vec<(Bytes, i64, i64, FrameFlags)>>() {
+        for (data, pts, dts, mut flags) in found.collect::<Vec<(Bytes, i64, i64, FrameFlags)>>() {
+            if std::mem::take(&mut self.discontinuity) {
+                flags.insert(FrameFlags::DISCONTINUITY);
+            }
             let dts = match self.last_out_dts {
                 Some(last) if dts <= last => last + 1,
                 _ => dts,
@@ -445,12 +468,24 @@ impl Stage for TranscodeStage {
             });
         }
         self.channel = frame.channel;
+        if frame.flags.contains(FrameFlags::DISCONTINUITY) {
+            self.discontinuity = true;
+        }
         if self.rate().is_none() && frame.duration > 0 {
             self.measured_rate = FrameRate::from_duration_90k(frame.duration);
         }
         let mut decoder = match self.decoder.take() {
             Some(d) => d,
-            None => VideoDecoder::open(self.threads)?,
+            None if !frame.flags.contains(FrameFlags::KEYFRAME)
+                && self.skipped < MAX_SKIPPED_FOR_KEYFRAME =>
+            {
+                self.skipped += 1;
+                return Ok(());
+            }
+            None => {
+                self.skipped = 0;
+                VideoDecoder::open(self.threads)?
+            }
         };
         let result = decoder
             .send(&frame.data, frame.pts, frame.dts, frame.duration)
@@ -482,6 +517,7 @@ impl Stage for TranscodeStage {
     fn reset(&mut self) {
         self.drop_run();
         self.force_keyframe = false;
+        self.discontinuity = false;
     }
 
     fn request_keyframe(&mut self, track: u8) {

@@ -6,6 +6,7 @@
 //!   reports, retransmissions; owned by the scheduler's thread ([`crate::schedule`]);
 //! - [`udp`]: batched UDP sends (`sendmmsg` with GSO, or io_uring) from shared sockets;
 //! - [`feedback`]: RTCP from clients (receiver reports, NACK, PLI/FIR);
+//! - [`sink`]: an in-process queue as a client's destination (WHEP viewers);
 //! - [`service`]: the shared sockets, the sender and the RTCP reader, started together;
 //! - [`stats`]: counters and the send-lateness histogram, shared with `/metrics`.
 
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod feedback;
 pub mod live_feed;
 pub mod service;
+pub mod sink;
 pub mod stats;
 pub mod udp;
 

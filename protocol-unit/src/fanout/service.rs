@@ -34,7 +34,7 @@ impl Default for FanOutConfig {
         FanOutConfig {
             rtp_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             send_path: SendPath::Sendmmsg,
-            gso: false,
+            gso: true,
             scheduler: SchedulerConfig::default(),
         }
     }

@@ -179,6 +179,9 @@ pub struct UdpSender {
     iovecs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
     cmsgs: Vec<CmsgBuf>,
+    /// Most messages one flush hands to the kernel; the rest are dropped as if the socket
+    /// buffer were full (tests of overload behaviour).
+    limit: Option<usize>,
 }
 
 // SAFETY: the raw pointers inside `iovecs`/`msgs` are scratch space rebuilt on every flush
@@ -200,6 +203,7 @@ impl UdpSender {
         gso: bool,
     ) -> io::Result<UdpSender> {
         socket.set_nonblocking(true)?;
+        let gso = gso && gso_supported(&socket);
         let mut path = path;
         let ring = if path == SendPath::Uring {
             match io_uring::IoUring::new(256) {
@@ -222,7 +226,14 @@ impl UdpSender {
             iovecs: Vec::new(),
             msgs: Vec::new(),
             cmsgs: Vec::new(),
+            limit: None,
         })
+    }
+
+    /// Accept at most `limit` messages per flush and drop the rest, as a full socket
+    /// buffer would (for tests of what the engine does under overload).
+    pub fn set_message_limit(&mut self, limit: Option<usize>) {
+        self.limit = limit;
     }
 
     /// The path in use.
@@ -247,9 +258,16 @@ impl UdpSender {
             return out;
         }
         self.plan(batch);
+        let limit = self.limit.unwrap_or(usize::MAX).min(self.msgs.len());
+        for run in &self.runs[limit..] {
+            out.dropped += run.count;
+            for d in &batch.datagrams[run.first..run.first + run.count] {
+                fate(Fate::Dropped { tag: d.tag });
+            }
+        }
         let mut i = 0;
-        while i < self.msgs.len() {
-            let end = (i + MAX_MMSG).min(self.msgs.len());
+        while i < limit {
+            let end = (i + MAX_MMSG).min(limit);
             let at = Instant::now();
             let results = match self.path {
                 SendPath::Uring => self.submit_uring(i, end, &mut out),
@@ -542,6 +560,31 @@ impl UdpSender {
             Ok(())
         }
     }
+}
+
+/// Whether the kernel knows UDP GSO (`UDP_SEGMENT`, Linux 4.18+): setting the socket's
+/// default segment size to 0 (no segmentation unless a message asks) fails otherwise.
+/// Logs once when it does not.
+fn gso_supported(socket: &std::net::UdpSocket) -> bool {
+    let zero: libc::c_int = 0;
+    // SAFETY: valid fd, pointer to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            &zero as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return true;
+    }
+    info!(
+        "UDP GSO not available ({}); sending one message per packet",
+        io::Error::last_os_error()
+    );
+    false
 }
 
 fn is_full(e: &io::Error) -> bool {

@@ -12,9 +12,11 @@
 //! - H.264: RFC 6184, packetization-mode=1 (single NAL unit, STAP-A, FU-A), [`h264`];
 //! - AAC: RFC 3640 mpeg4-generic, AAC-hbr, [`aac`];
 //! - Opus: RFC 7587, [`opus`];
+//! - AV1: AOMedia "RTP Payload Format For AV1" v1.0, [`av1`];
 //! - content-encrypted frames of any codec: [`opaque`] (`X-DIVISOR-ENC`).
 
 pub mod aac;
+pub mod av1;
 pub mod h264;
 pub mod opaque;
 pub mod opus;
@@ -53,6 +55,8 @@ pub enum PacketizeError {
     AacAuTooLarge(usize),
     #[error("Opus packet of {size} bytes exceeds the RTP payload budget of {budget} bytes")]
     OpusPacketTooLarge { size: usize, budget: usize },
+    #[error("malformed AV1 temporal unit: {0}")]
+    Av1(#[from] av1::Av1Error),
     #[error("rtp payloader: {0}")]
     Rtp(String),
     #[error("no RTP packetiser for {0:?} yet")]
@@ -64,6 +68,7 @@ enum Inner {
     H264(h264::H264Packetizer),
     Aac(aac::AacPacketizer),
     Opus(opus::OpusPacketizer),
+    Av1(av1::Av1Packetizer),
 }
 
 /// Turns the frames of one track into RTP payloads.
@@ -91,7 +96,7 @@ impl Packetizer {
             Codec::H264 => Inner::H264(h264::H264Packetizer::new(budget)),
             Codec::Aac => Inner::Aac(aac::AacPacketizer::new(budget)),
             Codec::Opus => Inner::Opus(opus::OpusPacketizer::new(budget)),
-            Codec::Av1 => return Err(PacketizeError::UnsupportedCodec(track.codec)),
+            Codec::Av1 => Inner::Av1(av1::Av1Packetizer::new(budget)),
         };
         Ok(Packetizer {
             codec: track.codec,
@@ -143,6 +148,7 @@ impl Packetizer {
             Inner::H264(p) => p.packetize(&frame.data, out),
             Inner::Aac(p) => p.packetize(&frame.data, out),
             Inner::Opus(p) => p.packetize(&frame.data, out),
+            Inner::Av1(p) => p.packetize(&frame.data, out),
         };
         if res.is_err() {
             out.truncate(start);

@@ -1,0 +1,438 @@
+//! Rendition choice from the viewer's bandwidth estimate, and the RTP rewrite that hides a
+//! switch from the viewer (both sans-IO; the session's task drives them).
+//!
+//! Browsers report their receive-side estimate in REMB packets (RTCP payload-specific
+//! feedback, `goog-remb`) when the answer offers `goog-remb` and not `transport-cc`.
+//! [`Adapter`] turns that stream of estimates into switch decisions over the renditions a
+//! viewer's negotiated codec can play:
+//!
+//! - down when the estimate stays below the current rendition's bitrate (audio included)
+//!   for [`Policy::down_after`]: to the highest rendition the estimate covers (or the
+//!   lowest one);
+//! - up one step when it stays above the next higher rendition's bitrate times
+//!   [`Policy::up_margin`] for [`Policy::up_after`];
+//! - never twice within [`Policy::min_interval`], so a noisy estimate cannot make the
+//!   viewer flap between renditions (each switch costs a keyframe).
+//!
+//! [`Continuity`] keeps the viewer's RTP sequence numbers and timestamps continuous across
+//! a switch: the other rendition's feed is another engine client with its own numbering,
+//! so after a switch each track's next packet is re-based to follow the last one sent.
+
+use std::time::{Duration, Instant};
+
+/// How eager the adaptation is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// How long the estimate must stay below the current bitrate before going down.
+    pub down_after: Duration,
+    /// How long the estimate must stay above the next bitrate (times the margin) before
+    /// going up.
+    pub up_after: Duration,
+    /// Head-room asked above the next rendition's bitrate before going up to it.
+    pub up_margin: f64,
+    /// Least time between two switches.
+    pub min_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            down_after: Duration::from_secs(2),
+            up_after: Duration::from_secs(5),
+            up_margin: 1.3,
+            min_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One rendition a viewer may be moved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rung {
+    pub name: String,
+    /// Announced bitrate of the tracks the viewer receives (video + audio), bits/s.
+    pub bitrate: u64,
+}
+
+/// A decision: move the viewer to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Switch {
+    pub from: String,
+    pub to: String,
+    /// The estimate that decided it, bits/s.
+    pub estimate: u64,
+}
+
+/// The adaptation state of one viewer.
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    /// Ascending by bitrate.
+    rungs: Vec<Rung>,
+    current: usize,
+    policy: Policy,
+    below_since: Option<Instant>,
+    above_since: Option<Instant>,
+    last_switch: Option<Instant>,
+}
+
+impl Adapter {
+    /// An adapter over `rungs` (renditions with an unknown bitrate, 0, are left out),
+    /// starting on `current`. `None` when there is nothing to choose between, or
+    /// `current` is not among them.
+    pub fn new(mut rungs: Vec<Rung>, current: &str, policy: Policy) -> Option<Adapter> {
+        rungs.retain(|r| r.bitrate > 0);
+        rungs.sort_by(|a, b| a.bitrate.cmp(&b.bitrate).then(a.name.cmp(&b.name)));
+        rungs.dedup_by(|a, b| a.name == b.name);
+        if rungs.len() < 2 {
+            return None;
+        }
+        let current = rungs.iter().position(|r| r.name == current)?;
+        Some(Adapter {
+            rungs,
+            current,
+            policy,
+            below_since: None,
+            above_since: None,
+            last_switch: None,
+        })
+    }
+
+    /// The rendition the viewer is on.
+    pub fn current(&self) -> &Rung {
+        &self.rungs[self.current]
+    }
+
+    /// The renditions, ascending by bitrate.
+    pub fn rungs(&self) -> &[Rung] {
+        &self.rungs
+    }
+
+    /// Take one estimate (bits/s) received at `now`; returns a switch to make, if any.
+    /// The caller makes it (or, if it cannot, calls [`Adapter::failed`]).
+    pub fn on_estimate(&mut self, estimate: u64, now: Instant) -> Option<Switch> {
+        let cur = self.rungs[self.current].bitrate;
+        let may_switch = self
+            .last_switch
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.policy.min_interval);
+        if estimate < cur {
+            self.above_since = None;
+            let since = *self.below_since.get_or_insert(now);
+            if self.current > 0
+                && may_switch
+                && now.saturating_duration_since(since) >= self.policy.down_after
+            {
+                // The highest rendition the estimate covers, else the lowest.
+                let to = self.rungs[..self.current]
+                    .iter()
+                    .rposition(|r| r.bitrate <= estimate)
+                    .unwrap_or(0);
+                return Some(self.switch_to(to, estimate, now));
+            }
+            return None;
+        }
+        self.below_since = None;
+        let Some(next) = self.rungs.get(self.current + 1) else {
+            self.above_since = None;
+            return None;
+        };
+        if (estimate as f64) < next.bitrate as f64 * self.policy.up_margin {
+            self.above_since = None;
+            return None;
+        }
+        let since = *self.above_since.get_or_insert(now);
+        if may_switch && now.saturating_duration_since(since) >= self.policy.up_after {
+            return Some(self.switch_to(self.current + 1, estimate, now));
+        }
+        None
+    }
+
+    /// The switch last decided could not be made: stay on `name` (the rendition the viewer
+    /// is still on); the interval still applies before the next try.
+    pub fn failed(&mut self, name: &str) {
+        if let Some(k) = self.rungs.iter().position(|r| r.name == name) {
+            self.current = k;
+        }
+    }
+
+    fn switch_to(&mut self, to: usize, estimate: u64, now: Instant) -> Switch {
+        let from = self.rungs[self.current].name.clone();
+        self.current = to;
+        self.below_since = None;
+        self.above_since = None;
+        self.last_switch = Some(now);
+        Switch {
+            from,
+            to: self.rungs[to].name.clone(),
+            estimate,
+        }
+    }
+}
+
+/// Per track: the offsets that make the RTP numbering continuous across switches.
+#[derive(Clone, Debug)]
+struct TrackMap {
+    clock_rate: u32,
+    seq_off: u16,
+    ts_off: u32,
+    /// Last (sequence number, timestamp) sent and when.
+    last: Option<(u16, u32, Instant)>,
+    /// The next packet starts a new feed: re-base on it.
+    rebase: bool,
+}
+
+/// Keeps each track's RTP sequence numbers and timestamps continuous while its packets
+/// come from one feed, then another.
+#[derive(Clone, Debug)]
+pub struct Continuity {
+    tracks: Vec<TrackMap>,
+}
+
+impl Continuity {
+    /// One entry per track, with its RTP clock rate.
+    pub fn new(clock_rates: &[u32]) -> Continuity {
+        Continuity {
+            tracks: clock_rates
+                .iter()
+                .map(|&clock_rate| TrackMap {
+                    clock_rate: clock_rate.max(1),
+                    seq_off: 0,
+                    ts_off: 0,
+                    last: None,
+                    rebase: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// The packets to come are from another feed: each track's next packet continues
+    /// right after its last one (sequence number + 1, timestamp advanced by the wall
+    /// time since, at least 10 ms).
+    pub fn rebase(&mut self) {
+        for t in &mut self.tracks {
+            t.rebase = true;
+        }
+    }
+
+    /// The (sequence number, timestamp) to send for a packet of `track` that came with
+    /// `seq`, `ts`. Unknown tracks pass unchanged.
+    pub fn map(&mut self, track: usize, seq: u16, ts: u32, now: Instant) -> (u16, u32) {
+        let Some(t) = self.tracks.get_mut(track) else {
+            return (seq, ts);
+        };
+        if t.rebase {
+            t.rebase = false;
+            if let Some((last_seq, last_ts, at)) = t.last {
+                let gap = now
+                    .saturating_duration_since(at)
+                    .max(Duration::from_millis(10));
+                let ticks = (gap.as_secs_f64() * f64::from(t.clock_rate)) as u64;
+                let want_ts = last_ts.wrapping_add(ticks as u32);
+                t.seq_off = last_seq.wrapping_add(1).wrapping_sub(seq);
+                t.ts_off = want_ts.wrapping_sub(ts);
+            }
+        }
+        let out = (seq.wrapping_add(t.seq_off), ts.wrapping_add(t.ts_off));
+        // Keep the newest packet as the reference (a retransmitted or reordered older
+        // sequence number does not move it back).
+        let newer = t
+            .last
+            .is_none_or(|(s, _, _)| out.0.wrapping_sub(s) < 0x8000 && out.0 != s);
+        if newer {
+            t.last = Some((out.0, out.1, now));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rungs() -> Vec<Rung> {
+        vec![
+            Rung {
+                name: "high".into(),
+                bitrate: 2_000_000,
+            },
+            Rung {
+                name: "low".into(),
+                bitrate: 300_000,
+            },
+            Rung {
+                name: "mid".into(),
+                bitrate: 800_000,
+            },
+        ]
+    }
+
+    fn s(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn nothing_to_choose_from_means_no_adapter() {
+        assert!(Adapter::new(vec![], "a", Policy::default()).is_none());
+        let one = vec![Rung {
+            name: "a".into(),
+            bitrate: 1,
+        }];
+        assert!(Adapter::new(one, "a", Policy::default()).is_none());
+        // Unknown bitrates do not count.
+        let unknown = vec![
+            Rung {
+                name: "a".into(),
+                bitrate: 1000,
+            },
+            Rung {
+                name: "b".into(),
+                bitrate: 0,
+            },
+        ];
+        assert!(Adapter::new(unknown, "a", Policy::default()).is_none());
+        assert!(Adapter::new(rungs(), "nope", Policy::default()).is_none());
+        let a = Adapter::new(rungs(), "mid", Policy::default()).unwrap();
+        let names: Vec<&str> = a.rungs().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["low", "mid", "high"]);
+        assert_eq!(a.current().name, "mid");
+    }
+
+    #[test]
+    fn goes_down_only_after_the_estimate_stays_low() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(rungs(), "high", Policy::default()).unwrap();
+        // Below high (2 Mb/s) but enough for mid.
+        assert_eq!(a.on_estimate(1_000_000, t0), None);
+        assert_eq!(a.on_estimate(1_000_000, t0 + s(1000)), None);
+        // One good estimate resets the clock.
+        assert_eq!(a.on_estimate(2_500_000, t0 + s(1500)), None);
+        assert_eq!(a.on_estimate(1_000_000, t0 + s(2000)), None);
+        assert_eq!(a.on_estimate(1_000_000, t0 + s(3999)), None);
+        let sw = a.on_estimate(1_000_000, t0 + s(4000)).unwrap();
+        assert_eq!(
+            sw,
+            Switch {
+                from: "high".into(),
+                to: "mid".into(),
+                estimate: 1_000_000
+            }
+        );
+        assert_eq!(a.current().name, "mid");
+    }
+
+    #[test]
+    fn a_deep_drop_skips_rungs_and_bottoms_out_at_the_lowest() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(rungs(), "high", Policy::default()).unwrap();
+        a.on_estimate(100_000, t0);
+        let sw = a.on_estimate(100_000, t0 + s(2000)).unwrap();
+        assert_eq!(sw.to, "low");
+        // Already at the bottom: stays, however low.
+        for k in 0..20 {
+            assert_eq!(a.on_estimate(50_000, t0 + s(10_000 + k * 1000)), None);
+        }
+        assert_eq!(a.current().name, "low");
+    }
+
+    #[test]
+    fn goes_up_one_step_with_margin_after_the_hold() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(rungs(), "low", Policy::default()).unwrap();
+        // Above mid but not by 1.3x (1.04 Mb/s): never up.
+        for k in 0..10 {
+            assert_eq!(a.on_estimate(1_000_000, t0 + s(k * 1000)), None);
+        }
+        // Plenty for high too, but up goes one step at a time, after 5 s.
+        let t1 = t0 + s(20_000);
+        for k in 0..5 {
+            assert_eq!(a.on_estimate(10_000_000, t1 + s(k * 1000)), None);
+        }
+        let sw = a.on_estimate(10_000_000, t1 + s(5000)).unwrap();
+        assert_eq!((sw.from.as_str(), sw.to.as_str()), ("low", "mid"));
+        // The hold restarts after a switch: high 5 s later, not sooner.
+        assert_eq!(a.on_estimate(10_000_000, t1 + s(6000)), None);
+        assert_eq!(a.on_estimate(10_000_000, t1 + s(10_999)), None);
+        let sw = a.on_estimate(10_000_000, t1 + s(11_000)).unwrap();
+        assert_eq!(sw.to, "high");
+        // At the top: nothing further.
+        assert_eq!(a.on_estimate(100_000_000, t1 + s(30_000)), None);
+    }
+
+    #[test]
+    fn never_switches_twice_within_the_interval() {
+        let t0 = Instant::now();
+        let policy = Policy {
+            down_after: s(1000),
+            up_after: s(1000),
+            min_interval: s(8000),
+            ..Policy::default()
+        };
+        let mut a = Adapter::new(rungs(), "mid", policy).unwrap();
+        a.on_estimate(10_000_000, t0);
+        assert_eq!(a.on_estimate(10_000_000, t0 + s(1000)).unwrap().to, "high");
+        // The estimate collapses at once, and stays down: only 8 s after the last switch.
+        a.on_estimate(100_000, t0 + s(1500));
+        for k in 2..9 {
+            assert_eq!(a.on_estimate(100_000, t0 + s(k * 1000)), None, "at {k} s");
+        }
+        assert_eq!(a.on_estimate(100_000, t0 + s(9000)).unwrap().to, "low");
+    }
+
+    #[test]
+    fn estimate_exactly_at_the_bitrate_is_not_below() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(rungs(), "mid", Policy::default()).unwrap();
+        for k in 0..10 {
+            assert_eq!(a.on_estimate(800_000, t0 + s(k * 1000)), None);
+        }
+    }
+
+    #[test]
+    fn a_failed_switch_leaves_the_viewer_where_it_was() {
+        let t0 = Instant::now();
+        let mut a = Adapter::new(rungs(), "high", Policy::default()).unwrap();
+        a.on_estimate(500_000, t0);
+        let sw = a.on_estimate(500_000, t0 + s(2000)).unwrap();
+        assert_eq!(sw.to, "low");
+        a.failed(&sw.from);
+        assert_eq!(a.current().name, "high");
+        // Tried again after the interval.
+        a.on_estimate(500_000, t0 + s(3000));
+        assert_eq!(a.on_estimate(500_000, t0 + s(6999)), None);
+        assert_eq!(a.on_estimate(500_000, t0 + s(7000)).unwrap().to, "low");
+    }
+
+    #[test]
+    fn continuity_rebases_each_track_on_its_next_packet() {
+        let t0 = Instant::now();
+        let mut c = Continuity::new(&[90_000, 48_000]);
+        // Feed 1 passes unchanged.
+        assert_eq!(c.map(0, 100, 1000, t0), (100, 1000));
+        assert_eq!(c.map(0, 101, 4000, t0 + s(33)), (101, 4000));
+        assert_eq!(c.map(1, 7, 960, t0), (7, 960));
+        c.rebase();
+        // Feed 2 numbers from elsewhere (with wrap): video follows on at 101 + 1, its
+        // timestamp 100 ms (9000 ticks) after the last one.
+        let t1 = t0 + s(133);
+        assert_eq!(c.map(0, 65_535, 4_294_967_000, t1), (102, 13_000));
+        assert_eq!(c.map(0, 0, 4_294_967_000, t1), (103, 13_000));
+        // A gap in feed 2 stays a gap (the viewer may NACK it).
+        assert_eq!(
+            c.map(0, 3, 4_294_967_000u32.wrapping_add(3000), t1),
+            (106, 16_000)
+        );
+        // Audio re-bases on its own first packet, at least 10 ms on.
+        assert_eq!(c.map(1, 5000, 0, t0), (8, 960 + 480));
+        // Unknown track: unchanged.
+        assert_eq!(c.map(9, 1, 2, t1), (1, 2));
+    }
+
+    #[test]
+    fn continuity_ignores_old_packets_as_reference() {
+        let t0 = Instant::now();
+        let mut c = Continuity::new(&[90_000]);
+        c.map(0, 10, 100, t0);
+        c.map(0, 12, 300, t0);
+        c.map(0, 11, 200, t0); // retransmission order
+        c.rebase();
+        assert_eq!(c.map(0, 500, 0, t0).0, 13);
+    }
+}
