@@ -31,6 +31,38 @@ pub const CLIP_TS: &str = "clip.ts";
 /// Not media: the server must refuse it with 415.
 pub const NOT_MEDIA: &str = "notes.txt";
 
+/// Encoder configuration for the browser-facing tests: a test-source channel `cam` with a
+/// browser-safe H.264 rendition (`web`: constrained baseline, 42e01f) and an AV1 one
+/// (`av1`), both with Opus audio, and `web` also offered for VoD.
+pub const WEBRTC_CONFIG: &str = r#"
+[[rendition]]
+name = "web"
+codec = "h264"
+profile = "baseline"
+width = 640
+height = 360
+bitrate_kbps = 800
+keyint = 50
+audio = "opus"
+
+[[rendition]]
+name = "av1"
+codec = "av1"
+width = 320
+height = 180
+bitrate_kbps = 300
+keyint = 50
+audio = "opus"
+
+[vod]
+renditions = ["web"]
+
+[[channel]]
+name = "cam"
+source = "testsrc"
+renditions = ["web", "av1"]
+"#;
+
 pub const WIDTH: u32 = 640;
 pub const HEIGHT: u32 = 360;
 pub const FPS: u32 = 25;

@@ -18,35 +18,6 @@ use divisor_tests::netns::Node;
 use divisor_tests::{Checks, Deployment, Kind, LinkTransport, RtpTransport, RtspConn};
 use serde_json::Value;
 
-const CONFIG: &str = r#"
-[[rendition]]
-name = "web"
-codec = "h264"
-profile = "baseline"
-width = 640
-height = 360
-bitrate_kbps = 800
-keyint = 50
-audio = "opus"
-
-[[rendition]]
-name = "av1"
-codec = "av1"
-width = 320
-height = 180
-bitrate_kbps = 300
-keyint = 50
-audio = "opus"
-
-[vod]
-renditions = ["web"]
-
-[[channel]]
-name = "cam"
-source = "testsrc"
-renditions = ["web", "av1"]
-"#;
-
 fn stream<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
     v["streams"]
         .as_array()?
@@ -151,7 +122,7 @@ fn first_pts(d: &Deployment, url: &str) -> anyhow::Result<(f64, f64)> {
 fn opus_renditions_split() {
     let name = "opus-audio";
     let config = std::env::temp_dir().join(format!("divisor-{name}.toml"));
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, media::WEBRTC_CONFIG).unwrap();
     let options = Options {
         encoder_args: vec!["--config".into(), config.into()],
         protocol_args: vec![],

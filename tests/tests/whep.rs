@@ -13,6 +13,7 @@
 
 use divisor_tests::browser::{self, Playback};
 use divisor_tests::deploy::Options;
+use divisor_tests::media;
 use divisor_tests::paths::bin;
 use divisor_tests::{Checks, Deployment, Kind, LinkTransport, Node, RtspConn};
 use serde_json::Value;
@@ -22,34 +23,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const HTTP_PORT: u16 = 8080;
-
-/// The encoder configuration of the WebRTC contract (`/work/notes/webrtc-contract.md`):
-/// a browser-safe H.264 rendition and an AV1 one, both with Opus audio.
-const CONFIG: &str = r#"
-[[rendition]]
-name = "web"
-codec = "h264"
-profile = "baseline"
-width = 640
-height = 360
-bitrate_kbps = 800
-keyint = 50
-audio = "opus"
-
-[[rendition]]
-name = "av1"
-codec = "av1"
-width = 320
-height = 180
-bitrate_kbps = 300
-keyint = 50
-audio = "opus"
-
-[[channel]]
-name = "cam"
-source = "testsrc"
-renditions = ["web", "av1"]
-"#;
 
 /// Seconds a vanished viewer may take to be freed (the server is started with a 5 s
 /// timeout; the rest is slack for a loaded CI machine).
@@ -204,7 +177,7 @@ fn check_playback(c: &mut Checks, what: &str, p: &Playback, codec: &str) {
 #[test]
 fn whep_browsers_many_viewers_and_bad_input() {
     let config = std::env::temp_dir().join(format!("divisor-whep-{}.toml", std::process::id()));
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, media::WEBRTC_CONFIG).unwrap();
     let d = Deployment::start_with(
         "whep",
         Kind::Split(LinkTransport::Tcp),
