@@ -105,6 +105,37 @@ impl Topology {
         serde_json::from_str(&out.stdout).with_context(|| format!("ffprobe JSON: {}", out.stdout))
     }
 
+    /// The packets (`codec_type`, `pts_time`) ffprobe reads from `url` in its first 4 s,
+    /// over RTSP interleaved in TCP, from the client ns: what lip-sync checks look at.
+    pub fn ffprobe_packets(&self, url: &str) -> Result<Vec<Value>> {
+        let out = self
+            .run_in(
+                Node::Client,
+                "ffprobe",
+                [
+                    "-v",
+                    "error",
+                    "-timeout",
+                    "10000000",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-read_intervals",
+                    "%+4",
+                    "-show_entries",
+                    "packet=codec_type,pts_time",
+                    "-of",
+                    "json",
+                    url,
+                ],
+                Duration::from_secs(40),
+            )?
+            .check()
+            .with_context(|| format!("ffprobe packets of {url}"))?;
+        let v: Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("ffprobe JSON: {}", out.stdout))?;
+        Ok(v["packets"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Decodes `url` to `-f null` with ffmpeg from the client ns and counts the video
     /// frames. `input_opts` go before `-i` (e.g. `-ss 5`). Every stream is decoded, so audio
     /// errors show up in `error_lines` too. Runs with `-fps_mode passthrough` so the count

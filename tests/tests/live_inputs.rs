@@ -98,40 +98,17 @@ fn check_probe(c: &mut Checks, d: &Deployment, channel: &str) {
 
 /// First packet time of each stream type ffprobe reads in the first seconds.
 fn first_pts(d: &Deployment, url: &str) -> anyhow::Result<(f64, f64)> {
-    let out = d
-        .run_in(
-            Node::Client,
-            "ffprobe",
-            [
-                "-v",
-                "error",
-                "-timeout",
-                "10000000",
-                "-rtsp_transport",
-                "tcp",
-                "-read_intervals",
-                "%+4",
-                "-show_entries",
-                "packet=codec_type,pts_time",
-                "-of",
-                "json",
-                url,
-            ],
-            Duration::from_secs(40),
-        )?
-        .check()?;
-    let v: Value = serde_json::from_str(&out.stdout)?;
+    let packets = d.ffprobe_packets(url)?;
     let first = |kind: &str| {
-        v["packets"].as_array().and_then(|ps| {
-            ps.iter()
-                .filter(|p| p["codec_type"] == kind)
-                .filter_map(|p| media::json_f64(&p["pts_time"]))
-                .reduce(f64::min)
-        })
+        packets
+            .iter()
+            .filter(|p| p["codec_type"] == kind)
+            .filter_map(|p| media::json_f64(&p["pts_time"]))
+            .reduce(f64::min)
     };
     match (first("video"), first("audio")) {
         (Some(v), Some(a)) => Ok((v, a)),
-        other => anyhow::bail!("no audio or no video packet: {other:?} in {}", out.stdout),
+        other => anyhow::bail!("no audio or no video packet: {other:?} in {packets:?}"),
     }
 }
 

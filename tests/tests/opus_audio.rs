@@ -74,30 +74,7 @@ fn probe(d: &Deployment, url: &str) -> anyhow::Result<Value> {
 /// unstamped packet before it (the rendition is baseline H.264 at the test source's
 /// 25 fps: no reordering, constant frame rate).
 fn first_pts(d: &Deployment, url: &str) -> anyhow::Result<(f64, f64)> {
-    let out = d
-        .run_in(
-            Node::Client,
-            "ffprobe",
-            [
-                "-v",
-                "error",
-                "-timeout",
-                "10000000",
-                "-rtsp_transport",
-                "tcp",
-                "-read_intervals",
-                "%+4",
-                "-show_entries",
-                "packet=codec_type,pts_time",
-                "-of",
-                "json",
-                url,
-            ],
-            Duration::from_secs(40),
-        )?
-        .check()?;
-    let v: Value = serde_json::from_str(&out.stdout)?;
-    let packets = v["packets"].as_array().cloned().unwrap_or_default();
+    let packets = d.ffprobe_packets(url)?;
     let of = |kind: &str| {
         packets
             .iter()
@@ -114,7 +91,7 @@ fn first_pts(d: &Deployment, url: &str) -> anyhow::Result<(f64, f64)> {
     let first_audio = of("audio").into_iter().flatten().reduce(f64::min);
     match (first_video, first_audio) {
         (Some(v), Some(a)) => Ok((v, a)),
-        other => anyhow::bail!("no audio or no video packet: {other:?} in {}", out.stdout),
+        other => anyhow::bail!("no audio or no video packet: {other:?} in {packets:?}"),
     }
 }
 
