@@ -194,6 +194,8 @@ pub struct Metrics {
     pub webrtc_sessions: Counter,
     /// WebRTC viewers moved to another rendition by their bandwidth estimate.
     pub webrtc_switches: Counter,
+    /// REMB packets (receiver bandwidth estimates) received from WebRTC viewers.
+    pub webrtc_remb: Counter,
     webrtc_ended: Family<ReasonLabel, Counter>,
     webrtc_refused: Family<ReasonLabel, Counter>,
     webrtc_status: Arc<OnceLock<WebRtcStatusSource>>,
@@ -236,6 +238,7 @@ impl Metrics {
             webrtc_viewers: Gauge::default(),
             webrtc_sessions: Counter::default(),
             webrtc_switches: Counter::default(),
+            webrtc_remb: Counter::default(),
             webrtc_ended: Family::default(),
             webrtc_refused: Family::default(),
             webrtc_status: Arc::new(OnceLock::new()),
@@ -318,6 +321,11 @@ impl Metrics {
                 "webrtc_rendition_switches",
                 "WebRTC viewers moved to another rendition by their bandwidth estimate (REMB)",
                 m.webrtc_switches.clone(),
+            );
+            r.register(
+                "webrtc_remb",
+                "REMB packets (receiver bandwidth estimates) received from WebRTC viewers",
+                m.webrtc_remb.clone(),
             );
             r.register(
                 "webrtc_sessions_ended",

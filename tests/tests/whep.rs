@@ -69,6 +69,16 @@ fn status(d: &Deployment, base: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
+/// One unlabelled sample of `/metrics` (`divisor_webrtc_remb_total`).
+fn metric(d: &Deployment, base: &str, name: &str) -> anyhow::Result<f64> {
+    let (code, body) = http(d, "GET", &format!("{base}/metrics"), None, None)?;
+    anyhow::ensure!(code == 200, "/metrics -> {code}: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
+}
+
 /// Ids of the WebRTC sessions `/status` lists.
 fn webrtc_ids(d: &Deployment, base: &str) -> anyhow::Result<HashSet<String>> {
     let v = status(d, base)?;
@@ -214,6 +224,20 @@ fn whep_browsers_many_viewers_and_bad_input() {
             Err(e) => {
                 c.check(false, || format!("chromium {url}: {e:#}"));
             }
+        }
+    }
+
+    // Chromium reports its receive-side bandwidth estimate in REMB (the answer offers
+    // `goog-remb` and not `transport-cc`): what rendition adaptation decides on.
+    match metric(&d, &base, "divisor_webrtc_remb_total") {
+        Ok(n) => {
+            eprintln!("REMB packets from the Chromium viewers: {n}");
+            c.check(n > 0.0, || {
+                "Chromium sent no REMB: divisor_webrtc_remb_total is 0".to_string()
+            });
+        }
+        Err(e) => {
+            c.check(false, || format!("REMB count: {e:#}"));
         }
     }
 

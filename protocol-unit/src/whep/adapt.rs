@@ -17,6 +17,12 @@
 //! [`Continuity`] keeps the viewer's RTP sequence numbers and timestamps continuous across
 //! a switch: the other rendition's feed is another engine client with its own numbering,
 //! so after a switch each track's next packet is re-based to follow the last one sent.
+//! The new feed starts with its cached GOP, a burst of frames up to a GOP old; a receiver
+//! plays by timestamps, so sent as they are they would add their age to the viewer's
+//! latency at every switch. So until the feed reaches the live edge, frames running ahead
+//! of the wall clock are pulled back to it: video frames (which depend on each other) get
+//! timestamps squeezed together (the receiver decodes them and shows the newest), audio
+//! packets (each stands alone) are dropped.
 
 use std::time::{Duration, Instant};
 
@@ -167,10 +173,33 @@ impl Adapter {
     }
 }
 
+/// How a track catches up with the live edge after a switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Frames depend on each other (video): keep them all, squeeze their timestamps.
+    Squeeze,
+    /// Packets stand alone (audio): drop those running ahead.
+    Drop,
+}
+
+/// How far ahead of the wall clock a track may run after a switch before it is pulled
+/// back (arrival jitter of live frames stays under it).
+const AHEAD_TOLERANCE: Duration = Duration::from_millis(30);
+/// The catch-up ends once nothing ran ahead for this long (the burst is over).
+const CATCH_UP_QUIET: Duration = Duration::from_secs(1);
+/// The catch-up ends this long after a switch whatever happens.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
 /// Per track: the offsets that make the RTP numbering continuous across switches.
 #[derive(Clone, Debug)]
 struct TrackMap {
     clock_rate: u32,
+    catch_up: CatchUp,
+    /// While catching up: the first packet after the switch, as sent (timestamp) and when,
+    /// and when a packet was last pulled back.
+    anchor: Option<(u32, Instant, Instant)>,
+    /// The timestamp of the last packet seen from the feed (a new one starts a frame).
+    last_in_ts: Option<u32>,
     seq_off: u16,
     ts_off: u32,
     /// Last (sequence number, timestamp) sent and when.
@@ -187,13 +216,16 @@ pub struct Continuity {
 }
 
 impl Continuity {
-    /// One entry per track, with its RTP clock rate.
-    pub fn new(clock_rates: &[u32]) -> Continuity {
+    /// One entry per track: its RTP clock rate and how it catches up after a switch.
+    pub fn new(tracks: &[(u32, CatchUp)]) -> Continuity {
         Continuity {
-            tracks: clock_rates
+            tracks: tracks
                 .iter()
-                .map(|&clock_rate| TrackMap {
+                .map(|&(clock_rate, catch_up)| TrackMap {
                     clock_rate: clock_rate.max(1),
+                    catch_up,
+                    anchor: None,
+                    last_in_ts: None,
                     seq_off: 0,
                     ts_off: 0,
                     last: None,
@@ -213,21 +245,61 @@ impl Continuity {
     }
 
     /// The (sequence number, timestamp) to send for a packet of `track` that came with
-    /// `seq`, `ts`. Unknown tracks pass unchanged.
-    pub fn map(&mut self, track: usize, seq: u16, ts: u32, now: Instant) -> (u16, u32) {
+    /// `seq`, `ts`; `None`: drop it (an audio packet of a switch's burst). Unknown tracks
+    /// pass unchanged.
+    pub fn map(&mut self, track: usize, seq: u16, ts: u32, now: Instant) -> Option<(u16, u32)> {
         let Some(t) = self.tracks.get_mut(track) else {
-            return (seq, ts);
+            return Some((seq, ts));
         };
+        let prev_in_ts = t.last_in_ts.replace(ts);
+        let new_frame = prev_in_ts != Some(ts);
         if t.rebase {
             t.rebase = false;
             if let Some((last_seq, last_ts, at)) = t.last {
                 let gap = now
                     .saturating_duration_since(at)
                     .max(Duration::from_millis(10));
-                let ticks = (gap.as_secs_f64() * f64::from(t.clock_rate)) as u64;
-                let want_ts = last_ts.wrapping_add(ticks as u32);
+                let want_ts = last_ts.wrapping_add(t.ticks(gap));
                 t.seq_off = last_seq.wrapping_add(1).wrapping_sub(seq);
                 t.ts_off = want_ts.wrapping_sub(ts);
+                t.anchor = Some((want_ts, now, now));
+            }
+        } else if let Some((anchor_ts, anchor_at, pulled_at)) = t.anchor.filter(|_| new_frame) {
+            // Catching up: where the wall clock says this frame should be.
+            let elapsed = now.saturating_duration_since(anchor_at);
+            let live = anchor_ts.wrapping_add(t.ticks(elapsed));
+            let normal = ts.wrapping_add(t.ts_off);
+            let ahead = normal.wrapping_sub(live) as i32;
+            if ahead > t.ticks(AHEAD_TOLERANCE) as i32 {
+                t.anchor = Some((anchor_ts, anchor_at, now));
+                match t.catch_up {
+                    CatchUp::Squeeze => {
+                        // At the wall clock, and never at or before the last timestamp sent.
+                        let floor = t
+                            .last
+                            .map_or(live, |(_, last_ts, _)| last_ts.wrapping_add(1));
+                        let pulled = if (live.wrapping_sub(floor) as i32) < 0 {
+                            floor
+                        } else {
+                            live
+                        };
+                        t.ts_off = pulled.wrapping_sub(ts);
+                    }
+                    CatchUp::Drop => {
+                        // The next packet takes this one's place: its sequence number, and
+                        // its timestamp (the time it covered is skipped).
+                        let covered = prev_in_ts.map_or(0, |p| ts.wrapping_sub(p));
+                        if (covered as i32) > 0 {
+                            t.ts_off = t.ts_off.wrapping_sub(covered);
+                        }
+                        t.seq_off = t.seq_off.wrapping_sub(1);
+                        return None;
+                    }
+                }
+            } else if elapsed >= CATCH_UP_LIMIT
+                || now.saturating_duration_since(pulled_at) >= CATCH_UP_QUIET
+            {
+                t.anchor = None;
             }
         }
         let out = (seq.wrapping_add(t.seq_off), ts.wrapping_add(t.ts_off));
@@ -239,7 +311,14 @@ impl Continuity {
         if newer {
             t.last = Some((out.0, out.1, now));
         }
-        out
+        Some(out)
+    }
+}
+
+impl TrackMap {
+    /// `d` in this track's clock ticks.
+    fn ticks(&self, d: Duration) -> u32 {
+        (d.as_secs_f64() * f64::from(self.clock_rate)) as u64 as u32
     }
 }
 
@@ -403,36 +482,86 @@ mod tests {
     #[test]
     fn continuity_rebases_each_track_on_its_next_packet() {
         let t0 = Instant::now();
-        let mut c = Continuity::new(&[90_000, 48_000]);
+        let mut c = Continuity::new(&[(90_000, CatchUp::Squeeze), (48_000, CatchUp::Drop)]);
         // Feed 1 passes unchanged.
-        assert_eq!(c.map(0, 100, 1000, t0), (100, 1000));
-        assert_eq!(c.map(0, 101, 4000, t0 + s(33)), (101, 4000));
-        assert_eq!(c.map(1, 7, 960, t0), (7, 960));
+        assert_eq!(c.map(0, 100, 1000, t0), Some((100, 1000)));
+        assert_eq!(c.map(0, 101, 4000, t0 + s(33)), Some((101, 4000)));
+        assert_eq!(c.map(1, 7, 960, t0), Some((7, 960)));
         c.rebase();
         // Feed 2 numbers from elsewhere (with wrap): video follows on at 101 + 1, its
         // timestamp 100 ms (9000 ticks) after the last one.
         let t1 = t0 + s(133);
-        assert_eq!(c.map(0, 65_535, 4_294_967_000, t1), (102, 13_000));
-        assert_eq!(c.map(0, 0, 4_294_967_000, t1), (103, 13_000));
-        // A gap in feed 2 stays a gap (the viewer may NACK it).
+        assert_eq!(c.map(0, 65_535, 4_294_967_000, t1), Some((102, 13_000)));
+        assert_eq!(c.map(0, 0, 4_294_967_000, t1), Some((103, 13_000)));
+        // A gap in feed 2 stays a gap (the viewer may NACK it); a frame in step with the
+        // wall clock keeps its timestamp.
         assert_eq!(
-            c.map(0, 3, 4_294_967_000u32.wrapping_add(3000), t1),
-            (106, 16_000)
+            c.map(0, 3, 4_294_967_000u32.wrapping_add(3000), t1 + s(33)),
+            Some((106, 16_000))
         );
         // Audio re-bases on its own first packet, at least 10 ms on.
-        assert_eq!(c.map(1, 5000, 0, t0), (8, 960 + 480));
+        assert_eq!(c.map(1, 5000, 0, t0), Some((8, 960 + 480)));
         // Unknown track: unchanged.
-        assert_eq!(c.map(9, 1, 2, t1), (1, 2));
+        assert_eq!(c.map(9, 1, 2, t1), Some((1, 2)));
+    }
+
+    #[test]
+    fn a_switch_burst_is_pulled_back_to_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut c = Continuity::new(&[(90_000, CatchUp::Squeeze), (48_000, CatchUp::Drop)]);
+        for k in 0..10u16 {
+            c.map(0, k, u32::from(k) * 3600, t0 + s(u64::from(k) * 40));
+            c.map(1, k, u32::from(k) * 960, t0 + s(u64::from(k) * 20));
+        }
+        // Last sent: video seq 9 ts 32400 at 360 ms; audio seq 9 ts 8640 at 180 ms.
+        c.rebase();
+        let t1 = t0 + s(400);
+        // The new feed's GOP burst: 25 video frames (1 s) and 50 audio packets at once.
+        let mut video = Vec::new();
+        for k in 0..25u32 {
+            for part in 0..2u16 {
+                let seq = (1000 + k * 2) as u16 + part;
+                video.push(c.map(0, seq, 500_000 + k * 3600, t1).unwrap());
+            }
+        }
+        let mut audio = Vec::new();
+        for k in 0..50u32 {
+            audio.push(c.map(1, 2000 + k as u16, 70_000 + k * 960, t1));
+        }
+        // Video: every packet kept, numbered on, the first at the wall clock (40 ms after
+        // the last), the rest squeezed just after it instead of 1 s ahead.
+        let seqs: Vec<u16> = video.iter().map(|v| v.0).collect();
+        assert_eq!(seqs, (10..60).collect::<Vec<u16>>());
+        assert_eq!(video[0].1, 32_400 + 3600);
+        assert_eq!(video[1].1, video[0].1, "one frame, one timestamp");
+        let last = video.last().unwrap().1;
+        assert!(last > video[0].1 && last - video[0].1 < 100, "{video:?}");
+        // Audio: the first packets kept up to the tolerance (30 ms ahead), the rest of
+        // the burst dropped.
+        assert_eq!(audio[0], Some((10, 8640 + 220 * 48)));
+        assert_eq!(audio[1], Some((11, 8640 + 220 * 48 + 960)));
+        assert!(audio[2..].iter().all(|a| a.is_none()), "{audio:?}");
+        // Live again: frames in step with the wall clock pass at their own spacing,
+        // audio numbered right after the last packet kept.
+        let v1 = c.map(0, 1050, 500_000 + 25 * 3600, t1 + s(40)).unwrap();
+        assert_eq!(v1.0, 60);
+        assert!(v1.1 > last, "{v1:?} after {last}");
+        let v2 = c.map(0, 1051, 500_000 + 26 * 3600, t1 + s(80)).unwrap();
+        assert_eq!(v2, (61, v1.1 + 3600));
+        let a1 = c.map(1, 2050, 70_000 + 50 * 960, t1 + s(20)).unwrap();
+        assert_eq!(a1, (12, 8640 + 220 * 48 + 2 * 960));
+        let a2 = c.map(1, 2051, 70_000 + 51 * 960, t1 + s(40)).unwrap();
+        assert_eq!(a2, (13, a1.1 + 960));
     }
 
     #[test]
     fn continuity_ignores_old_packets_as_reference() {
         let t0 = Instant::now();
-        let mut c = Continuity::new(&[90_000]);
+        let mut c = Continuity::new(&[(90_000, CatchUp::Squeeze)]);
         c.map(0, 10, 100, t0);
         c.map(0, 12, 300, t0);
         c.map(0, 11, 200, t0); // retransmission order
         c.rebase();
-        assert_eq!(c.map(0, 500, 0, t0).0, 13);
+        assert_eq!(c.map(0, 500, 0, t0).unwrap().0, 13);
     }
 }

@@ -194,6 +194,8 @@ pub struct WhepStatus {
     pub rendition: String,
     /// The viewer's last bandwidth estimate (REMB), bits/s.
     pub estimate_bps: Option<u64>,
+    /// REMB packets (bandwidth estimates) received from the viewer.
+    pub remb_packets: u64,
     /// Rendition switches made for this viewer.
     pub switches: u64,
 }
@@ -382,5 +384,7 @@ fn mux_address(public_ips: &[String]) -> (IpAddr, Option<IpAddr>) {
     (local, public)
 }
 
+#[cfg(test)]
+mod adapt_tests;
 #[cfg(test)]
 mod tests;

@@ -37,7 +37,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::util::Unmarshal;
 
-use super::adapt::{Adapter, Continuity, Rung};
+use super::adapt::{Adapter, CatchUp, Continuity, Rung};
 use super::negotiate::{self, Chosen, Kind};
 use super::{Whep, WhepError, WhepStatus};
 use crate::admission::Ticket;
@@ -70,6 +70,8 @@ pub struct WhepSession {
     rendition: Mutex<String>,
     /// Last REMB estimate, bits/s (0 = none yet).
     estimate: AtomicU64,
+    /// REMB packets received.
+    rembs: AtomicU64,
     switches: AtomicU64,
 }
 
@@ -105,6 +107,7 @@ impl WhepSession {
                 0 => None,
                 e => Some(e),
             },
+            remb_packets: self.rembs.load(Ordering::Relaxed),
             switches: self.switches.load(Ordering::Relaxed),
         }
     }
@@ -256,6 +259,7 @@ pub async fn create(
                 why: Mutex::new(None),
                 rendition: Mutex::new(viewer.channel.rendition.clone()),
                 estimate: AtomicU64::new(0),
+                rembs: AtomicU64::new(0),
                 switches: AtomicU64::new(0),
             });
             let (state_tx, state_rx) = mpsc::unbounded_channel();
@@ -571,7 +575,13 @@ async fn serve(
         &running
             .chosen
             .iter()
-            .map(|c| c.clock_rate)
+            .map(|c| {
+                let catch_up = match c.kind {
+                    Kind::Video => CatchUp::Squeeze,
+                    Kind::Audio => CatchUp::Drop,
+                };
+                (c.clock_rate, catch_up)
+            })
             .collect::<Vec<_>>(),
     );
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -641,6 +651,8 @@ async fn serve(
             }
             Some(estimate) = estimate_rx.recv() => {
                 session.estimate.store(estimate, Ordering::Relaxed);
+                session.rembs.fetch_add(1, Ordering::Relaxed);
+                whep.metrics.webrtc_remb.inc();
                 let Some(a) = adapter.as_mut() else { continue };
                 if pending.is_some() {
                     continue;
@@ -737,12 +749,14 @@ async fn serve(
 async fn write(track: &TrackLocalStaticRTP, mut packet: Bytes, k: usize, c: &mut Continuity) {
     match rtp::packet::Packet::unmarshal(&mut packet) {
         Ok(mut p) => {
-            let (seq, ts) = c.map(
+            let Some((seq, ts)) = c.map(
                 k,
                 p.header.sequence_number,
                 p.header.timestamp,
                 Instant::now(),
-            );
+            ) else {
+                return;
+            };
             p.header.sequence_number = seq;
             p.header.timestamp = ts;
             if let Err(e) = track.write_rtp(&p).await {
@@ -763,7 +777,8 @@ struct Feedback {
 
 /// Read the viewer's RTCP for one sender until it closes: PLI/FIR ask for a keyframe,
 /// REMB estimates go to the adaptation, receiver reports and NACKs into the client's
-/// statistics.
+/// statistics. A REMB names every stream it covers and so reaches each of their readers;
+/// only the reader of the first one named takes it (one estimate, counted once).
 async fn read_rtcp(sender: Arc<RTCRtpSender>, track: u8, kind: Kind, fb: Feedback) {
     use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
     use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -776,6 +791,12 @@ async fn read_rtcp(sender: Arc<RTCRtpSender>, track: u8, kind: Kind, fb: Feedbac
         stats,
         server,
     } = fb;
+    let own_ssrc = sender
+        .get_parameters()
+        .await
+        .encodings
+        .first()
+        .map(|e| e.ssrc);
     while let Ok((packets, _)) = sender.read_rtcp().await {
         for p in packets {
             let any = p.as_any();
@@ -786,7 +807,8 @@ async fn read_rtcp(sender: Arc<RTCRtpSender>, track: u8, kind: Kind, fb: Feedbac
                     let _ = keyframes.send(track);
                 }
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
-                if remb.bitrate.is_finite() && remb.bitrate >= 1.0 {
+                let ours = own_ssrc.is_some() && remb.ssrcs.first() == own_ssrc.as_ref();
+                if ours && remb.bitrate.is_finite() && remb.bitrate >= 1.0 {
                     let _ = estimates.send(remb.bitrate as u64);
                 }
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {

@@ -114,8 +114,15 @@ async fn fake_encoder(link: Link) {
 }
 
 async fn server(config: WhepConfig) -> (SocketAddr, Arc<Whep>) {
-    let (encoder_end, protocol_end) = divisor_link::mem_pair();
+    let (addr, whep, encoder_end) = server_with_link(config).await;
     tokio::spawn(fake_encoder(encoder_end));
+    (addr, whep)
+}
+
+/// A WHEP server (HTTP on loopback, real fan-out engine) whose encoder unit is the
+/// returned end of an in-process link, for the test to play.
+pub(super) async fn server_with_link(config: WhepConfig) -> (SocketAddr, Arc<Whep>, Link) {
+    let (encoder_end, protocol_end) = divisor_link::mem_pair();
     let upstream = Upstream::new();
     upstream.attach(protocol_end);
     let fan = FanOut::start(FanOutConfig {
@@ -137,17 +144,24 @@ async fn server(config: WhepConfig) -> (SocketAddr, Arc<Whep>) {
         metrics.clone(),
     )
     .unwrap();
+    let status_whep = Arc::downgrade(&whep);
+    metrics.register_webrtc_status(Arc::new(move || {
+        status_whep
+            .upgrade()
+            .map(|w| w.status())
+            .unwrap_or_default()
+    }));
     let router = crate::http::router(metrics).merge(super::signal::router(whep.clone()));
     let listener = crate::http::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(crate::http::serve_router(listener, router));
-    (addr, whep)
+    (addr, whep, encoder_end)
 }
 
 /// curl, the real HTTP client: (status, headers + body).
-async fn curl(args: Vec<String>) -> (u16, String) {
+pub(super) async fn curl(args: Vec<String>) -> (u16, String) {
     tokio::task::spawn_blocking(move || {
         let out = Command::new("curl")
             .args(["-sS", "-i", "--max-time", "20", "-w", "\n%{http_code}"])
@@ -162,7 +176,7 @@ async fn curl(args: Vec<String>) -> (u16, String) {
     .unwrap()
 }
 
-async fn post(url: String, content_type: &str, body: String) -> (u16, String) {
+pub(super) async fn post(url: String, content_type: &str, body: String) -> (u16, String) {
     curl(vec![
         "-X".into(),
         "POST".into(),
@@ -175,12 +189,12 @@ async fn post(url: String, content_type: &str, body: String) -> (u16, String) {
     .await
 }
 
-/// A webrtc-rs client offering to receive H.264 video; `packets` gets the payload type of
-/// every RTP packet it receives.
-async fn client() -> (
+/// A webrtc-rs client offering to receive H.264 video; `packets` gets every RTP packet it
+/// receives.
+pub(super) async fn client() -> (
     Arc<webrtc::peer_connection::RTCPeerConnection>,
     String,
-    mpsc::UnboundedReceiver<u8>,
+    mpsc::UnboundedReceiver<rtp::packet::Packet>,
 ) {
     let mut media = MediaEngine::default();
     for (pt, fmtp) in [
@@ -278,7 +292,7 @@ async fn client() -> (
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Ok((p, _)) = track.read_rtp().await {
-                if tx.send(p.header.payload_type).is_err() {
+                if tx.send(p).is_err() {
                     return;
                 }
             }
@@ -293,14 +307,14 @@ async fn client() -> (
     (pc, sdp, rx)
 }
 
-fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
     response.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
     })
 }
 
-fn body(response: &str) -> &str {
+pub(super) fn body(response: &str) -> &str {
     response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
@@ -326,7 +340,8 @@ async fn play_and_receive(config: WhepConfig) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while got < 30 {
         match tokio::time::timeout_at(deadline, packets.recv()).await {
-            Ok(Some(pt)) => {
+            Ok(Some(p)) => {
+                let pt = p.header.payload_type;
                 assert!(pt == 102 || pt == 106, "payload type {pt}");
                 got += 1;
             }
@@ -440,7 +455,8 @@ async fn external_server_sends_media() {
     let mut by_pt = std::collections::BTreeMap::<u8, u64>::new();
     while got < 400 {
         match tokio::time::timeout(Duration::from_secs(10), packets.recv()).await {
-            Ok(Some(pt)) => {
+            Ok(Some(p)) => {
+                let pt = p.header.payload_type;
                 if got == 0 {
                     eprintln!("first RTP after {:?}", t0.elapsed());
                 }
