@@ -1,12 +1,20 @@
 //! The bench's sample asset: H.264 video at about 1 Mbit/s (DIVISOR's client rate), made
 //! once with the ffmpeg CLI into `target/bench-media/` (the library the units serve).
+//!
+//! One slice per frame, whatever the machine: `-tune zerolatency` alone turns on x264's
+//! sliced threads, which cut every frame into as many slices as the encoding machine has
+//! threads, so the asset (and every packet-rate figure measured with it) changed with the
+//! machine that made it. Version 1 had two slices per frame on the 2-core bench machines;
+//! each slice ends in a short packet, so a client's frame took two UDP GSO sends instead
+//! of one (GSO needs equal-sized segments but for the last). Most live encoders send one
+//! slice per frame by default; `bench/RESULTS.md` has the capacity with both assets.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
 /// File name of the asset in the bench library (bump the version when the recipe changes).
-pub const ASSET: &str = "bench-1mbps-v1.mp4";
+pub const ASSET: &str = "bench-1mbps-v2.mp4";
 /// Its length: longer than any level (set-up + settle + window).
 pub const SECONDS: u32 = 150;
 
@@ -36,6 +44,8 @@ pub fn library() -> Result<PathBuf> {
             "veryfast",
             "-tune",
             "zerolatency",
+            "-x264-params",
+            "sliced-threads=0",
         ])
         .args(["-b:v", "950k", "-maxrate", "1000k", "-bufsize", "1000k"])
         .args(["-pix_fmt", "yuv420p", "-profile:v", "high", "-bf", "0"])

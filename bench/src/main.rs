@@ -21,6 +21,7 @@ mod report;
 mod rtsp_client;
 mod run;
 mod sched;
+mod server_metrics;
 mod servers;
 mod stats;
 mod transcode;

@@ -41,9 +41,9 @@ pub fn markdown(r: &RunResults) -> String {
     );
     let _ = writeln!(
         m,
-        "| server | workload | pinning | max clients | p50 / p99 lateness (ms) | max jitter (ms) | CPU per unit at max (% of a core) | cores busy (%) |"
+        "| server | workload | pinning | max clients | p50 / p99 lateness (ms) | server p99 send lateness (ms) | max jitter (ms) | CPU per unit at max (% of a core) | cores busy (%) |"
     );
-    let _ = writeln!(m, "|---|---|---|---:|---|---:|---|---|");
+    let _ = writeln!(m, "|---|---|---|---:|---|---:|---:|---|---|");
     for s in &r.searches {
         let best = s.best();
         let cpu = best
@@ -68,13 +68,14 @@ pub fn markdown(r: &RunResults) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             s.server,
             s.workload,
             s.pinning,
             s.max_clients,
             f(best.and_then(|l| l.p50_lateness_ms), 2),
             f(best.and_then(|l| l.p99_lateness_ms), 2),
+            f(best.and_then(|l| l.server_p99_send_lateness_ms), 2),
             f(best.map(|l| l.max_jitter_ms), 2),
             cpu,
             cores

@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Quality bar: RFC 3550 jitter bound, ms.
     #[arg(long)]
     pub max_jitter_ms: Option<f64>,
+    /// Quality bar for our units: p99 of their own send lateness (from /metrics), ms.
+    #[arg(long)]
+    pub max_p99_send_lateness_ms: Option<f64>,
     /// Seconds per raw sendmmsg probe run (0 skips the probe).
     #[arg(long)]
     pub probe_secs: Option<f64>,
@@ -262,6 +265,7 @@ fn settings(mode: Mode, a: &RunArgs) -> Result<Settings> {
     let bar = Bar {
         max_p99_lateness_ms: a.max_p99_lateness_ms.unwrap_or(20.0),
         max_jitter_ms: a.max_jitter_ms.unwrap_or(5.0),
+        max_p99_send_lateness_ms: a.max_p99_send_lateness_ms.unwrap_or(2.0),
     };
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -6,6 +6,7 @@
 //! them, and name its processes for CPU accounting.
 
 use crate::loadgen::LoadGen;
+use crate::server_metrics::{self, Lateness};
 use anyhow::{bail, Context, Result};
 use divisor_tests::{Node, RtspConn, Topology};
 use std::ffi::OsString;
@@ -110,6 +111,10 @@ pub trait Server {
     fn units(&self) -> Vec<(String, Vec<u32>)>;
     /// The core(s) each unit is pinned to, for the report.
     fn pinning(&self) -> String;
+    /// The server's own send-lateness histogram now, when it exports one (ours do).
+    fn send_lateness(&self) -> Result<Option<Lateness>> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -131,6 +136,8 @@ pub struct RtspServer {
     addr: SocketAddr,
     units: Vec<(String, String)>,
     pinning: String,
+    /// Whether the server exports `/metrics` on [`server_metrics::HTTP_PORT`] (ours).
+    metrics: bool,
 }
 
 impl RtspServer {
@@ -193,6 +200,12 @@ impl Server for RtspServer {
     fn pinning(&self) -> String {
         self.pinning.clone()
     }
+    fn send_lateness(&self) -> Result<Option<Lateness>> {
+        if !self.metrics {
+            return Ok(None);
+        }
+        server_metrics::scrape(&self.topo).map(Some)
+    }
 }
 
 /// Extra arguments for our units (a config file, live channels, scheduler flags...).
@@ -209,6 +222,14 @@ pub struct UnitArgs {
 /// which showed up as receivers getting no packets at all (mono-1c, N = 4096).
 fn session_keepalive() -> [OsString; 2] {
     ["--session-timeout".into(), "3600".into()]
+}
+
+/// `/metrics` for [`Server::send_lateness`].
+fn http_listen() -> [OsString; 2] {
+    [
+        "--http-listen".into(),
+        format!("0.0.0.0:{}", server_metrics::HTTP_PORT).into(),
+    ]
 }
 
 /// Let the protocol namespace's client-facing veth hand UDP GSO super-packets to the client
@@ -281,6 +302,7 @@ pub fn start_ours(
                 rtsp_listen.into(),
             ];
             pro.extend(session_keepalive());
+            pro.extend(http_listen());
             pro.extend(args.protocol.iter().cloned());
             topo.spawn_in(Node::Protocol, "protocol", "taskset", pro)?;
             (
@@ -310,6 +332,7 @@ pub fn start_ours(
                 rtsp_listen.into(),
             ];
             a.extend(session_keepalive());
+            a.extend(http_listen());
             a.extend(args.encoder.iter().cloned());
             a.extend(args.protocol.iter().cloned());
             topo.spawn_in(Node::Protocol, "mono", "taskset", a)?;
@@ -332,6 +355,7 @@ pub fn start_ours(
         addr,
         units,
         pinning,
+        metrics: true,
     })
 }
 
@@ -451,6 +475,7 @@ pub fn start_gst(cores: Cores, file: &Path, shared: bool, tag: &str) -> Result<R
         addr,
         units: vec![("gst-rtsp-server".into(), ns)],
         pinning: format!("gst-rtsp-server on core {}", cores.protocol),
+        metrics: false,
     })
 }
 

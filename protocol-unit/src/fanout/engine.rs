@@ -7,12 +7,12 @@
 //! interleaved (TCP) client gets one queued buffer per frame, dropped and counted when its
 //! connection's bounded queue is full.
 //!
-//! Live feeds are paced: clients are spread over [`PACING_SLOTS`] slots and each slot's
-//! copies of a frame leave at their own deadline within [`PACING_WINDOW`], so sending to N
-//! clients is many short bursts rather than one long one, and lateness is measured against
-//! each slot's own deadline. Each paced send starts at a rotating client, so whatever the
-//! kernel refuses under overload falls on different clients every time, never always on
-//! the same ones.
+//! Live feeds are paced ([`super::pacing`]): clients are spread over [`PACING_SLOTS`]
+//! slots and each slot's copies of a frame leave at their own time within a window sized
+//! to the frame's bytes, so sending to N clients is many short bursts rather than one long
+//! one, and lateness is measured against each slot's own time. Each paced send starts at
+//! a rotating client, so whatever the kernel refuses under overload falls on different
+//! clients every time, never always on the same ones.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::live_feed::{LiveFeed, Tier};
+use super::pacing::Pacer;
+pub use super::pacing::PACING_SLOTS;
 use super::stats::{new_lateness_histogram, ClientStats, ServerStats, LATE_THRESHOLD_US};
 use super::udp::{Batch, Fate, UdpSender};
 use crate::packetize::{write_rtp_header, RTP_HEADER_LEN};
@@ -39,10 +41,20 @@ pub type FeedId = u64;
 /// Identifies a client (one RTSP session). Chosen by the caller (unique per engine).
 pub type ClientId = u64;
 
-/// How often housekeeping runs: sender reports of live clients, statistics.
-const TICK: Duration = Duration::from_millis(100);
-/// Sender report interval per client stream.
+/// How often housekeeping runs: sender reports of live clients, statistics. Short, so
+/// each pass has only a few reports to send: they leave between paced slots instead of
+/// holding thousands of clients' media back at once.
+const TICK: Duration = Duration::from_millis(10);
+/// Mean sender report interval per client stream; each interval is drawn from 0.5 to 1.5
+/// times it (RFC 3550, 6.3.1), so clients that joined together do not stay in step.
+/// In step, 4,096 clients' reports went out in one 20 ms pass every second, and the slots
+/// due meanwhile were sent up to 25 ms late.
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The time of a stream's next sender report after one sent at `now`.
+fn next_report_after(now: Instant) -> Instant {
+    now + SENDER_REPORT_INTERVAL.mul_f64(0.5 + rand::random::<f64>())
+}
 /// How often the statistics summary is logged (debug level).
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// GOP cache packets sent to a new client per step, and the time between steps: a burst
@@ -51,15 +63,6 @@ const CATCH_UP_CHUNK: u64 = 24;
 const CATCH_UP_INTERVAL: Duration = Duration::from_millis(3);
 /// Packets per VoD track kept for NACK (a power of two: indexed by sequence number).
 const VOD_HISTORY: usize = 1024;
-/// Pacing of live feeds: every client has one of `PACING_SLOTS` slots, and a frame's
-/// packets go to the clients of slot `s` at the frame's deadline plus `s` steps of
-/// `PACING_WINDOW / PACING_SLOTS`. A frame for N clients thus leaves as many small bursts
-/// spread over the window instead of one burst whose tail is late by its whole duration;
-/// each packet's lateness is measured against its own slot's deadline, and each client's
-/// sender reports map its RTP clock to its own slot, so its stream is simply shifted by a
-/// constant under the window.
-pub const PACING_SLOTS: usize = 20;
-pub const PACING_WINDOW: Duration = Duration::from_millis(20);
 /// Datagrams gathered before the fan-out hands them to the kernel, mid-frame: the batch
 /// stays in cache, and the first clients' packets do not wait for the last clients'.
 const FLUSH_DATAGRAMS: usize = 512;
@@ -67,11 +70,6 @@ const FLUSH_DATAGRAMS: usize = 512;
 const OVERLOAD_LATENESS: Duration = Duration::from_millis(20);
 /// Least time between two overload log lines.
 const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Offset of pacing slot `slot` from its frame's deadline.
-pub fn slot_offset(slot: usize) -> Duration {
-    PACING_WINDOW * (slot % PACING_SLOTS) as u32 / PACING_SLOTS as u32
-}
 
 /// Where one track of a client goes.
 #[derive(Clone, Debug)]
@@ -324,6 +322,7 @@ struct LiveState {
     /// clients; rebuilt (once, before the next send) after clients join or leave.
     by_slot: Vec<Vec<u32>>,
     by_slot_stale: bool,
+    pacer: Pacer,
 }
 
 impl LiveState {
@@ -491,6 +490,7 @@ impl Engine {
                             rotation: 0,
                             by_slot: Vec::new(),
                             by_slot_stale: true,
+                            pacer: Pacer::default(),
                         })),
                     );
                 }
@@ -925,10 +925,11 @@ impl Engine {
                     }
                     let base = first_deadline.unwrap_or(deadline);
                     l.rotation = l.rotation.wrapping_add(1);
-                    for slot in 0..PACING_SLOTS {
+                    let bytes = l.feed.packets(range.clone()).map(|p| p.payload.len()).sum();
+                    for (slot, due) in l.pacer.plan(base, bytes).into_iter().enumerate() {
                         l.jobs.push_back(SlotJob {
                             range: range.clone(),
-                            due: base + slot_offset(slot),
+                            due,
                             slot,
                             rotation: l.rotation,
                         });
@@ -1115,16 +1116,19 @@ impl Engine {
         for state in self.feeds.values_mut() {
             let FeedState::Live(l) = state else { continue };
             for c in l.clients.iter_mut().filter(|c| c.active) {
-                let tag = self.tags.len() as u32;
-                self.tags.push(c.stats.clone());
+                let mut tag = None;
                 for (i, ct) in c.tracks.iter_mut().enumerate() {
                     let Some(ct) = ct else { continue };
                     if ct.next_report > now || ct.packets == 0 {
                         continue;
                     }
-                    ct.next_report = now + SENDER_REPORT_INTERVAL;
+                    ct.next_report = next_report_after(now);
+                    let tag = *tag.get_or_insert_with(|| {
+                        self.tags.push(c.stats.clone());
+                        (self.tags.len() - 1) as u32
+                    });
                     // The client's stream runs its pacing slot behind the feed's timeline.
-                    let at = now.checked_sub(slot_offset(c.slot)).unwrap_or(now);
+                    let at = now.checked_sub(l.pacer.slot_offset(c.slot)).unwrap_or(now);
                     let Some(ts) = l.feed.rtp_time_at(i, at) else {
                         continue;
                     };
@@ -1436,6 +1440,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::pacing::{MAX_WINDOW, MIN_WINDOW};
     use crate::fanout::udp::SendPath;
     use divisor_link::{Codec, FrameFlags};
     use std::net::UdpSocket;
@@ -1649,7 +1654,7 @@ mod tests {
                 },
                 t0,
             );
-            e.run_due(t0 + Duration::from_millis(50 + 40 * n as u64) + PACING_WINDOW);
+            e.run_due(t0 + Duration::from_millis(50 + 40 * n as u64) + MAX_WINDOW);
         }
         assert_eq!(seqs(&udp).len(), 5, "the UDP client got everything");
         assert!(
@@ -1698,7 +1703,7 @@ mod tests {
                 },
                 t0,
             );
-            e.run_due(t0 + Duration::from_millis(50 + 40 * n) + PACING_WINDOW);
+            e.run_due(t0 + Duration::from_millis(50 + 40 * n) + MAX_WINDOW);
         }
         let got: Vec<usize> = rs.iter().map(|r| seqs(r).len()).collect();
         let total: usize = got.iter().sum();
@@ -1728,10 +1733,11 @@ mod tests {
         assert_eq!(first.iter().sum::<usize>(), 2, "{first:?}");
         assert_eq!(
             e.next_deadline(),
-            t0 + Duration::from_millis(50) + slot_offset(1)
+            t0 + Duration::from_millis(50) + MIN_WINDOW / PACING_SLOTS as u32,
+            "a new feed's first frame has the smallest window"
         );
         // The end of the window: everyone, once.
-        e.run_due(t0 + Duration::from_millis(50) + PACING_WINDOW);
+        e.run_due(t0 + Duration::from_millis(50) + MAX_WINDOW);
         let rest: Vec<usize> = rs.iter().map(|r| seqs(r).len()).collect();
         assert_eq!(rest.iter().sum::<usize>(), clients as usize - 2, "{rest:?}");
         for (a, b) in first.iter().zip(&rest) {

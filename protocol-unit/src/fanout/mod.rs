@@ -13,6 +13,7 @@
 pub mod engine;
 pub mod feedback;
 pub mod live_feed;
+pub mod pacing;
 pub mod service;
 pub mod sink;
 pub mod stats;
