@@ -299,6 +299,8 @@ struct LiveClient {
 #[derive(Clone, Debug)]
 struct SlotJob {
     range: std::ops::Range<u64>,
+    /// Payload bytes of `range` (for the pacer's cost estimate).
+    bytes: usize,
     due: Instant,
     slot: usize,
     /// Where among the slot's clients this send starts (one step further every frame).
@@ -929,6 +931,7 @@ impl Engine {
                     for (slot, due) in l.pacer.plan(base, bytes).into_iter().enumerate() {
                         l.jobs.push_back(SlotJob {
                             range: range.clone(),
+                            bytes,
                             due,
                             slot,
                             rotation: l.rotation,
@@ -959,6 +962,7 @@ impl Engine {
                     if now.saturating_duration_since(job.due) > OVERLOAD_LATENESS {
                         self.overloaded += 1;
                     }
+                    let started = Instant::now();
                     fan_out(
                         &l.feed,
                         &mut l.clients,
@@ -970,6 +974,7 @@ impl Engine {
                     );
                     // Each slot leaves at its own time.
                     out.flush();
+                    l.pacer.record_send(job.bytes, started.elapsed());
                     sent = true;
                 }
                 if sent {
