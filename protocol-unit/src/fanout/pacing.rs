@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 /// Slots per feed.
 pub const PACING_SLOTS: usize = 20;
-/// Smallest window (tiny ranges: audio, or a feed just started).
+/// Smallest window (a feed just started, before it has a byte rate to average).
 pub const MIN_WINDOW: Duration = Duration::from_millis(10);
 /// Largest window (a huge keyframe on a quiet feed).
 pub const MAX_WINDOW: Duration = Duration::from_millis(160);
