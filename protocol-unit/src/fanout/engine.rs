@@ -8,13 +8,14 @@
 //! connection's bounded queue is full.
 //!
 //! Live feeds are paced ([`super::pacing`]): clients are spread over [`PACING_SLOTS`]
-//! slots and each slot's copies of a frame leave at their own time within a window sized
-//! to the frame's bytes, so sending to N clients is many short bursts rather than one long
-//! one, and lateness is measured against each slot's own time. Each paced send starts at
-//! a rotating client, so whatever the kernel refuses under overload falls on different
-//! clients every time, never always on the same ones.
+//! slots and each slot's copies of a frame leave at the slot's fixed offset from the
+//! frame's deadline (offsets spread over a span that grows with the keyframe's cost), so
+//! sending to N clients is many short bursts rather than one long one, and lateness is
+//! measured against each slot's own time. Each paced send starts at a rotating client, so
+//! whatever the kernel refuses under overload falls on different clients every time,
+//! never always on the same ones.
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::live_feed::{LiveFeed, Tier};
-use super::pacing::Pacer;
 pub use super::pacing::PACING_SLOTS;
+use super::pacing::{slot_for, Pacer};
 use super::stats::{new_lateness_histogram, ClientStats, ServerStats, LATE_THRESHOLD_US};
 use super::udp::{Batch, Fate, UdpSender};
 use crate::packetize::{write_rtp_header, RTP_HEADER_LEN};
@@ -298,13 +299,38 @@ struct LiveClient {
 /// The packets `range` still to be sent to the clients of pacing slot `slot` at `due`.
 #[derive(Clone, Debug)]
 struct SlotJob {
+    due: Instant,
+    /// Order of creation: jobs due at the same time go in the order their frames came.
+    seq: u64,
     range: std::ops::Range<u64>,
     /// Payload bytes of `range` (for the pacer's cost estimate).
     bytes: usize,
-    due: Instant,
     slot: usize,
     /// Where among the slot's clients this send starts (one step further every frame).
     rotation: usize,
+}
+
+impl SlotJob {
+    fn key(&self) -> (Instant, u64) {
+        (self.due, self.seq)
+    }
+}
+
+impl PartialEq for SlotJob {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for SlotJob {}
+impl PartialOrd for SlotJob {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SlotJob {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 struct LiveState {
@@ -312,11 +338,14 @@ struct LiveState {
     feed: LiveFeed,
     clients: Vec<LiveClient>,
     scheduled: Option<Instant>,
-    /// Paced sends waiting for their slot, in the order the frames came (per slot that is
-    /// deadline order, so each client gets its packets in order).
-    jobs: VecDeque<SlotJob>,
-    /// Slot of the next client to join (round robin).
-    next_slot: usize,
+    /// Paced sends waiting for their slot, earliest first (a slot's times never go back,
+    /// and ties keep the frames' order, so each client gets its packets in order). With a
+    /// long spread, several frames' jobs are waiting at once.
+    jobs: BinaryHeap<std::cmp::Reverse<SlotJob>>,
+    /// Jobs made so far (their tie-break order).
+    job_seq: u64,
+    /// Clients joined so far: the next one's slot is [`slot_for`] of it.
+    joined: usize,
     /// Frames sent so far: rotates where each paced send starts among its slot's clients,
     /// so that when the socket buffer overflows the drops fall on different clients.
     rotation: usize,
@@ -487,8 +516,9 @@ impl Engine {
                             feed: f,
                             clients: Vec::new(),
                             scheduled: None,
-                            jobs: VecDeque::new(),
-                            next_slot: 0,
+                            jobs: BinaryHeap::new(),
+                            job_seq: 0,
+                            joined: 0,
                             rotation: 0,
                             by_slot: Vec::new(),
                             by_slot_stale: true,
@@ -598,8 +628,8 @@ impl Engine {
         let idx = match existing {
             Some(k) => k,
             None => {
-                let slot = l.next_slot;
-                l.next_slot = (l.next_slot + 1) % PACING_SLOTS;
+                let slot = slot_for(l.joined);
+                l.joined = l.joined.wrapping_add(1);
                 l.by_slot_stale = true;
                 l.clients.push(LiveClient {
                     id: client,
@@ -928,14 +958,25 @@ impl Engine {
                     let base = first_deadline.unwrap_or(deadline);
                     l.rotation = l.rotation.wrapping_add(1);
                     let bytes = l.feed.packets(range.clone()).map(|p| p.payload.len()).sum();
-                    for (slot, due) in l.pacer.plan(base, bytes).into_iter().enumerate() {
-                        l.jobs.push_back(SlotJob {
+                    l.index_slots();
+                    l.pacer.set_clients(l.clients.len());
+                    l.pacer.plan(base, bytes);
+                    // Only slots with clients get a job (a late joiner of an empty slot
+                    // gets this range in its GOP catch-up).
+                    for slot in 0..PACING_SLOTS {
+                        if l.by_slot[slot].is_empty() {
+                            continue;
+                        }
+                        let due = l.pacer.slot_time(slot, base);
+                        l.job_seq += 1;
+                        l.jobs.push(std::cmp::Reverse(SlotJob {
+                            due,
+                            seq: l.job_seq,
                             range: range.clone(),
                             bytes,
-                            due,
                             slot,
                             rotation: l.rotation,
-                        });
+                        }));
                     }
                 }
                 // Every slot whose time has come, oldest frame first.
@@ -950,31 +991,28 @@ impl Engine {
                 };
                 let mut sent = false;
                 l.index_slots();
-                let mut k = 0;
-                while k < l.jobs.len() {
-                    if l.jobs[k].due > now {
-                        k += 1;
-                        continue;
-                    }
-                    let Some(job) = l.jobs.remove(k) else {
+                while l.jobs.peek().is_some_and(|j| j.0.due <= now) {
+                    let Some(std::cmp::Reverse(job)) = l.jobs.pop() else {
                         break;
                     };
                     if now.saturating_duration_since(job.due) > OVERLOAD_LATENESS {
                         self.overloaded += 1;
                     }
                     let started = Instant::now();
+                    let members = &l.by_slot[job.slot % PACING_SLOTS];
                     fan_out(
                         &l.feed,
                         &mut l.clients,
                         job.range,
-                        Some(&l.by_slot[job.slot % PACING_SLOTS]),
+                        Some(members),
                         job.rotation,
                         job.due,
                         &mut out,
                     );
                     // Each slot leaves at its own time.
                     out.flush();
-                    l.pacer.record_send(job.bytes, started.elapsed());
+                    l.pacer
+                        .record_send(job.bytes, members.len(), started.elapsed());
                     sent = true;
                 }
                 if sent {
@@ -1070,7 +1108,7 @@ impl Engine {
             return None;
         };
         let frame = l.feed.next_deadline();
-        let slot = l.jobs.iter().map(|j| j.due).min();
+        let slot = l.jobs.peek().map(|j| j.0.due);
         let next = match (frame, slot) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1445,7 +1483,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::pacing::{MAX_WINDOW, MIN_WINDOW};
+    use crate::fanout::pacing::{slot_for, MAX_SPREAD, MIN_SPREAD};
     use crate::fanout::udp::SendPath;
     use divisor_link::{Codec, FrameFlags};
     use std::net::UdpSocket;
@@ -1659,7 +1697,7 @@ mod tests {
                 },
                 t0,
             );
-            e.run_due(t0 + Duration::from_millis(50 + 40 * n as u64) + MAX_WINDOW);
+            e.run_due(t0 + Duration::from_millis(50 + 40 * n as u64) + MAX_SPREAD);
         }
         assert_eq!(seqs(&udp).len(), 5, "the UDP client got everything");
         assert!(
@@ -1708,7 +1746,7 @@ mod tests {
                 },
                 t0,
             );
-            e.run_due(t0 + Duration::from_millis(50 + 40 * n) + MAX_WINDOW);
+            e.run_due(t0 + Duration::from_millis(50 + 40 * n) + MAX_SPREAD);
         }
         let got: Vec<usize> = rs.iter().map(|r| seqs(r).len()).collect();
         let total: usize = got.iter().sum();
@@ -1721,7 +1759,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_is_paced_over_the_window_one_slot_at_a_time() {
+    fn a_frame_is_paced_over_the_spread_one_slot_at_a_time() {
         let t0 = Instant::now();
         let clients = 2 * PACING_SLOTS as u64;
         let (mut e, rs) = live_engine_with_clients(clients, t0);
@@ -1732,21 +1770,30 @@ mod tests {
             },
             t0,
         );
-        // The frame's deadline: only the first slot's clients.
+        // The frame's deadline: only the first slot's clients (the 1st and the
+        // PACING_SLOTS+1-th to join).
         e.run_due(t0 + Duration::from_millis(50));
         let first: Vec<usize> = rs.iter().map(|r| seqs(r).len()).collect();
         assert_eq!(first.iter().sum::<usize>(), 2, "{first:?}");
+        assert_eq!(first[0], 1);
+        assert_eq!(first[PACING_SLOTS], 1);
         assert_eq!(
             e.next_deadline(),
-            t0 + Duration::from_millis(50) + MIN_WINDOW / PACING_SLOTS as u32,
-            "a new feed's first frame has the smallest window"
+            t0 + Duration::from_millis(50) + MIN_SPREAD / PACING_SLOTS as u32,
+            "a new feed's first frame has the smallest spread"
         );
-        // The end of the window: everyone, once.
-        e.run_due(t0 + Duration::from_millis(50) + MAX_WINDOW);
+        // The next slot in time is slot 1: the client that joined it.
+        let second = (0..PACING_SLOTS).position(|n| slot_for(n) == 1).unwrap();
+        e.run_due(e.next_deadline());
+        assert_eq!(seqs(&rs[second]).len(), 1);
+        assert_eq!(seqs(&rs[second + PACING_SLOTS]).len(), 1);
+        // The end of the spread: everyone, once.
+        e.run_due(t0 + Duration::from_millis(50) + MAX_SPREAD);
         let rest: Vec<usize> = rs.iter().map(|r| seqs(r).len()).collect();
-        assert_eq!(rest.iter().sum::<usize>(), clients as usize - 2, "{rest:?}");
-        for (a, b) in first.iter().zip(&rest) {
-            assert_eq!(a + b, 1);
+        assert_eq!(rest.iter().sum::<usize>(), clients as usize - 4, "{rest:?}");
+        for (k, (a, b)) in first.iter().zip(&rest).enumerate() {
+            let c = usize::from(k % PACING_SLOTS == second);
+            assert_eq!(a + b + c, 1, "client {k}");
         }
     }
 }
