@@ -303,8 +303,6 @@ struct SlotJob {
     /// Order of creation: jobs due at the same time go in the order their frames came.
     seq: u64,
     range: std::ops::Range<u64>,
-    /// Payload bytes of `range` (for the pacer's cost estimate).
-    bytes: usize,
     slot: usize,
     /// Where among the slot's clients this send starts (one step further every frame).
     rotation: usize,
@@ -354,6 +352,12 @@ struct LiveState {
     by_slot: Vec<Vec<u32>>,
     by_slot_stale: bool,
     pacer: Pacer,
+    /// Some client may still be catching up (its GOP burst not done): only then is the
+    /// client list walked for it. A feed runs once per busy pacing slot, hundreds of times
+    /// a second, so walking thousands of clients each time would cost more than sending.
+    catching_up: bool,
+    /// Some client was found gone and is still to be removed.
+    gone_pending: bool,
 }
 
 impl LiveState {
@@ -523,6 +527,8 @@ impl Engine {
                             by_slot: Vec::new(),
                             by_slot_stale: true,
                             pacer: Pacer::default(),
+                            catching_up: false,
+                            gone_pending: false,
                         })),
                     );
                 }
@@ -720,6 +726,7 @@ impl Engine {
                 }
                 l.clients[k].active = true;
                 l.clients[k].catch_up = Some(l.clients[k].start_pos);
+                l.catching_up = true;
                 if l.clients.iter().all(|c| c.active) {
                     l.feed.unpin();
                 }
@@ -957,10 +964,19 @@ impl Engine {
                     }
                     let base = first_deadline.unwrap_or(deadline);
                     l.rotation = l.rotation.wrapping_add(1);
-                    let bytes = l.feed.packets(range.clone()).map(|p| p.payload.len()).sum();
                     l.index_slots();
                     l.pacer.set_clients(l.clients.len());
-                    l.pacer.plan(base, bytes);
+                    let before = l.pacer.spread();
+                    l.pacer.plan();
+                    let after = l.pacer.spread();
+                    if after > before.mul_f64(1.2) || after < before.mul_f64(0.8) {
+                        debug!(
+                            feed,
+                            spread_ms = after.as_secs_f64() * 1e3,
+                            clients = l.clients.len(),
+                            "pacing spread changed"
+                        );
+                    }
                     // Only slots with clients get a job (a late joiner of an empty slot
                     // gets this range in its GOP catch-up).
                     for slot in 0..PACING_SLOTS {
@@ -973,7 +989,6 @@ impl Engine {
                             due,
                             seq: l.job_seq,
                             range: range.clone(),
-                            bytes,
                             slot,
                             rotation: l.rotation,
                         }));
@@ -998,9 +1013,8 @@ impl Engine {
                     if now.saturating_duration_since(job.due) > OVERLOAD_LATENESS {
                         self.overloaded += 1;
                     }
-                    let started = Instant::now();
                     let members = &l.by_slot[job.slot % PACING_SLOTS];
-                    fan_out(
+                    l.gone_pending |= fan_out(
                         &l.feed,
                         &mut l.clients,
                         job.range,
@@ -1011,11 +1025,10 @@ impl Engine {
                     );
                     // Each slot leaves at its own time.
                     out.flush();
-                    l.pacer
-                        .record_send(job.bytes, members.len(), started.elapsed());
                     sent = true;
                 }
-                if sent {
+                if sent && l.gone_pending {
+                    l.gone_pending = false;
                     let gone: Vec<ClientId> =
                         l.clients.iter().filter(|c| c.gone).map(|c| c.id).collect();
                     if !gone.is_empty() {
@@ -1061,6 +1074,9 @@ impl Engine {
             return false;
         };
         let l = &mut **l;
+        if !l.catching_up {
+            return false;
+        }
         let end = l.feed.end();
         let mut more = false;
         let mut sent = false;
@@ -1080,7 +1096,7 @@ impl Engine {
             let to = (pos + CATCH_UP_CHUNK).min(end);
             // Sent as if due now: the burst is not deadline traffic.
             l.clients[k].catch_up = None;
-            fan_out(
+            l.gone_pending |= fan_out(
                 &l.feed,
                 std::slice::from_mut(&mut l.clients[k]),
                 pos..to,
@@ -1095,6 +1111,7 @@ impl Engine {
                 more = true;
             }
         }
+        l.catching_up = more;
         if sent {
             self.flush_untimed();
         }
@@ -1113,7 +1130,7 @@ impl Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if l.clients.iter().any(|c| c.catch_up.is_some()) {
+        if l.catching_up {
             let soon = now + CATCH_UP_INTERVAL;
             Some(next.map_or(soon, |n| n.min(soon)))
         } else {
@@ -1309,7 +1326,7 @@ fn send_batch(
 /// Write the packets `range` of `feed` to the active clients in `clients` (only those at
 /// the indices `only`, when given: one pacing slot), starting at the `rotation`-th of them
 /// (modulo their number) so no client is always last. Each client gets only what its
-/// cursor has not passed yet.
+/// cursor has not passed yet. Returns whether it found a client gone.
 #[allow(clippy::too_many_arguments)]
 fn fan_out(
     feed: &LiveFeed,
@@ -1319,7 +1336,8 @@ fn fan_out(
     rotation: usize,
     deadline: Instant,
     out: &mut Out<'_>,
-) {
+) -> bool {
+    let mut found_gone = false;
     let mut h = [0u8; RTP_HEADER_LEN];
     let n = only.map_or(clients.len(), <[u32]>::len);
     for j in 0..n {
@@ -1383,10 +1401,12 @@ fn fan_out(
         for ct in c.tracks.iter().flatten() {
             if !flush_tcp(&ct.dest, out.tcp_buf, &c.stats, out.stats) {
                 c.gone = true;
+                found_gone = true;
             }
         }
         out.flush_if_full();
     }
+    found_gone
 }
 
 /// Queue one packet for `dest`: into `batch` for UDP, into `tcp_buf` for interleaved
@@ -1479,6 +1499,7 @@ fn flush_tcp(
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
 
 #[cfg(test)]
 mod tests {
