@@ -19,7 +19,8 @@
 //! so after a switch each track's next packet is re-based to follow the last one sent.
 //! The new feed starts with its cached GOP, a burst of frames up to a GOP old; a receiver
 //! plays by timestamps, so sent as they are they would add their age to the viewer's
-//! latency at every switch. So until the feed reaches the live edge, frames running ahead
+//! latency at every switch (and at the start: a first join gets the same burst). So until
+//! the feed reaches the live edge, frames running ahead
 //! of the wall clock are pulled back to it: video frames (which depend on each other) get
 //! timestamps squeezed together (the receiver decodes them and shows the newest), audio
 //! packets (each stands alone) are dropped.
@@ -229,7 +230,8 @@ impl Continuity {
                     seq_off: 0,
                     ts_off: 0,
                     last: None,
-                    rebase: false,
+                    // The first feed starts with its GOP burst too: catch up on it.
+                    rebase: true,
                 })
                 .collect(),
         }
@@ -263,6 +265,9 @@ impl Continuity {
                 t.seq_off = last_seq.wrapping_add(1).wrapping_sub(seq);
                 t.ts_off = want_ts.wrapping_sub(ts);
                 t.anchor = Some((want_ts, now, now));
+            } else {
+                // The viewer's first packet: its own numbering, anchored at the wall clock.
+                t.anchor = Some((ts, now, now));
             }
         } else if let Some((anchor_ts, anchor_at, pulled_at)) = t.anchor.filter(|_| new_frame) {
             // Catching up: where the wall clock says this frame should be.
@@ -552,6 +557,36 @@ mod tests {
         assert_eq!(a1, (12, 8640 + 220 * 48 + 2 * 960));
         let a2 = c.map(1, 2051, 70_000 + 51 * 960, t1 + s(40)).unwrap();
         assert_eq!(a2, (13, a1.1 + 960));
+    }
+
+    #[test]
+    fn a_first_join_burst_is_pulled_back_to_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut c = Continuity::new(&[(90_000, CatchUp::Squeeze), (48_000, CatchUp::Drop)]);
+        // The GOP cache (25 frames, 1 s, and 50 audio packets) arrives at once.
+        let video: Vec<(u16, u32)> = (0..25u32)
+            .map(|k| c.map(0, 300 + k as u16, 10_000 + k * 3600, t0).unwrap())
+            .collect();
+        let audio: Vec<Option<(u16, u32)>> = (0..50u32)
+            .map(|k| c.map(1, 40 + k as u16, 5000 + k * 960, t0))
+            .collect();
+        // Video keeps its own numbering and first timestamp; the rest of the burst is
+        // squeezed just after it instead of running up to 1 s ahead of the wall clock.
+        assert_eq!(video[0], (300, 10_000));
+        assert_eq!(video[24].0, 324);
+        assert!(video[24].1 > 10_000 && video[24].1 - 10_000 < 100, "{video:?}");
+        // Audio: the packets within the tolerance, the rest of the burst dropped.
+        assert_eq!(audio[0], Some((40, 5000)));
+        assert_eq!(audio[1], Some((41, 5960)));
+        assert!(audio[2..].iter().all(|a| a.is_none()), "{audio:?}");
+        // Then live frames follow at their own spacing.
+        let v = c.map(0, 325, 10_000 + 25 * 3600, t0 + s(40)).unwrap();
+        assert_eq!(v.0, 325);
+        assert!(v.1 > video[24].1);
+        assert_eq!(
+            c.map(0, 326, 10_000 + 26 * 3600, t0 + s(80)).unwrap(),
+            (326, v.1 + 3600)
+        );
     }
 
     #[test]
