@@ -574,7 +574,10 @@ mod tests {
         // squeezed just after it instead of running up to 1 s ahead of the wall clock.
         assert_eq!(video[0], (300, 10_000));
         assert_eq!(video[24].0, 324);
-        assert!(video[24].1 > 10_000 && video[24].1 - 10_000 < 100, "{video:?}");
+        assert!(
+            video[24].1 > 10_000 && video[24].1 - 10_000 < 100,
+            "{video:?}"
+        );
         // Audio: the packets within the tolerance, the rest of the burst dropped.
         assert_eq!(audio[0], Some((40, 5000)));
         assert_eq!(audio[1], Some((41, 5960)));
