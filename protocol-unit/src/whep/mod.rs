@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::UDPNetwork;
@@ -257,11 +257,8 @@ impl Whep {
                 settings.set_nat_1to1_ips(vec![p.to_string()], RTCIceCandidateType::Host);
             }
             let addr = SocketAddr::new(local, config.udp_port);
-            let socket = std::net::UdpSocket::bind(addr)
-                .and_then(|s| {
-                    s.set_nonblocking(true)?;
-                    tokio::net::UdpSocket::from_std(s)
-                })
+            let socket = bind_mux_socket(addr)
+                .and_then(tokio::net::UdpSocket::from_std)
                 .map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
@@ -382,6 +379,53 @@ fn mux_address(public_ips: &[String]) -> (IpAddr, Option<IpAddr>) {
     let fallback = IpAddr::from([127, 0, 0, 1]);
     let local = local_towards(IpAddr::from([192, 0, 2, 1])).unwrap_or(fallback);
     (local, public)
+}
+
+/// Receive buffer asked for the shared WebRTC UDP port.
+const MUX_RECV_BUFFER: usize = 8 << 20;
+
+/// Binds the shared WebRTC UDP port with a large receive buffer. Every viewer's ICE,
+/// DTLS and RTCP arrive on this one socket, read by one task: under a burst of joins the
+/// default buffer (~208 KiB) overflows, and a lost DTLS handshake message costs a
+/// retransmission second or, when it is the peer's last one (webrtc-rs does not resend
+/// it), the whole session. As root the buffer is forced past `net.core.rmem_max`;
+/// otherwise the kernel caps it there and that is logged.
+fn bind_mux_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if !force_recv_buffer(&socket, MUX_RECV_BUFFER) {
+        let _ = socket.set_recv_buffer_size(MUX_RECV_BUFFER);
+    }
+    // Linux reports twice the size asked (its bookkeeping overhead).
+    let got = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if got < MUX_RECV_BUFFER {
+        warn!(
+            asked = MUX_RECV_BUFFER,
+            got,
+            "WebRTC UDP port: receive buffer capped by net.core.rmem_max; join bursts may \
+             lose handshake packets (raise the sysctl or run with CAP_NET_ADMIN)"
+        );
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// `SO_RCVBUFFORCE` (needs CAP_NET_ADMIN); whether it took.
+fn force_recv_buffer(socket: &socket2::Socket, bytes: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 #[cfg(test)]
