@@ -9,7 +9,7 @@
 //!
 //! Live feeds are paced ([`super::pacing`]): clients are spread over [`PACING_SLOTS`]
 //! slots and each slot's copies of a frame leave at the slot's fixed offset from the
-//! frame's deadline (offsets spread over a span that grows with the keyframe's cost), so
+//! frame's deadline (offsets spread over a span that grows with the feed's clients), so
 //! sending to N clients is many short bursts rather than one long one, and lateness is
 //! measured against each slot's own time. Each paced send starts at a rotating client, so
 //! whatever the kernel refuses under overload falls on different clients every time,
