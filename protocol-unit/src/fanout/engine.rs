@@ -68,10 +68,12 @@ const VOD_HISTORY: usize = 1024;
 /// stays in cache, and the first clients' packets do not wait for the last clients'.
 const FLUSH_DATAGRAMS: usize = 512;
 /// Paced slots due within this of the one that woke the sender go with it (early by at
-/// most this): with 128 slots over a 20 ms spread they are 156 us apart, and a wake-up
+/// most this). With 128 slots over a 20 ms spread they are 156 us apart, and a wake-up
 /// (timer, context switch, `clock_nanosleep`) costs more than sending a slot of a few
-/// clients. About halves the wake-ups of a small feed; the offsets stay constant.
-const SLOT_COALESCE: Duration = Duration::from_micros(250);
+/// clients: it brings a small feed back to about the 20 wake-ups a frame of the old 20
+/// slots 1 ms apart. With many clients the spread is wide and its slots are about this
+/// far apart anyway, so each still leaves at its own time.
+const SLOT_COALESCE: Duration = Duration::from_millis(1);
 /// A slot sent this much after its deadline means the sender cannot keep up.
 const OVERLOAD_LATENESS: Duration = Duration::from_millis(20);
 /// Least time between two overload log lines.
@@ -1800,33 +1802,31 @@ mod tests {
             t0,
         );
         // Client k is in slot slot_for(k); slots are MIN_SPREAD / PACING_SLOTS apart
-        // (156 us) on a new feed, so a wake-up takes its slot and the next one
-        // (SLOT_COALESCE, 250 us), no more.
+        // (156 us) on a new feed, and a wake-up takes every slot due within
+        // SLOT_COALESCE of it.
         let spacing = MIN_SPREAD / PACING_SLOTS as u32;
-        assert!(spacing < SLOT_COALESCE && 2 * spacing > SLOT_COALESCE);
+        let per_wake = (SLOT_COALESCE.as_nanos() / spacing.as_nanos()) as usize + 1;
+        assert!(per_wake > 1 && 2 * per_wake < PACING_SLOTS);
         let got = |rs: &[UdpSocket]| -> Vec<usize> { rs.iter().map(|r| seqs(r).len()).collect() };
-        let in_slots = |slots: &[usize]| -> Vec<usize> {
+        let in_slots = |slots: std::ops::Range<usize>| -> Vec<usize> {
             (0..clients as usize)
                 .map(|k| usize::from(slots.contains(&slot_for(k))))
                 .collect()
         };
-        // The frame's deadline: slots 0 and 1.
+        // The frame's deadline: the first slots, up to SLOT_COALESCE later.
         let base = t0 + Duration::from_millis(50);
         e.run_due(base);
-        assert_eq!(got(&rs), in_slots(&[0, 1]));
+        assert_eq!(got(&rs), in_slots(0..per_wake));
         assert_eq!(
             e.next_deadline(),
-            base + 2 * spacing,
+            base + spacing * per_wake as u32,
             "a new feed's first frame has the smallest spread"
         );
-        // The next wake-up: slots 2 and 3.
+        // The next wake-up: the next group of slots.
         e.run_due(e.next_deadline());
-        assert_eq!(got(&rs), in_slots(&[2, 3]));
+        assert_eq!(got(&rs), in_slots(per_wake..2 * per_wake));
         // The end of the spread: everyone else, once.
         e.run_due(base + MAX_SPREAD);
-        let rest: Vec<usize> = (0..clients as usize)
-            .map(|k| usize::from(slot_for(k) >= 4))
-            .collect();
-        assert_eq!(got(&rs), rest);
+        assert_eq!(got(&rs), in_slots(2 * per_wake..PACING_SLOTS));
     }
 }
