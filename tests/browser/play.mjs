@@ -10,7 +10,7 @@
 //   { ok, url, connectionState, iceConnectionState, video: { mimeType, framesDecodedFirst,
 //     framesDecodedLast, framesDecodedSeries, packetsReceived, packetsLost, frameWidth,
 //     frameHeight }, audio: { mimeType, packetsReceived, packetsLost }, firstFrameMs,
-//     postToFirstFrameMs, loadToPostMs, stateText, latencyText, receiverVideoCodecs,
+//     postToFirstFrameMs, loadToPostMs, stateText, latencyText, srtpCipher, receiverVideoCodecs,
 //     console, pageErrors, error }
 //
 // Timing: an init script (runs before the page's own scripts) records when the page POSTs
@@ -130,6 +130,7 @@ async function snapshot() {
     audio: null,
     stateText: null,
     latencyText: null,
+    srtpCipher: null,
     times: window.__divisorTimes || null,
   };
   const text = (sel) => {
@@ -143,6 +144,7 @@ async function snapshot() {
   const codecs = new Map();
   stats.forEach((r) => {
     if (r.type === "codec") codecs.set(r.id, r.mimeType);
+    if (r.type === "transport" && r.srtpCipher) out.srtpCipher = r.srtpCipher;
   });
   stats.forEach((r) => {
     if (r.type !== "inbound-rtp") return;
@@ -184,6 +186,7 @@ const result = {
   loadToPostMs: null,
   stateText: null,
   latencyText: null,
+  srtpCipher: null,
   receiverVideoCodecs: null,
   console: [],
   pageErrors: [],
@@ -242,6 +245,7 @@ try {
   result.iceConnectionState = last.iceConnectionState;
   result.stateText = last.stateText;
   result.latencyText = last.latencyText;
+  result.srtpCipher = last.srtpCipher;
   result.audio = last.audio;
   if (last.video) {
     const { framesDecoded, ...rest } = last.video;

@@ -52,6 +52,12 @@ impl Playback {
         self.text(&["audio", "mimeType"])
     }
 
+    /// The SRTP protection profile of the transport, as Chromium names it (e.g.
+    /// `SRTP_AES128_CM_HMAC_SHA1_80`).
+    pub fn srtp_cipher(&self) -> Option<&str> {
+        self.text(&["srtpCipher"])
+    }
+
     /// `framesDecoded` at the first poll.
     pub fn frames_first(&self) -> u64 {
         self.num(&["video", "framesDecodedFirst"]).unwrap_or(0.0) as u64

@@ -179,6 +179,13 @@ fn check_playback(c: &mut Checks, what: &str, p: &Playback, codec: &str) {
             )
         },
     );
+    // The server offers only AES-CM + HMAC-SHA1-80 (webrtc-srtp's AES-GCM path costs far
+    // more CPU per packet); a browser that ends up on another profile means that choice
+    // was lost.
+    c.check(
+        p.srtp_cipher() == Some("SRTP_AES128_CM_HMAC_SHA1_80"),
+        || format!("{what}: SRTP profile {:?}", p.srtp_cipher()),
+    );
     c.check(p.page_errors().is_empty(), || {
         format!("{what}: page errors {:?}", p.page_errors())
     });
