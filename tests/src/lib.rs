@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod clients;
 pub mod cmd;
+pub mod control;
 pub mod deploy;
 pub mod media;
 pub mod netns;

@@ -12,10 +12,11 @@
 //!   `/status`), while a Chromium viewer keeps playing throughout.
 
 use divisor_tests::browser::{self, Playback};
+use divisor_tests::control::{http, metric, status, wait_live};
 use divisor_tests::deploy::Options;
 use divisor_tests::media;
 use divisor_tests::paths::bin;
-use divisor_tests::{Checks, Deployment, Kind, LinkTransport, Node, RtspConn};
+use divisor_tests::{Checks, Deployment, Kind, LinkTransport, Node};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,57 +29,6 @@ const HTTP_PORT: u16 = 8080;
 /// timeout; the rest is slack for a loaded CI machine).
 const VANISH_BOUND: Duration = Duration::from_secs(60);
 
-/// `curl` from the client namespace: (status, body).
-fn http(
-    d: &Deployment,
-    method: &str,
-    url: &str,
-    content_type: Option<&str>,
-    body: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    let mut args: Vec<String> = vec![
-        "-sS".into(),
-        "--max-time".into(),
-        "10".into(),
-        "-X".into(),
-        method.into(),
-        "-w".into(),
-        "\n%{http_code}".into(),
-    ];
-    if let Some(ct) = content_type {
-        args.extend(["-H".into(), format!("Content-Type: {ct}")]);
-    }
-    if let Some(b) = body {
-        args.extend(["--data-binary".into(), b.into()]);
-    }
-    args.push(url.into());
-    let out = d
-        .run_in(Node::Client, "curl", &args, Duration::from_secs(15))?
-        .check()?;
-    let (body, code) = out
-        .stdout
-        .rsplit_once('\n')
-        .ok_or_else(|| anyhow::anyhow!("no status from curl: {}", out.stdout))?;
-    Ok((code.trim().parse()?, body.to_string()))
-}
-
-/// `/status` as JSON.
-fn status(d: &Deployment, base: &str) -> anyhow::Result<Value> {
-    let (code, body) = http(d, "GET", &format!("{base}/status"), None, None)?;
-    anyhow::ensure!(code == 200, "/status -> {code}: {body}");
-    Ok(serde_json::from_str(&body)?)
-}
-
-/// One unlabelled sample of `/metrics` (`divisor_webrtc_remb_total`).
-fn metric(d: &Deployment, base: &str, name: &str) -> anyhow::Result<f64> {
-    let (code, body) = http(d, "GET", &format!("{base}/metrics"), None, None)?;
-    anyhow::ensure!(code == 200, "/metrics -> {code}: {body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
-}
-
 /// Ids of the WebRTC sessions `/status` lists.
 fn webrtc_ids(d: &Deployment, base: &str) -> anyhow::Result<HashSet<String>> {
     let v = status(d, base)?;
@@ -90,31 +40,6 @@ fn webrtc_ids(d: &Deployment, base: &str) -> anyhow::Result<HashSet<String>> {
                 .collect()
         })
         .unwrap_or_default())
-}
-
-/// Waits until both renditions of channel `cam` answer an RTSP DESCRIBE with 200 (the
-/// protocol unit knows a live channel once the encoder announced it).
-fn wait_live(d: &Deployment, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    for rendition in ["web", "av1"] {
-        let url = format!("rtsp://{}/live/cam/{rendition}", d.rtsp_addr);
-        loop {
-            d.check_alive()?;
-            let last = match RtspConn::connect(d, Node::Client, d.rtsp_addr)
-                .and_then(|mut c| c.request("DESCRIBE", &url, &[("Accept", "application/sdp")]))
-            {
-                Ok(r) if r.status == 200 => break,
-                Ok(r) => format!("{} {}", r.status, r.reason),
-                Err(e) => format!("{e:#}"),
-            };
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{url} not live after {timeout:?}: {last}"
-            );
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-    Ok(())
 }
 
 /// `divisor-bench webrtc ARGS --json` from the client namespace: its JSON report.
@@ -214,7 +139,7 @@ fn whep_browsers_many_viewers_and_bad_input() {
     let base = format!("http://{http_addr}");
     d.wait_tcp(Node::Client, http_addr, Duration::from_secs(20))
         .expect("HTTP port reachable");
-    wait_live(&d, Duration::from_secs(60)).expect("channel cam goes live");
+    wait_live(&d, "cam", &["web", "av1"], Duration::from_secs(60)).expect("channel cam goes live");
     let mut c = Checks::new();
 
     // (a), (b): Chromium plays both renditions.

@@ -6,9 +6,14 @@
 //! [`Adapter`] turns that stream of estimates into switch decisions over the renditions a
 //! viewer's negotiated codec can play:
 //!
-//! - down when the estimate stays below the current rendition's bitrate (audio included)
-//!   for [`Policy::down_after`]: to the highest rendition the estimate covers (or the
-//!   lowest one);
+//! - down when the estimate stays below [`Policy::down_margin`] of what the viewer is
+//!   sent for [`Policy::down_after`]: to the highest rendition the estimate covers (or
+//!   the lowest one). "What it is sent" is the current rendition's announced bitrate
+//!   (audio included), or the measured send rate ([`SendRate`]) when that is lower: a
+//!   receive-side estimator seldom reports much above what it receives, so a stream
+//!   running under its announced rate would otherwise look congested. The margin is
+//!   there because an uncongested estimator hovers around the incoming rate while a
+//!   congested one backs off well below it (to 0.85x in Chromium's AIMD);
 //! - up one step when it stays above the next higher rendition's bitrate times
 //!   [`Policy::up_margin`] for [`Policy::up_after`];
 //! - never twice within [`Policy::min_interval`], so a noisy estimate cannot make the
@@ -30,8 +35,10 @@ use std::time::{Duration, Instant};
 /// How eager the adaptation is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
-    /// How long the estimate must stay below the current bitrate before going down.
+    /// How long the estimate must stay below the down threshold before going down.
     pub down_after: Duration,
+    /// The down threshold, as a share of what the viewer is sent.
+    pub down_margin: f64,
     /// How long the estimate must stay above the next bitrate (times the margin) before
     /// going up.
     pub up_after: Duration,
@@ -45,6 +52,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             down_after: Duration::from_secs(2),
+            down_margin: 0.85,
             up_after: Duration::from_secs(5),
             up_margin: 1.3,
             min_interval: Duration::from_secs(5),
@@ -79,6 +87,8 @@ pub struct Adapter {
     below_since: Option<Instant>,
     above_since: Option<Instant>,
     last_switch: Option<Instant>,
+    /// Measured send rate to the viewer, bits/s, when known.
+    sending: Option<u64>,
 }
 
 impl Adapter {
@@ -100,6 +110,7 @@ impl Adapter {
             below_since: None,
             above_since: None,
             last_switch: None,
+            sending: None,
         })
     }
 
@@ -113,14 +124,21 @@ impl Adapter {
         &self.rungs
     }
 
+    /// What the viewer is being sent now, bits/s, as measured (`None`: not known yet).
+    pub fn set_sending(&mut self, bits_per_s: Option<u64>) {
+        self.sending = bits_per_s.filter(|b| *b > 0);
+    }
+
     /// Take one estimate (bits/s) received at `now`; returns a switch to make, if any.
     /// The caller makes it (or, if it cannot, calls [`Adapter::failed`]).
     pub fn on_estimate(&mut self, estimate: u64, now: Instant) -> Option<Switch> {
         let cur = self.rungs[self.current].bitrate;
+        let sent = self.sending.map_or(cur, |s| s.min(cur));
+        let down_below = sent as f64 * self.policy.down_margin;
         let may_switch = self
             .last_switch
             .is_none_or(|t| now.saturating_duration_since(t) >= self.policy.min_interval);
-        if estimate < cur {
+        if (estimate as f64) < down_below {
             self.above_since = None;
             let since = *self.below_since.get_or_insert(now);
             if self.current > 0
@@ -171,6 +189,38 @@ impl Adapter {
             to: self.rungs[to].name.clone(),
             estimate,
         }
+    }
+}
+
+/// A viewer's send rate from a running byte count: bits/s over the last
+/// [`SendRate::WINDOW`] or more (`None` until that much has been seen).
+#[derive(Clone, Debug, Default)]
+pub struct SendRate {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl SendRate {
+    /// Shortest span a rate is given over (a GOP's keyframe would skew a shorter one).
+    pub const WINDOW: Duration = Duration::from_secs(2);
+
+    /// Add the byte count `total` seen at `now`; returns the rate over the samples kept.
+    pub fn sample(&mut self, total: u64, now: Instant) -> Option<u64> {
+        self.samples.push_back((now, total));
+        // Keep one sample older than the window, so the span covers it.
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, b0) = *self.samples.front()?;
+        let span = now.saturating_duration_since(t0);
+        if span < Self::WINDOW {
+            return None;
+        }
+        Some((total.saturating_sub(b0) as f64 * 8.0 / span.as_secs_f64()) as u64)
     }
 }
 
@@ -400,6 +450,39 @@ mod tests {
             }
         );
         assert_eq!(a.current().name, "mid");
+    }
+
+    #[test]
+    fn an_estimate_near_what_is_really_sent_is_not_congestion() {
+        // High announces 2 Mb/s but really sends 1.5 Mb/s; the receiver estimates about
+        // what it gets. Not congested: it stays, however long.
+        let t0 = Instant::now();
+        let mut a = Adapter::new(rungs(), "high", Policy::default()).unwrap();
+        a.set_sending(Some(1_500_000));
+        for k in 0..20 {
+            assert_eq!(a.on_estimate(1_450_000, t0 + s(k * 1000)), None);
+        }
+        // Backing off well under what it gets is: down after the hold.
+        a.on_estimate(1_100_000, t0 + s(30_000));
+        assert_eq!(
+            a.on_estimate(1_100_000, t0 + s(32_000)).map(|sw| sw.to),
+            Some("mid".to_string())
+        );
+    }
+
+    #[test]
+    fn send_rate_needs_the_window_and_follows_the_count() {
+        let t0 = Instant::now();
+        let mut r = SendRate::default();
+        assert_eq!(r.sample(0, t0), None);
+        assert_eq!(r.sample(100_000, t0 + s(1000)), None);
+        // 250 kB in 2 s = 1 Mb/s.
+        assert_eq!(r.sample(250_000, t0 + s(2000)), Some(1_000_000));
+        // Older samples leave: the rate follows a slowdown.
+        for k in 3..=6 {
+            r.sample(250_000 + (k - 2) * 25_000, t0 + s(k * 1000));
+        }
+        assert_eq!(r.sample(375_000, t0 + s(7000)), Some(200_000));
     }
 
     #[test]

@@ -48,12 +48,15 @@ enum Asked {
 struct Sub {
     rendition: &'static str,
     marker: u8,
+    /// Bytes of every frame: the announced bitrate at 25 fps, so the viewer is really sent
+    /// what the rendition announces (the adapter compares estimates with it).
+    frame_bytes: usize,
     /// Frames sent; the next one is a keyframe when this is a multiple of 25 or asked for.
     sent: u64,
     force_key: bool,
 }
 
-fn frame(channel: u32, pts: i64, key: bool, marker: u8) -> Frame {
+fn frame(channel: u32, pts: i64, key: bool, marker: u8, bytes: usize) -> Frame {
     let mut data = Vec::new();
     if key {
         for p in [SPS, PPS] {
@@ -62,7 +65,7 @@ fn frame(channel: u32, pts: i64, key: bool, marker: u8) -> Frame {
         }
     }
     data.extend_from_slice(&[0, 0, 0, 1, if key { 0x65 } else { 0x41 }]);
-    data.extend(std::iter::repeat_n(marker, 300));
+    data.extend(std::iter::repeat_n(marker, bytes));
     Frame {
         channel,
         track: 0,
@@ -97,7 +100,7 @@ async fn ladder_encoder(link: Link, asked: mpsc::UnboundedSender<Asked>) {
                 Ok(Message::Subscribe { channel, name, rendition: r }) => match rendition(&r) {
                     Some((rendition, bitrate, marker)) if name == "cam" => {
                         let _ = asked.send(Asked::Subscribe(rendition));
-                        subs.insert(channel, Sub { rendition, marker, sent: 0, force_key: false });
+                        subs.insert(channel, Sub { rendition, marker, frame_bytes: (bitrate / 8 / 25) as usize, sent: 0, force_key: false });
                         let track = TrackInfo {
                             track: 0,
                             codec: Codec::H264,
@@ -130,7 +133,7 @@ async fn ladder_encoder(link: Link, asked: mpsc::UnboundedSender<Asked>) {
             _ = tick.tick() => {
                 for (&ch, s) in subs.iter_mut() {
                     let key = s.sent % 25 == 0 || std::mem::take(&mut s.force_key);
-                    let _ = sender.send(Message::Frame(frame(ch, clock * 3600, key, s.marker))).await;
+                    let _ = sender.send(Message::Frame(frame(ch, clock * 3600, key, s.marker, s.frame_bytes))).await;
                     s.sent += 1;
                 }
                 clock += 1;
@@ -356,6 +359,7 @@ fn quick() -> adapt::Policy {
         up_after: Duration::from_millis(500),
         up_margin: 1.3,
         min_interval: Duration::from_millis(500),
+        ..adapt::Policy::default()
     }
 }
 

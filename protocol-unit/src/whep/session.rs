@@ -37,7 +37,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::util::Unmarshal;
 
-use super::adapt::{Adapter, CatchUp, Continuity, Rung};
+use super::adapt::{Adapter, CatchUp, Continuity, Rung, SendRate};
 use super::negotiate::{self, Chosen, Kind};
 use super::{Whep, WhepError, WhepStatus};
 use crate::admission::Ticket;
@@ -569,6 +569,8 @@ async fn serve(
     let mut adapter: Option<Adapter> = None;
     let mut held: HashMap<String, Viewer> = HashMap::new();
     let mut pending: Option<Pending> = None;
+    // What the viewer is really sent, for the adapter's down decision.
+    let mut send_rate = SendRate::default();
     let mut generation = 0usize;
     let mut current = ctx.client;
     let mut continuity = Continuity::new(
@@ -654,10 +656,12 @@ async fn serve(
                 session.rembs.fetch_add(1, Ordering::Relaxed);
                 whep.metrics.webrtc_remb.inc();
                 let Some(a) = adapter.as_mut() else { continue };
+                let now = Instant::now();
+                a.set_sending(send_rate.sample(ctx.stats.bytes.load(Ordering::Relaxed), now));
                 if pending.is_some() {
                     continue;
                 }
-                let Some(sw) = a.on_estimate(estimate, Instant::now()) else { continue };
+                let Some(sw) = a.on_estimate(estimate, now) else { continue };
                 let Some(target) = held.get(&sw.to).map(|v| v.channel.clone()) else {
                     a.failed(&sw.from);
                     continue;

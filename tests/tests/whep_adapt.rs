@@ -1,0 +1,199 @@
+//! WebRTC rendition adaptation with a real browser on a slow link (issue 6, feedback):
+//! split deployment in namespaces, channel `cam` with a ladder of two H.264 renditions
+//! (`web` 640x360 at 800 kbit/s, `low` 320x180 at 200 kbit/s, both with Opus), the
+//! protocol unit started with `--webrtc-adapt-renditions web,low`, and the link from the
+//! protocol unit to the client capped at 450 kbit/s by a `tbf` qdisc.
+//!
+//! Headless Chromium opens `/play/cam` (no rendition: the adaptive viewer starts on
+//! `web`). For the first [`UNCAPPED_SECS`] the link is free and the viewer must stay on
+//! `web` (an estimate still ramping up, or a stream running under its announced rate, is
+//! not congestion). Then the cap goes on; Chromium's receive-side bandwidth estimate, sent
+//! as REMB, falls below what `web` needs, and the server must move it to `low`: `/status`
+//! shows the session on `low` with a switch counted, and Chromium ends up decoding
+//! 320x180 frames, still growing.
+//!
+//! Not asserted: smooth playback after the switch. On the capped link Chromium decodes
+//! only a few frames a second for the rest of the run; the new rendition starts with its
+//! cached GOP sent at once, which overflows the bottleneck's queue (no pacer in front of
+//! WebRTC viewers yet). The frame counts are printed and kept in the test log.
+
+use std::thread;
+use std::time::Duration;
+
+use divisor_tests::browser;
+use divisor_tests::control::{metric, status, wait_live};
+use divisor_tests::deploy::Options;
+use divisor_tests::{Checks, Deployment, Kind, LinkTransport, Node};
+
+const HTTP_PORT: u16 = 8080;
+
+/// The encoder unit's ladder: `web` does not fit through the cap, `low` does.
+const LADDER_CONFIG: &str = r#"
+[[rendition]]
+name = "web"
+codec = "h264"
+profile = "baseline"
+width = 640
+height = 360
+bitrate_kbps = 800
+keyint = 50
+audio = "opus"
+
+[[rendition]]
+name = "low"
+codec = "h264"
+profile = "baseline"
+width = 320
+height = 180
+bitrate_kbps = 200
+keyint = 50
+audio = "opus"
+
+[vod]
+renditions = ["web"]
+
+[[channel]]
+name = "cam"
+source = "testsrc"
+renditions = ["web", "low"]
+"#;
+
+/// Egress cap on the protocol unit's client-facing veth: under `web` (~870 kbit/s with
+/// audio and headers), over `low` (~270 kbit/s).
+const CAP: &str = "450kbit";
+
+/// How long Chromium plays.
+const PLAY_SECS: u64 = 32;
+/// When the cap goes on, seconds into the play.
+const UNCAPPED_SECS: u64 = 14;
+
+#[test]
+fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
+    let config = std::env::temp_dir().join(format!("divisor-adapt-{}.toml", std::process::id()));
+    std::fs::write(&config, LADDER_CONFIG).unwrap();
+    let d = Deployment::start_with(
+        "whep-adapt",
+        Kind::Split(LinkTransport::Tcp),
+        Options {
+            encoder_args: vec!["--config".into(), config.clone().into()],
+            protocol_args: vec![
+                "--http-listen".into(),
+                format!("0.0.0.0:{HTTP_PORT}").into(),
+                "--webrtc-adapt-renditions".into(),
+                "web,low".into(),
+            ],
+        },
+    )
+    .expect("deployment starts");
+    let _ = std::fs::copy(&config, d.log_dir.join("encoder.toml"));
+    let base = format!("http://{}:{HTTP_PORT}", d.rtsp_ip);
+    wait_live(&d, "cam", &["web", "low"], Duration::from_secs(60)).expect("channel cam goes live");
+    let mut c = Checks::new();
+
+    // Chromium plays on a thread; meanwhile the session's rendition is read from /status.
+    let shot = d.log_dir.join("play-adapt.png");
+    let url = format!("{base}/play/cam");
+    // The protocol unit's end of the client veth (the client's end is `client_if`).
+    let proto_if = format!("{}pc", d.client_if.trim_end_matches("cp"));
+    let played = thread::scope(|s| {
+        let player = s.spawn(|| browser::play(&d, Node::Client, &url, PLAY_SECS, &shot));
+        let mut seen = Vec::new();
+        let mut capped_at = None;
+        for k in 0..PLAY_SECS {
+            thread::sleep(Duration::from_secs(1));
+            if k == UNCAPPED_SECS {
+                let tbf = d
+                    .run_in(
+                        Node::Protocol,
+                        "tc",
+                        [
+                            "qdisc", "add", "dev", &proto_if, "root", "tbf", "rate", CAP, "burst",
+                            "16kb", "latency", "200ms",
+                        ],
+                        Duration::from_secs(10),
+                    )
+                    .and_then(|o| o.check());
+                if let Err(e) = tbf {
+                    eprintln!("CHECK FAILED: tbf bandwidth cap on the client veth: {e:#}");
+                    break;
+                }
+                capped_at = Some(seen.len());
+            }
+            if let Ok(v) = status(&d, &base) {
+                if let Some(sess) = v["webrtc_sessions"].as_array().and_then(|a| a.first()) {
+                    seen.push((
+                        sess["rendition"].as_str().unwrap_or("?").to_string(),
+                        sess["estimate_bps"].as_u64(),
+                        sess["switches"].as_u64().unwrap_or(0),
+                    ));
+                }
+            }
+        }
+        (player.join(), seen, capped_at)
+    });
+    let (player, seen, capped_at) = played;
+    eprintln!("session over time (rendition, REMB estimate, switches): {seen:?}");
+    let _ = std::fs::write(d.log_dir.join("adapt-status.txt"), format!("{seen:?}\n"));
+
+    let Some(capped_at) = capped_at else {
+        panic!("the bandwidth cap could not be set:\n{}", d.logs_report(20));
+    };
+    let (free, capped) = seen.split_at(capped_at.min(seen.len()));
+    c.check(
+        free.len() > 5 && free.iter().all(|s| s.0 == "web" && s.2 == 0),
+        || format!("the viewer left web on a free link: {free:?}"),
+    );
+    c.check(capped.iter().any(|s| s.0 == "low" && s.2 >= 1), || {
+        format!("the viewer was never moved to low under a {CAP} cap: {capped:?}")
+    });
+    c.check(
+        capped.iter().any(|s| s.1.is_some_and(|e| e < 800_000)),
+        || format!("no REMB estimate under web's bitrate reached the server: {capped:?}"),
+    );
+    match metric(&d, &base, "divisor_webrtc_rendition_switches_total") {
+        Ok(n) => {
+            c.check(n >= 1.0, || format!("rendition switches metric is {n}"));
+        }
+        Err(e) => {
+            c.check(false, || format!("switch metric: {e:#}"));
+        }
+    }
+
+    match player {
+        Ok(Ok(p)) => {
+            let (w, h) = p.frame_size();
+            let series = p.frames_series();
+            eprintln!(
+                "chromium {url}: {} frames {} -> {} ({w}x{h}), series {series:?}",
+                p.connection_state().unwrap_or("?"),
+                p.frames_first(),
+                p.frames_last()
+            );
+            c.check(p.connection_state() == Some("connected"), || {
+                format!("chromium: connection state {:?}", p.connection_state())
+            });
+            c.check((w, h) == (320, 180), || {
+                format!("chromium decodes {w}x{h} at the end, not low's 320x180")
+            });
+            // Still playing after the switch: frames grew over the last third.
+            let tail = series.get(series.len() * 2 / 3).copied().unwrap_or(0);
+            c.check(p.frames_last() > tail + 25, || {
+                format!("framesDecoded stalls after the switch: {series:?}")
+            });
+            c.check(shot.is_file(), || {
+                format!("no screenshot at {}", shot.display())
+            });
+        }
+        Ok(Err(e)) => {
+            c.check(false, || format!("chromium {url}: {e:#}"));
+        }
+        Err(_) => {
+            c.check(false, || "the chromium thread panicked".to_string());
+        }
+    }
+    let _ = std::fs::remove_file(&config);
+    if !c.failures().is_empty() {
+        eprintln!("{}", d.logs_report(40));
+    }
+    c.finish();
+}
