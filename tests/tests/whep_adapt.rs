@@ -13,10 +13,12 @@
 //! 320x180 frames, still growing.
 //!
 //! Not asserted: smooth playback after the switch. On the capped link Chromium decodes
-//! only a few frames a second for the rest of the run; the new rendition starts with its
-//! cached GOP sent at once, which overflows the bottleneck's queue (no pacer in front of
-//! WebRTC viewers yet). The frame counts are printed and kept in the test log.
+//! only a few frames a second for the rest of the run, in GOP-sized jumps, while it sends
+//! more NACKs than we send packets (`adapt-status.jsonl` in the test log keeps every
+//! `/status`). Not the new rendition's GOP burst: the switch now starts at a fresh
+//! keyframe and it still happens. The cause is not found yet.
 
+use std::fmt::Write as _;
 use std::thread;
 use std::time::Duration;
 
@@ -98,6 +100,7 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
     let played = thread::scope(|s| {
         let player = s.spawn(|| browser::play(&d, Node::Client, &url, PLAY_SECS, &shot));
         let mut seen = Vec::new();
+        let mut full = String::new();
         let mut capped_at = None;
         for k in 0..PLAY_SECS {
             thread::sleep(Duration::from_secs(1));
@@ -120,6 +123,8 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
                 capped_at = Some(seen.len());
             }
             if let Ok(v) = status(&d, &base) {
+                // Every /status kept for whoever reads the log (loss, NACKs, drops).
+                let _ = writeln!(full, "{v}");
                 if let Some(sess) = v["webrtc_sessions"].as_array().and_then(|a| a.first()) {
                     seen.push((
                         sess["rendition"].as_str().unwrap_or("?").to_string(),
@@ -129,6 +134,7 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
                 }
             }
         }
+        let _ = std::fs::write(d.log_dir.join("adapt-status.jsonl"), full);
         (player.join(), seen, capped_at)
     });
     let (player, seen, capped_at) = played;

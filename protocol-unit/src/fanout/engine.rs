@@ -182,6 +182,12 @@ pub enum Command {
     Start {
         client: ClientId,
     },
+    /// Live only: start at the feed's next keyframe, without the cached GOP. For a client
+    /// already receiving another rendition (a WebRTC rendition switch): the GOP burst
+    /// would reach it at once, on a link that may be the reason for the switch.
+    StartAtNextKeyframe {
+        client: ClientId,
+    },
     /// Stop sending to a live client; a later join continues its sequence numbers.
     Pause {
         client: ClientId,
@@ -552,7 +558,8 @@ impl Engine {
                 }
             }
             Command::JoinLive(join) => self.join_live(join, now),
-            Command::Start { client } => self.start(client, now),
+            Command::Start { client } => self.start(client, now, false),
+            Command::StartAtNextKeyframe { client } => self.start(client, now, true),
             Command::Pause { client } => {
                 if let Some(l) = self.live_of(client) {
                     if let Some(c) = l.clients.iter_mut().find(|c| c.id == client) {
@@ -710,7 +717,9 @@ impl Engine {
         }));
     }
 
-    fn start(&mut self, client: ClientId, now: Instant) {
+    /// Start sending to `client`; a live client starts with the cached GOP, or at the
+    /// next keyframe when `at_next_keyframe` (or when no GOP is cached).
+    fn start(&mut self, client: ClientId, now: Instant, at_next_keyframe: bool) {
         let Some(&feed) = self.client_feed.get(&client) else {
             return;
         };
@@ -726,8 +735,9 @@ impl Engine {
                 if l.clients[k].active || l.clients[k].waiting {
                     return;
                 }
-                if !l.feed.has_gop() {
-                    // Nothing decodable to start from: wait for the next keyframe.
+                if at_next_keyframe || !l.feed.has_gop() {
+                    // Asked to, or nothing decodable to start from: wait for the next
+                    // keyframe.
                     l.clients[k].waiting = true;
                     return;
                 }
@@ -1686,6 +1696,98 @@ mod tests {
         assert_eq!(again[0].0, info.tracks[0].seq.wrapping_add(1));
         assert_eq!(e.stats().retransmits.load(Ordering::Relaxed), 1);
         assert_eq!(e.stats().nacks_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn start_at_next_keyframe_skips_the_cached_gop() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        e.handle(
+            Command::AddLive {
+                feed: 1,
+                tracks: vec![video()],
+                name: "x".into(),
+            },
+            t0,
+        );
+        for n in 0..10 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, 0),
+                },
+                t0,
+            );
+        }
+        // Frames 0..=9 are out; the cached GOP starts at keyframe 8.
+        e.run_due(t0 + Duration::from_millis(50 + 360));
+        let r = receiver();
+        let addr = r.local_addr().unwrap();
+        let (tx, mut rx) = oneshot::channel();
+        let at = t0 + Duration::from_millis(411);
+        e.handle(
+            Command::JoinLive(LiveJoin {
+                client: 10,
+                feed: 1,
+                tier: Tier::Full,
+                tracks: vec![LiveTrack {
+                    track: 0,
+                    dest: TrackDest::Udp {
+                        rtp: addr,
+                        rtcp: addr,
+                        srtp: None,
+                    },
+                    ssrc: 0x1010,
+                }],
+                stats: ClientStats::new(10, "s", "live/x/", "peer"),
+                reply: tx,
+            }),
+            at,
+        );
+        let info = rx.try_recv().unwrap().unwrap();
+        e.handle(Command::StartAtNextKeyframe { client: 10 }, at);
+        // Frames 10..=15 are not keyframes: nothing, not even the GOP of 8 and 9.
+        for n in 10..16 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, 0),
+                },
+                at,
+            );
+        }
+        e.run_due(t0 + Duration::from_secs(1));
+        let early = frame_numbers(&r);
+        assert!(early.is_empty(), "sent before the next keyframe: {early:?}");
+        // Keyframe 16 and what follows: from there, numbered from the join's sequence.
+        for n in 16..19 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, 0),
+                },
+                t0 + Duration::from_secs(1),
+            );
+        }
+        e.run_due(t0 + Duration::from_secs(2));
+        let got = frame_numbers(&r);
+        let frames: Vec<u8> = got.iter().map(|g| g.1).collect();
+        assert_eq!(frames, [16, 17, 18]);
+        assert_eq!(got[0].0, info.tracks[0].seq);
+        assert_eq!(got[2].0, info.tracks[0].seq.wrapping_add(2));
+    }
+
+    /// (sequence number, frame number) of the RTP packets waiting at `r` (frames made by
+    /// [`frame`] carry their number in the second payload byte).
+    fn frame_numbers(r: &UdpSocket) -> Vec<(u16, u8)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = r.recv(&mut buf) {
+            if n >= 14 && !(200..=206).contains(&buf[1]) {
+                out.push((u16::from_be_bytes([buf[2], buf[3]]), buf[13]));
+            }
+        }
+        out
     }
 
     #[test]

@@ -679,12 +679,14 @@ async fn serve(
                 }));
                 ctx.clients.push(next);
                 match rx.await {
-                    Ok(Some(join)) => {
-                        whep.fan.engine.send(EngineCommand::Start { client: next });
-                        if !join.starts_at_keyframe {
-                            for c in running.chosen.iter().filter(|c| c.kind == Kind::Video) {
-                                target.control(Control::KeyframeRequest(c.track));
-                            }
+                    Ok(Some(_)) => {
+                        // The new rendition starts at a fresh keyframe, not with its cached
+                        // GOP: sent at once, a GOP overflowed the queue of the slow link
+                        // that made the viewer switch down (Chromium then decoded a few
+                        // frames a second). The old rendition plays on until the cut-over.
+                        whep.fan.engine.send(EngineCommand::StartAtNextKeyframe { client: next });
+                        for c in running.chosen.iter().filter(|c| c.kind == Kind::Video) {
+                            target.control(Control::KeyframeRequest(c.track));
                         }
                         let Some(viewer) = held.remove(&sw.to) else { continue };
                         info!(session = %session.id, from = %sw.from, to = %sw.to, estimate_bps = sw.estimate, "WHEP viewer switches rendition on its bandwidth estimate");
