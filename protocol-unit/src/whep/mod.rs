@@ -15,6 +15,7 @@
 //! SRTP (webrtc-rs).
 
 pub mod adapt;
+pub mod nack;
 pub mod negotiate;
 pub mod session;
 pub mod signal;
@@ -199,6 +200,11 @@ pub struct WhepStatus {
     pub remb_packets: u64,
     /// Rendition switches made for this viewer.
     pub switches: u64,
+    /// Packets resent on the viewer's NACKs.
+    pub nack_resent: u64,
+    /// NACKed packets not resent (unknown, older than 1 s, resent just before, or over
+    /// the retransmission budget).
+    pub nack_refused: u64,
 }
 
 /// The WHEP front-end: shared settings and the table of sessions.

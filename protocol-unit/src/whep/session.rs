@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
-use webrtc::api::interceptor_registry::{configure_nack, configure_rtcp_reports};
+use webrtc::api::interceptor_registry::configure_rtcp_reports;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
@@ -38,6 +38,7 @@ use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::util::Unmarshal;
 
 use super::adapt::{Adapter, CatchUp, Continuity, Rung, SendRate};
+use super::nack::{BoundedNackBuilder, NackCounts};
 use super::negotiate::{self, Chosen, Kind};
 use super::{Whep, WhepError, WhepStatus};
 use crate::admission::Ticket;
@@ -73,6 +74,8 @@ pub struct WhepSession {
     /// REMB packets received.
     rembs: AtomicU64,
     switches: AtomicU64,
+    /// NACKed packets resent and refused by the bounded responder.
+    nack: Arc<NackCounts>,
 }
 
 impl WhepSession {
@@ -109,6 +112,8 @@ impl WhepSession {
             },
             remb_packets: self.rembs.load(Ordering::Relaxed),
             switches: self.switches.load(Ordering::Relaxed),
+            nack_resent: self.nack.resent.load(Ordering::Relaxed),
+            nack_refused: self.nack.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -233,7 +238,13 @@ pub async fn create(
             )
             .map_err(|e| WhepError::Internal(format!("codec registration: {e}")))?;
     }
-    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media));
+    // NACKs are answered by our bounded responder (see `super::nack`), not webrtc-rs's;
+    // the video codecs offer `nack` themselves (`feedback`).
+    let nack = Arc::new(NackCounts::default());
+    let mut registry = configure_rtcp_reports(Registry::new());
+    registry.add(Box::new(BoundedNackBuilder {
+        counts: Arc::clone(&nack),
+    }));
     let api = APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
@@ -261,6 +272,7 @@ pub async fn create(
                 estimate: AtomicU64::new(0),
                 rembs: AtomicU64::new(0),
                 switches: AtomicU64::new(0),
+                nack,
             });
             let (state_tx, state_rx) = mpsc::unbounded_channel();
             // Weak: the connection holds this handler, the session holds the connection.
