@@ -1598,6 +1598,19 @@ mod tests {
     }
 
     fn join(e: &mut Engine, client: ClientId, tier: Tier, r: &UdpSocket, now: Instant) -> JoinInfo {
+        let info = prepare(e, client, tier, r, now);
+        e.handle(Command::Start { client }, now);
+        info
+    }
+
+    /// A live join to feed 1 that is not started yet.
+    fn prepare(
+        e: &mut Engine,
+        client: ClientId,
+        tier: Tier,
+        r: &UdpSocket,
+        now: Instant,
+    ) -> JoinInfo {
         let (tx, mut rx) = oneshot::channel();
         let addr = r.local_addr().unwrap();
         e.handle(
@@ -1619,9 +1632,7 @@ mod tests {
             }),
             now,
         );
-        let info = rx.try_recv().unwrap().unwrap();
-        e.handle(Command::Start { client }, now);
-        info
+        rx.try_recv().unwrap().unwrap()
     }
 
     #[test]
@@ -1722,29 +1733,8 @@ mod tests {
         // Frames 0..=9 are out; the cached GOP starts at keyframe 8.
         e.run_due(t0 + Duration::from_millis(50 + 360));
         let r = receiver();
-        let addr = r.local_addr().unwrap();
-        let (tx, mut rx) = oneshot::channel();
         let at = t0 + Duration::from_millis(411);
-        e.handle(
-            Command::JoinLive(LiveJoin {
-                client: 10,
-                feed: 1,
-                tier: Tier::Full,
-                tracks: vec![LiveTrack {
-                    track: 0,
-                    dest: TrackDest::Udp {
-                        rtp: addr,
-                        rtcp: addr,
-                        srtp: None,
-                    },
-                    ssrc: 0x1010,
-                }],
-                stats: ClientStats::new(10, "s", "live/x/", "peer"),
-                reply: tx,
-            }),
-            at,
-        );
-        let info = rx.try_recv().unwrap().unwrap();
+        let info = prepare(&mut e, 10, Tier::Full, &r, at);
         e.handle(Command::StartAtNextKeyframe { client: 10 }, at);
         // Frames 10..=15 are not keyframes: nothing, not even the GOP of 8 and 9.
         for n in 10..16 {
