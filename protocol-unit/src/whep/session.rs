@@ -4,7 +4,8 @@
 //! joins the channel's feed in the engine with an in-process queue as destination, starts
 //! the feed (GOP cache first) once DTLS is up, moves each RTP packet from the queue into
 //! the viewer's `TrackLocalStaticRTP` (webrtc-rs then sets the negotiated SSRC and payload
-//! type, keeps the packet for NACKs and protects it with SRTP), and turns PLI/FIR from
+//! type, our [`super::nack`] interceptor keeps the packet for NACKs, and webrtc-rs
+//! protects it with SRTP), and turns PLI/FIR from
 //! the viewer into keyframe requests to the encoder unit. It ends on DELETE, when the
 //! channel ends, or when the connection stays disconnected or failed (or never connects)
 //! for the configured timeout; every end frees the engine client, the admission ticket and
@@ -693,9 +694,9 @@ async fn serve(
                 match rx.await {
                     Ok(Some(_)) => {
                         // The new rendition starts at a fresh keyframe, not with its cached
-                        // GOP: sent at once, a GOP overflowed the queue of the slow link
-                        // that made the viewer switch down (Chromium then decoded a few
-                        // frames a second). The old rendition plays on until the cut-over.
+                        // GOP: a GOP sent at once would land on the slow link that made
+                        // the viewer switch down. The old rendition plays on until the
+                        // cut-over.
                         whep.fan.engine.send(EngineCommand::StartAtNextKeyframe { client: next });
                         for c in running.chosen.iter().filter(|c| c.kind == Kind::Video) {
                             target.control(Control::KeyframeRequest(c.track));
