@@ -5,20 +5,22 @@
 //! protocol unit to the client capped at 450 kbit/s by a `tbf` qdisc.
 //!
 //! Headless Chromium opens `/play/cam` (no rendition: the adaptive viewer starts on
-//! `web`). For the first [`UNCAPPED_SECS`] the link is free and the viewer must stay on
-//! `web` (an estimate still ramping up, or a stream running under its announced rate, is
-//! not congestion). Then the cap goes on; Chromium's receive-side bandwidth estimate, sent
-//! as REMB, falls below what `web` needs, and the server must move it to `low`: `/status`
-//! shows the session on `low` with a switch counted, and Chromium ends up decoding
-//! 320x180 frames, still growing.
+//! `web`) and plays for [`PLAY_SECS`]:
 //!
+//! 1. free link until [`CAP_AT`]: the viewer must stay on `web` (an estimate still ramping
+//!    up, or a stream running under its announced rate, is not congestion);
+//! 2. capped until [`UNCAP_AT`]: Chromium's receive-side estimate, sent as REMB, falls
+//!    below what `web` needs, and the server must move the viewer to `low`;
+//! 3. free again: the estimate stays near what `low` sends, so only a probe (after 20 s
+//!    of calm estimates) can bring the viewer back, and it must: it ends on `web` again,
+//!    and Chromium ends up decoding 640x360 frames.
 //!
-//! After the switch playback must be smooth again: over the last third of the run
-//! Chromium decodes at least 60 % of the 25 frames a second. This failed while
-//! webrtc-rs's own NACK responder answered every NACK in full (Chromium decoded ~7
-//! frames a second, NACKed more packets than we sent, and the connection went
-//! `disconnected`); `whep/nack.rs` bounds the resends. `adapt-status.jsonl` in the test
-//! log keeps every `/status` (NACKs received, resent and refused).
+//! `/status` is read every second (every sample is kept in the test log as
+//! `adapt-status.jsonl`). Playback must be smooth at the end: over the last third of the
+//! run Chromium decodes at least 60 % of the 25 frames a second and never stalls for over
+//! a second. That failed while webrtc-rs's own NACK responder answered every NACK in full
+//! (Chromium decoded ~7 frames a second after the switch down, NACKed more packets than
+//! we sent, and the connection went `disconnected`); `whep/nack.rs` bounds the resends.
 
 use std::fmt::Write as _;
 use std::thread;
@@ -67,9 +69,10 @@ renditions = ["web", "low"]
 const CAP: &str = "450kbit";
 
 /// How long Chromium plays.
-const PLAY_SECS: u64 = 32;
-/// When the cap goes on, seconds into the play.
-const UNCAPPED_SECS: u64 = 14;
+const PLAY_SECS: u64 = 60;
+/// When the cap goes on and comes off, seconds into the play.
+const CAP_AT: u64 = 14;
+const UNCAP_AT: u64 = 26;
 
 #[test]
 fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
@@ -103,10 +106,25 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
         let player = s.spawn(|| browser::play(&d, Node::Client, &url, PLAY_SECS, &shot));
         let mut seen = Vec::new();
         let mut full = String::new();
-        let mut capped_at = None;
+        let (mut capped_at, mut uncapped_at) = (None, None);
         for k in 0..PLAY_SECS {
             thread::sleep(Duration::from_secs(1));
-            if k == UNCAPPED_SECS {
+            if k == UNCAP_AT && capped_at.is_some() {
+                let del = d
+                    .run_in(
+                        Node::Protocol,
+                        "tc",
+                        ["qdisc", "del", "dev", &proto_if, "root"],
+                        Duration::from_secs(10),
+                    )
+                    .and_then(|o| o.check());
+                if let Err(e) = del {
+                    eprintln!("CHECK FAILED: lifting the cap: {e:#}");
+                    break;
+                }
+                uncapped_at = Some(seen.len());
+            }
+            if k == CAP_AT {
                 let tbf = d
                     .run_in(
                         Node::Protocol,
@@ -137,16 +155,20 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
             }
         }
         let _ = std::fs::write(d.log_dir.join("adapt-status.jsonl"), full);
-        (player.join(), seen, capped_at)
+        (player.join(), seen, capped_at, uncapped_at)
     });
-    let (player, seen, capped_at) = played;
+    let (player, seen, capped_at, uncapped_at) = played;
     eprintln!("session over time (rendition, REMB estimate, switches): {seen:?}");
     let _ = std::fs::write(d.log_dir.join("adapt-status.txt"), format!("{seen:?}\n"));
 
-    let Some(capped_at) = capped_at else {
-        panic!("the bandwidth cap could not be set:\n{}", d.logs_report(20));
+    let (Some(capped_at), Some(uncapped_at)) = (capped_at, uncapped_at) else {
+        panic!(
+            "the bandwidth cap could not be set or lifted:\n{}",
+            d.logs_report(20)
+        );
     };
-    let (free, capped) = seen.split_at(capped_at.min(seen.len()));
+    let (free, rest) = seen.split_at(capped_at.min(seen.len()));
+    let (capped, freed) = rest.split_at((uncapped_at - capped_at).min(rest.len()));
     c.check(
         free.len() > 5 && free.iter().all(|s| s.0 == "web" && s.2 == 0),
         || format!("the viewer left web on a free link: {free:?}"),
@@ -157,6 +179,10 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
     c.check(
         capped.iter().any(|s| s.1.is_some_and(|e| e < 800_000)),
         || format!("no REMB estimate under web's bitrate reached the server: {capped:?}"),
+    );
+    c.check(
+        freed.last().is_some_and(|s| s.0 == "web" && s.2 >= 2),
+        || format!("the viewer was not probed back up to web once the cap was lifted: {freed:?}"),
     );
     match metric(&d, &base, "divisor_webrtc_rendition_switches_total") {
         Ok(n) => {
@@ -180,8 +206,8 @@ fn whep_viewer_on_a_slow_link_is_moved_down_the_ladder() {
             c.check(p.connection_state() == Some("connected"), || {
                 format!("chromium: connection state {:?}", p.connection_state())
             });
-            c.check((w, h) == (320, 180), || {
-                format!("chromium decodes {w}x{h} at the end, not low's 320x180")
+            c.check((w, h) == (640, 360), || {
+                format!("chromium decodes {w}x{h} at the end, not web's 640x360")
             });
             // Smooth again after the switch: the last third of the run decodes at 60 %
             // of the frame rate or better.

@@ -18,6 +18,10 @@
 //!   on a free link in our tests Chromium's estimate dipped to 0.83x of what it got;
 //! - up one step when it stays above the next higher rendition's bitrate times
 //!   [`Policy::up_margin`] for [`Policy::up_after`];
+//! - up one step, as a probe, when the estimate has been calm for
+//!   [`Policy::probe_after`] (a receive-side estimate seldom climbs far above what the
+//!   viewer receives, so the rule above alone would keep a viewer moved down there for
+//!   good); a probe answered by a move down waits twice as long next time;
 //! - never twice within [`Policy::min_interval`], so a noisy estimate cannot make the
 //!   viewer flap between renditions (each switch costs a keyframe).
 //!
@@ -48,6 +52,17 @@ pub struct Policy {
     pub up_margin: f64,
     /// Least time between two switches.
     pub min_interval: Duration,
+    /// How long the estimate must stay calm (at least [`Policy::probe_margin`] of what
+    /// is sent) before trying the next rendition up anyway. A receive-side estimate
+    /// stays near what the viewer receives, so on a lower rendition it seldom reaches the
+    /// next one's bitrate however good the link: without probing, a viewer moved down
+    /// would stay down. A probe that is followed by a move down within
+    /// [`Policy::probe_window`] failed, and doubles the wait (up to
+    /// [`Policy::probe_max`]); one that holds resets it.
+    pub probe_after: Duration,
+    pub probe_margin: f64,
+    pub probe_window: Duration,
+    pub probe_max: Duration,
 }
 
 impl Default for Policy {
@@ -58,6 +73,10 @@ impl Default for Policy {
             up_after: Duration::from_secs(5),
             up_margin: 1.3,
             min_interval: Duration::from_secs(5),
+            probe_after: Duration::from_secs(20),
+            probe_margin: 0.9,
+            probe_window: Duration::from_secs(10),
+            probe_max: Duration::from_secs(160),
         }
     }
 }
@@ -91,6 +110,12 @@ pub struct Adapter {
     last_switch: Option<Instant>,
     /// Measured send rate to the viewer, bits/s, when known.
     sending: Option<u64>,
+    /// Since when the estimate has been calm (see [`Policy::probe_after`]).
+    calm_since: Option<Instant>,
+    /// The wait before the next probe (grows after failed probes).
+    probe_wait: Duration,
+    /// When the last probe up was made, until it is judged.
+    probed_at: Option<Instant>,
 }
 
 impl Adapter {
@@ -108,11 +133,14 @@ impl Adapter {
         Some(Adapter {
             rungs,
             current,
-            policy,
             below_since: None,
             above_since: None,
             last_switch: None,
             sending: None,
+            calm_since: None,
+            probe_wait: policy.probe_after,
+            probed_at: None,
+            policy,
         })
     }
 
@@ -140,13 +168,26 @@ impl Adapter {
         let may_switch = self
             .last_switch
             .is_none_or(|t| now.saturating_duration_since(t) >= self.policy.min_interval);
+        // A probe that held for its window succeeded: the next one waits the base time.
+        if self
+            .probed_at
+            .is_some_and(|t| now.saturating_duration_since(t) > self.policy.probe_window)
+        {
+            self.probed_at = None;
+            self.probe_wait = self.policy.probe_after;
+        }
         if (estimate as f64) < down_below {
             self.above_since = None;
+            self.calm_since = None;
             let since = *self.below_since.get_or_insert(now);
             if self.current > 0
                 && may_switch
                 && now.saturating_duration_since(since) >= self.policy.down_after
             {
+                if self.probed_at.take().is_some() {
+                    // Moved down again soon after a probe: the link is still short.
+                    self.probe_wait = (self.probe_wait * 2).min(self.policy.probe_max);
+                }
                 // The highest rendition the estimate covers, else the lowest.
                 let to = self.rungs[..self.current]
                     .iter()
@@ -163,6 +204,16 @@ impl Adapter {
         };
         if (estimate as f64) < next.bitrate as f64 * self.policy.up_margin {
             self.above_since = None;
+            // Not enough to go up on the estimate: probe once it has been calm long enough.
+            if (estimate as f64) < sent as f64 * self.policy.probe_margin {
+                self.calm_since = None;
+                return None;
+            }
+            let calm = *self.calm_since.get_or_insert(now);
+            if may_switch && now.saturating_duration_since(calm) >= self.probe_wait {
+                self.probed_at = Some(now);
+                return Some(self.switch_to(self.current + 1, estimate, now));
+            }
             return None;
         }
         let since = *self.above_since.get_or_insert(now);
@@ -185,6 +236,7 @@ impl Adapter {
         self.current = to;
         self.below_since = None;
         self.above_since = None;
+        self.calm_since = None;
         self.last_switch = Some(now);
         Switch {
             from,
@@ -474,6 +526,43 @@ mod tests {
             a.on_estimate(1_000_000, t0 + s(32_000)).map(|sw| sw.to),
             Some("mid".to_string())
         );
+    }
+
+    #[test]
+    fn a_calm_viewer_probes_up_and_waits_longer_after_a_failed_probe() {
+        let t0 = Instant::now();
+        let policy = Policy::default();
+        let mut a = Adapter::new(rungs(), "low", policy.clone()).unwrap();
+        // On low, sent 250 kb/s, estimate about that: never enough for mid x 1.3, but calm.
+        a.set_sending(Some(250_000));
+        let at = |ms: u64| t0 + s(ms);
+        for k in 0..20 {
+            assert_eq!(a.on_estimate(260_000, at(k * 1000)), None, "{k}");
+        }
+        let probe = a.on_estimate(260_000, at(20_000)).unwrap();
+        assert_eq!(probe.to, "mid");
+        // The link cannot carry mid: down again within the probe window.
+        a.set_sending(Some(800_000));
+        a.on_estimate(300_000, at(26_000));
+        assert_eq!(a.on_estimate(300_000, at(28_000)).unwrap().to, "low");
+        // The next probe waits twice as long: 40 s of calm.
+        a.set_sending(Some(250_000));
+        for k in 0..40 {
+            assert_eq!(a.on_estimate(260_000, at(29_000 + k * 1000)), None, "{k}");
+        }
+        assert_eq!(a.on_estimate(260_000, at(69_000)).unwrap().to, "mid");
+        // This one holds past the window: the wait is back to 20 s on the next rung.
+        a.set_sending(Some(800_000));
+        for k in 0..20 {
+            assert_eq!(a.on_estimate(780_000, at(70_000 + k * 1000)), None, "{k}");
+        }
+        assert_eq!(a.on_estimate(780_000, at(90_000)).unwrap().to, "high");
+        // Restless estimates (under 0.9x of what is sent) never probe.
+        let mut b = Adapter::new(rungs(), "low", policy).unwrap();
+        b.set_sending(Some(250_000));
+        for k in 0..60 {
+            assert_eq!(b.on_estimate(200_000, at(k * 1000)), None, "{k}");
+        }
     }
 
     #[test]
