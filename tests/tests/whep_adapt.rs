@@ -69,7 +69,7 @@ renditions = ["web", "low"]
 const CAP: &str = "450kbit";
 
 /// How long Chromium plays.
-const PLAY_SECS: u64 = 60;
+const PLAY_SECS: u64 = 70;
 /// When the cap goes on and comes off, seconds into the play.
 const CAP_AT: u64 = 14;
 const UNCAP_AT: u64 = 26;

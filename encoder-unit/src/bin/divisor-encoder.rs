@@ -2,11 +2,6 @@
 //! live channels to protocol units over the link, either listening for them or dialling
 //! one. SIGHUP re-reads `--config`.
 
-/// mimalloc, as in `divisor-protocol` and `divisor-mono`, so that split and monolithic
-/// runs compare the same allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

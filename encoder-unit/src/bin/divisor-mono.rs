@@ -2,11 +2,6 @@
 //! the split deployment, in one process, joined by the in-process link. It exists so the
 //! monolithic-versus-split comparison measures the split, not a second implementation.
 
-/// mimalloc rather than glibc malloc, as in `divisor-protocol` (see there): buffers the
-/// fan-out engine fills on its sender thread are freed on tokio workers.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -1,12 +1,5 @@
 //! `divisor-protocol`: the protocol unit as its own process.
 
-/// mimalloc rather than glibc malloc: the fan-out engine fills per-viewer buffers on its
-/// sender thread that tokio workers free, and webrtc-rs allocates several buffers per
-/// packet. With glibc's per-thread arenas that churn page-faulted memory in again and
-/// again; at 128 WebRTC viewers the protocol core went from 60 % to 53 % with mimalloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -61,6 +61,11 @@ pub struct Policy {
     /// [`Policy::probe_max`]); one that holds resets it.
     pub probe_after: Duration,
     pub probe_margin: f64,
+    /// During a probe's window the estimate is still climbing from the lower rendition's
+    /// rate, so the usual down rule would undo every probe: instead the probe fails only
+    /// if the estimate falls below this share of what it was when the probe began (a
+    /// congestion cut).
+    pub probe_drop: f64,
     pub probe_window: Duration,
     pub probe_max: Duration,
 }
@@ -75,7 +80,8 @@ impl Default for Policy {
             min_interval: Duration::from_secs(5),
             probe_after: Duration::from_secs(20),
             probe_margin: 0.9,
-            probe_window: Duration::from_secs(10),
+            probe_drop: 0.85,
+            probe_window: Duration::from_secs(15),
             probe_max: Duration::from_secs(160),
         }
     }
@@ -114,8 +120,9 @@ pub struct Adapter {
     calm_since: Option<Instant>,
     /// The wait before the next probe (grows after failed probes).
     probe_wait: Duration,
-    /// When the last probe up was made, until it is judged.
+    /// When the last probe up was made and the estimate then, until it is judged.
     probed_at: Option<Instant>,
+    probe_estimate: u64,
 }
 
 impl Adapter {
@@ -140,6 +147,7 @@ impl Adapter {
             calm_since: None,
             probe_wait: policy.probe_after,
             probed_at: None,
+            probe_estimate: 0,
             policy,
         })
     }
@@ -176,6 +184,11 @@ impl Adapter {
             self.probed_at = None;
             self.probe_wait = self.policy.probe_after;
         }
+        let down_below = if self.probed_at.is_some() {
+            self.probe_estimate as f64 * self.policy.probe_drop
+        } else {
+            down_below
+        };
         if (estimate as f64) < down_below {
             self.above_since = None;
             self.calm_since = None;
@@ -212,6 +225,7 @@ impl Adapter {
             let calm = *self.calm_since.get_or_insert(now);
             if may_switch && now.saturating_duration_since(calm) >= self.probe_wait {
                 self.probed_at = Some(now);
+                self.probe_estimate = estimate;
                 return Some(self.switch_to(self.current + 1, estimate, now));
             }
             return None;
@@ -541,10 +555,15 @@ mod tests {
         }
         let probe = a.on_estimate(260_000, at(20_000)).unwrap();
         assert_eq!(probe.to, "mid");
-        // The link cannot carry mid: down again within the probe window.
+        // On mid the estimate climbs from low's rate: not a reason to go down.
         a.set_sending(Some(800_000));
-        a.on_estimate(300_000, at(26_000));
-        assert_eq!(a.on_estimate(300_000, at(28_000)).unwrap().to, "low");
+        for (k, e) in [280_000, 300_000, 320_000, 340_000].iter().enumerate() {
+            assert_eq!(a.on_estimate(*e, at(21_000 + k as u64 * 1000)), None);
+        }
+        // The link cannot carry mid: the estimate is cut under 0.85x of 260k, and the
+        // viewer goes down again within the probe window.
+        a.on_estimate(200_000, at(26_000));
+        assert_eq!(a.on_estimate(200_000, at(28_000)).unwrap().to, "low");
         // The next probe waits twice as long: 40 s of calm.
         a.set_sending(Some(250_000));
         for k in 0..40 {
