@@ -54,6 +54,7 @@ impl FanOut {
     /// Bind the socket pair, start the sender and the RTCP reader. Needs a tokio runtime.
     pub fn start(config: FanOutConfig) -> std::io::Result<Arc<FanOut>> {
         let (rtp, rtcp) = bind_pair(config.rtp_listen)?;
+        discard_received(&rtp)?;
         let rtp_port = rtp.local_addr()?.port();
         let rtp = Arc::new(rtp);
         let rtcp = Arc::new(rtcp);
@@ -82,8 +83,6 @@ impl FanOut {
         });
         let reader_rtcp = tokio::net::UdpSocket::from_std(rtcp.try_clone()?)?;
         tokio::spawn(read_rtcp(reader_rtcp, fan.clone()));
-        let reader_rtp = tokio::net::UdpSocket::from_std(rtp.try_clone()?)?;
-        tokio::spawn(drain_rtp(reader_rtp));
         Ok(fan)
     }
 
@@ -162,8 +161,20 @@ async fn read_rtcp(socket: tokio::net::UdpSocket, fan: Arc<FanOut>) {
     }
 }
 
-/// Clients send a few packets to the RTP port to open NAT bindings; read and forget them.
-async fn drain_rtp(socket: tokio::net::UdpSocket) {
-    let mut buf = vec![0u8; 2048];
-    while socket.recv_from(&mut buf).await.is_ok() {}
+/// Clients send a few packets to the RTP port to open NAT bindings, and nothing else
+/// arrives there: a one-instruction socket filter ("keep 0 bytes") drops them before they
+/// are queued.
+///
+/// The port is not read by an async task on purpose. Registering the socket with epoll
+/// puts a waiter on its wait queue, and then every sent packet's release
+/// (`sock_wfree`) runs the epoll callback under a spinlock and may wake the runtime:
+/// ~3 % of the sender's time at 4,096 clients (`perf record -g`), for nothing.
+fn discard_received(rtp: &std::net::UdpSocket) -> std::io::Result<()> {
+    let keep_nothing = libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    socket2::SockRef::from(rtp).attach_filter(&[keep_nothing])
 }
