@@ -178,3 +178,26 @@ fn discard_received(rtp: &std::net::UdpSocket) -> std::io::Result<()> {
     };
     socket2::SockRef::from(rtp).attach_filter(&[keep_nothing])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rtp_port_drops_what_it_receives_and_the_rtcp_port_keeps_it() {
+        let (rtp, rtcp) = bind_pair(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        discard_received(&rtp).unwrap();
+        let client = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        for s in [&rtp, &rtcp] {
+            client.send_to(b"punch", s.local_addr().unwrap()).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        // Loopback delivery is synchronous: the datagram is queued (or not) by now.
+        assert_eq!(rtcp.recv_from(&mut buf).unwrap().0, 5);
+        let e = rtp.recv_from(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        // Sending from the filtered socket still works.
+        rtp.send_to(b"rtp", client.local_addr().unwrap()).unwrap();
+        assert_eq!(client.recv_from(&mut buf).unwrap().0, 3);
+    }
+}
