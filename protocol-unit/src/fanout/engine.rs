@@ -342,6 +342,31 @@ impl Drop for LiveClient {
     }
 }
 
+/// Whose statistics a dropped datagram counts against.
+enum DropTag {
+    /// A client's shared statistics: VoD sends, retransmissions, sender reports (a few
+    /// tags a frame at most).
+    Stats(Arc<ClientStats>),
+    /// A live client by its position in its feed's client list. The fan-out tags every
+    /// client every frame, and cloning each client's `Arc` there touched a cold cache line
+    /// per client (the largest user-space cost of the send path at 4,096 clients). Valid
+    /// while the list is unchanged: drops are charged before the list changes.
+    Live { feed: FeedId, index: u32 },
+}
+
+/// Charge the drops noted for `feed`'s clients, before its client list changes.
+fn charge_live(feed: FeedId, l: &LiveState, dropped: &mut Vec<(FeedId, u32)>) {
+    dropped.retain(|&(f, index)| {
+        if f != feed {
+            return true;
+        }
+        if let Some(c) = l.clients.get(index as usize) {
+            c.stats.drops.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    });
+}
+
 /// The packets `range` still to be sent to the clients of pacing slot `slot` at `due`.
 #[derive(Clone, Debug)]
 struct SlotJob {
@@ -436,13 +461,10 @@ pub struct Engine {
     rtcp: UdpSender,
     batch: Batch,
     rtcp_batch: Batch,
-    /// Drop tags of the current batches: the client a dropped datagram counts against.
-    /// Ids, not the clients' `Arc<ClientStats>`: cloning one per client and frame touched
-    /// a cold cache line per client (the largest user-space cost of the send path at
-    /// 4,096 clients), for the rare datagram the kernel refuses.
-    tags: Vec<ClientId>,
-    /// Clients whose datagrams were dropped since [`Engine::charge_drops`] last ran.
-    dropped: Vec<ClientId>,
+    /// Drop tags of the current batches: whose statistics a dropped datagram counts against.
+    tags: Vec<DropTag>,
+    /// Live clients whose datagrams were dropped and are not charged yet.
+    dropped: Vec<(FeedId, u32)>,
     feeds: HashMap<FeedId, FeedState>,
     client_feed: HashMap<ClientId, FeedId>,
     heap: BinaryHeap<std::cmp::Reverse<(Instant, FeedId)>>,
@@ -817,7 +839,7 @@ impl Engine {
                     return;
                 };
                 let tag = self.tags.len() as u32;
-                self.tags.push(v.client);
+                self.tags.push(DropTag::Stats(v.stats.clone()));
                 let t = &v.tracks[ti];
                 for &seq in seqs {
                     let slot = &t.ring[usize::from(seq) % VOD_HISTORY];
@@ -854,7 +876,7 @@ impl Engine {
                     return;
                 };
                 let tag = self.tags.len() as u32;
-                self.tags.push(c.id);
+                self.tags.push(DropTag::Stats(c.stats.clone()));
                 // Packets sent so far on this stream: seq_base .. next_seq.
                 let sent_count = ct.next_seq.wrapping_sub(ct.seq_base);
                 for &seq in seqs {
@@ -942,7 +964,7 @@ impl Engine {
                     p.next_wakeup()
                 };
                 let tag = self.tags.len() as u32;
-                self.tags.push(v.client);
+                self.tags.push(DropTag::Stats(v.stats.clone()));
                 let mut packets = 0u64;
                 let mut bytes = 0u64;
                 for action in self.actions.drain(..) {
@@ -1062,6 +1084,7 @@ impl Engine {
                     batch: &mut self.batch,
                     tags: &mut self.tags,
                     dropped: &mut self.dropped,
+                    feed,
                     tcp_buf: &mut self.tcp_buf,
                     stats: &self.stats,
                     hist: &mut self.hist,
@@ -1094,6 +1117,7 @@ impl Engine {
                     out.flush();
                     sent = true;
                 }
+                charge_live(feed, l, &mut self.dropped);
                 if sent && l.gone_pending {
                     l.gone_pending = false;
                     let gone: Vec<ClientId> =
@@ -1152,6 +1176,7 @@ impl Engine {
             batch: &mut self.batch,
             tags: &mut self.tags,
             dropped: &mut self.dropped,
+            feed,
             tcp_buf: &mut self.tcp_buf,
             stats: &self.stats,
             hist: &mut self.hist,
@@ -1237,16 +1262,13 @@ impl Engine {
         self.charge_drops();
     }
 
-    /// Count the datagrams dropped since the last call against their clients.
+    /// Charge the live clients' drops noted since the last call.
     fn charge_drops(&mut self) {
-        for id in self.dropped.drain(..) {
-            let stats = match self.client_feed.get(&id).and_then(|f| self.feeds.get(f)) {
-                Some(FeedState::Vod(v)) => Some(&v.stats),
-                Some(FeedState::Live(l)) => l.clients.iter().find(|c| c.id == id).map(|c| &c.stats),
-                None => None,
-            };
-            if let Some(stats) = stats {
-                stats.drops.fetch_add(1, Ordering::Relaxed);
+        for (feed, index) in self.dropped.drain(..) {
+            if let Some(FeedState::Live(l)) = self.feeds.get(&feed) {
+                if let Some(c) = l.clients.get(index as usize) {
+                    c.stats.drops.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -1282,7 +1304,7 @@ impl Engine {
                     }
                     ct.next_report = next_report_after(now);
                     let tag = *tag.get_or_insert_with(|| {
-                        self.tags.push(c.id);
+                        self.tags.push(DropTag::Stats(c.stats.clone()));
                         (self.tags.len() - 1) as u32
                     });
                     // The client's stream runs its pacing slot behind the feed's timeline.
@@ -1360,9 +1382,11 @@ struct Out<'a> {
     rtp: &'a mut UdpSender,
     batch: &'a mut Batch,
     /// Drop tags; cleared by the engine's final flush, not here (the RTCP batch shares them).
-    tags: &'a mut Vec<ClientId>,
-    /// Clients with dropped datagrams, charged by [`Engine::charge_drops`].
-    dropped: &'a mut Vec<ClientId>,
+    tags: &'a mut Vec<DropTag>,
+    /// Live clients with dropped datagrams, charged by [`charge_live`].
+    dropped: &'a mut Vec<(FeedId, u32)>,
+    /// The feed being sent (its clients' drop tags name it).
+    feed: FeedId,
     tcp_buf: &'a mut BytesMut,
     stats: &'a ServerStats,
     hist: &'a mut Histogram<u64>,
@@ -1391,12 +1415,13 @@ impl Out<'_> {
 }
 
 /// Send `batch` through `sender`: count what went, record lateness when `timed`, and
-/// note in `dropped` the client each dropped datagram's tag names.
+/// charge drops to the client each datagram's tag names (live clients' through
+/// `dropped`).
 fn send_batch(
     sender: &mut UdpSender,
     batch: &mut Batch,
-    tags: &[ClientId],
-    dropped: &mut Vec<ClientId>,
+    tags: &[DropTag],
+    dropped: &mut Vec<(FeedId, u32)>,
     stats: &ServerStats,
     hist: &mut Histogram<u64>,
     timed: bool,
@@ -1417,8 +1442,12 @@ fn send_batch(
         }
         Fate::Dropped { tag } => {
             stats.drops.fetch_add(1, Ordering::Relaxed);
-            if let Some(&id) = tags.get(tag as usize) {
-                dropped.push(id);
+            match tags.get(tag as usize) {
+                Some(DropTag::Stats(c)) => {
+                    c.drops.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(&DropTag::Live { feed, index }) => dropped.push((feed, index)),
+                None => {}
             }
         }
     });
@@ -1462,7 +1491,10 @@ fn fan_out(
         }
         c.cursor = range.end;
         let tag = out.tags.len() as u32;
-        out.tags.push(c.id);
+        out.tags.push(DropTag::Live {
+            feed: out.feed,
+            index: i as u32,
+        });
         let tier = c.tier;
         let t = tier.index();
         let mut packets = 0u64;
@@ -2020,7 +2052,27 @@ mod tests {
             got.iter().all(|&g| g as u64 >= frames / 4),
             "every client gets a fair share: {got:?}"
         );
-        assert!(e.stats().drops.load(Ordering::Relaxed) >= frames * clients / 2);
+        let dropped = e.stats().drops.load(Ordering::Relaxed);
+        assert!(dropped >= frames * clients / 2);
+        // Each drop is charged to the client it was meant for.
+        let Some(FeedState::Live(l)) = e.feeds.get(&1) else {
+            panic!("feed 1 is live");
+        };
+        let charged: Vec<u64> = l
+            .clients
+            .iter()
+            .map(|c| c.stats.drops.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(charged.iter().sum::<u64>(), dropped, "{charged:?}");
+        for (c, r) in l.clients.iter().zip(&got) {
+            let sent = c.stats.packets.load(Ordering::Relaxed) + c.unpublished_packets;
+            assert_eq!(
+                sent - c.stats.drops.load(Ordering::Relaxed),
+                *r as u64,
+                "client {}: counted sent minus charged drops is what it received",
+                c.id
+            );
+        }
     }
 
     #[test]
