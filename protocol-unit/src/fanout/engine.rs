@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use divisor_link::{Frame, TrackInfo};
 use hdrhistogram::Histogram;
-use socket2::SockAddr;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -215,14 +214,11 @@ pub enum Command {
 }
 
 /// A destination, resolved once.
-// Two `SockAddr`s make the UDP variant large; it is stored once per client track and read
-// per packet, where a box would cost an indirection.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Dest {
     Udp {
-        rtp: SockAddr,
-        rtcp: SockAddr,
+        rtp: SocketAddr,
+        rtcp: SocketAddr,
         srtp: Option<SharedSrtp>,
     },
     Tcp {
@@ -235,11 +231,7 @@ enum Dest {
 impl From<TrackDest> for Dest {
     fn from(d: TrackDest) -> Dest {
         match d {
-            TrackDest::Udp { rtp, rtcp, srtp } => Dest::Udp {
-                rtp: rtp.into(),
-                rtcp: rtcp.into(),
-                srtp,
-            },
+            TrackDest::Udp { rtp, rtcp, srtp } => Dest::Udp { rtp, rtcp, srtp },
             TrackDest::Interleaved {
                 writer,
                 rtp_channel,
@@ -1430,13 +1422,26 @@ fn send_batch(
         return;
     }
     let mut late = 0u64;
+    // Consecutive datagrams mostly share their send time and deadline (a pacing slot's
+    // burst): their lateness is worked out once and recorded with a count.
+    let mut run: Option<(Instant, Instant, u64)> = None;
+    let mut record = |at: Instant, deadline: Instant, n: u64| {
+        let us = at.saturating_duration_since(deadline).as_micros() as u64;
+        let _ = hist.record_n(us.clamp(1, super::stats::LATENESS_MAX_US), n);
+        if us > LATE_THRESHOLD_US {
+            late += n;
+        }
+    };
     let o = sender.flush(batch, |f: Fate| match f {
         Fate::Sent { at, deadline } => {
             if timed {
-                let us = at.saturating_duration_since(deadline).as_micros() as u64;
-                let _ = hist.record(us.clamp(1, super::stats::LATENESS_MAX_US));
-                if us > LATE_THRESHOLD_US {
-                    late += 1;
+                match &mut run {
+                    Some((a, d, n)) if *a == at && *d == deadline => *n += 1,
+                    _ => {
+                        if let Some((a, d, n)) = run.replace((at, deadline, 1)) {
+                            record(a, d, n);
+                        }
+                    }
                 }
             }
         }
@@ -1451,6 +1456,9 @@ fn send_batch(
             }
         }
     });
+    if let Some((a, d, n)) = run {
+        record(a, d, n);
+    }
     stats.late_sends.fetch_add(late, Ordering::Relaxed);
     stats.packets.fetch_add(o.sent as u64, Ordering::Relaxed);
     stats.bytes.fetch_add(o.bytes as u64, Ordering::Relaxed);
@@ -1567,7 +1575,7 @@ fn push_to(
             rtcp: rtcp_addr,
             srtp: None,
         } => {
-            let d = batch.dest(if rtcp { rtcp_addr } else { rtp });
+            let d = batch.dest(if rtcp { *rtcp_addr } else { *rtp });
             batch.push(d, head, payload.clone(), tag, deadline);
         }
         Dest::Udp {
@@ -1590,7 +1598,7 @@ fn push_to(
             };
             match protected {
                 Ok(p) => {
-                    let d = batch.dest(if rtcp { rtcp_addr } else { rtp });
+                    let d = batch.dest(if rtcp { *rtcp_addr } else { *rtp });
                     batch.push(d, &[], p, tag, deadline);
                 }
                 Err(e) => debug!("SRTP packet not sent: {e}"),
