@@ -1,10 +1,9 @@
 //! Batched UDP sending from one shared socket to many destinations.
 //!
-//! A [`Batch`] collects datagrams as (destination, short per-client head, shared payload):
-//! the head is the client's rewritten 12-byte RTP header, the payload a `Bytes` shared by
-//! every client of the feed, so queuing a client's packet copies 12 bytes, not the packet.
-//! [`UdpSender::flush`] then lays each message out contiguously in one reused arena (a
-//! memcpy of hot bytes) and hands the kernel one iovec per message:
+//! A [`Batch`] collects datagrams for many destinations: each is the client's rewritten
+//! 12-byte RTP header followed by a payload every client of the feed shares, copied into
+//! the batch's one buffer as it is queued. A client's consecutive datagrams are therefore
+//! one contiguous slice, and [`UdpSender::flush`] hands the kernel one iovec per message:
 //!
 //! - `sendmmsg` path: runs of consecutive datagrams to the same destination whose sizes are
 //!   equal (the last may be shorter) go as *one* message with a `UDP_SEGMENT` control
@@ -13,11 +12,13 @@
 //! - `io_uring` path: the same messages, each a `SENDMSG` submission, submitted in batches
 //!   with one `io_uring_enter`.
 //!
-//! Why the arena, when scatter-gather could point at head and payload in place: the kernel
-//! copies a message segment by segment, and with a head and a payload iovec per packet its
-//! copy (`_copy_from_iter`) cost 2.5x the raw probe's per packet. One user-space copy into
-//! a buffer that stays in cache is cheaper: the engine went from 71-83 % to 85-93 % of the
-//! probe's packets per CPU-second (`divisor-bench fanout --clients 5120 --what
+//! Why copy, when scatter-gather could point at the header and the shared payload in
+//! place: the kernel copies a message iovec by iovec, and with a header and a payload
+//! iovec per packet its copy (`_copy_from_iter`) cost 2.5x the raw probe's per packet. One
+//! user-space copy of a payload that is hot in cache (every client of the slot gets the
+//! same one) into a buffer that stays hot is cheaper, and a queued datagram holds no
+//! reference count on the payload. The engine went from 71-83 % to 85-93 % of the probe's
+//! packets per CPU-second (`divisor-bench fanout --clients 5120 --what
 //! probe-gso,engine-gso`, bench/RESULTS.md).
 //!
 //! Why `libc::sendmmsg` rather than `quinn-udp`: `sendmmsg` sends many destinations per
@@ -33,11 +34,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tracing::{info, warn};
-
-/// Largest head [`Batch::push`] stores inline (an RTP fixed header).
-pub const MAX_HEAD: usize = 12;
 
 /// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` on every kernel that
 /// has GSO).
@@ -61,13 +58,12 @@ pub enum SendPath {
     Uring,
 }
 
-/// One datagram of a batch.
-#[derive(Clone, Debug)]
+/// One datagram of a batch: where its bytes sit in the batch's buffer.
+#[derive(Clone, Copy, Debug)]
 struct Datagram {
     dest: u32,
-    head_len: u8,
-    head: [u8; MAX_HEAD],
-    payload: Bytes,
+    at: u32,
+    len: u32,
     /// Caller's tag, passed back for datagrams that could not be sent.
     tag: u32,
     /// When it was due, for the lateness the caller records.
@@ -76,7 +72,7 @@ struct Datagram {
 
 impl Datagram {
     fn len(&self) -> usize {
-        usize::from(self.head_len) + self.payload.len()
+        self.len as usize
     }
 }
 
@@ -85,6 +81,9 @@ impl Datagram {
 pub struct Batch {
     dests: Vec<SocketAddr>,
     datagrams: Vec<Datagram>,
+    /// Every datagram's bytes, in push order: a run of datagrams to one destination is
+    /// one contiguous slice, which goes to the kernel as one iovec.
+    bytes: Vec<u8>,
 }
 
 impl Batch {
@@ -102,21 +101,25 @@ impl Batch {
         (self.dests.len() - 1) as u32
     }
 
-    /// Queue `head` (at most [`MAX_HEAD`] bytes, more is cut) followed by `payload` to
-    /// `dest`, due at `deadline`. `tag` comes back through the drop callback if the
-    /// datagram cannot be sent.
-    pub fn push(&mut self, dest: u32, head: &[u8], payload: Bytes, tag: u32, deadline: Instant) {
-        let n = head.len().min(MAX_HEAD);
-        let mut h = [0u8; MAX_HEAD];
-        h[..n].copy_from_slice(&head[..n]);
+    /// Queue `head` followed by `payload` to `dest`, due at `deadline`. `tag` comes back
+    /// through the drop callback if the datagram cannot be sent. Both are copied into the
+    /// batch's buffer (see the module notes for why a copy beats pointing at them).
+    pub fn push(&mut self, dest: u32, head: &[u8], payload: &[u8], tag: u32, deadline: Instant) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(head);
+        self.bytes.extend_from_slice(payload);
         self.datagrams.push(Datagram {
             dest,
-            head_len: n as u8,
-            head: h,
-            payload,
+            at: at as u32,
+            len: (head.len() + payload.len()) as u32,
             tag,
             deadline,
         });
+    }
+
+    /// The bytes of `d`.
+    fn bytes_of(&self, d: &Datagram) -> &[u8] {
+        &self.bytes[d.at as usize..d.at as usize + d.len()]
     }
 
     pub fn len(&self) -> usize {
@@ -131,6 +134,7 @@ impl Batch {
     pub fn clear(&mut self) {
         self.dests.clear();
         self.datagrams.clear();
+        self.bytes.clear();
     }
 }
 
@@ -163,9 +167,9 @@ struct Run {
     count: usize,
     /// GSO segment size, or 0 for a single datagram.
     segment: u16,
-    /// Where the message's bytes sit in the sender's arena.
-    arena_at: usize,
-    arena_len: usize,
+    /// Where the message's bytes sit in the batch's buffer.
+    at: usize,
+    len: usize,
 }
 
 /// Control-message space for one `UDP_SEGMENT` (a u16), 8-byte aligned as `cmsghdr` wants.
@@ -238,8 +242,6 @@ pub struct UdpSender {
     ring: Option<io_uring::IoUring>,
     runs: Vec<Run>,
     iovecs: Vec<libc::iovec>,
-    /// Every message's bytes, contiguous (see [`UdpSender::plan`]).
-    arena: Vec<u8>,
     /// Every message's destination, as the kernel reads it.
     names: Vec<RawAddr>,
     msgs: Vec<libc::mmsghdr>,
@@ -289,7 +291,6 @@ impl UdpSender {
             ring,
             runs: Vec::new(),
             iovecs: Vec::new(),
-            arena: Vec::new(),
             names: Vec::new(),
             msgs: Vec::new(),
             cmsgs: Vec::new(),
@@ -363,7 +364,7 @@ impl UdpSender {
                         }
                         for d in dgrams {
                             out.syscalls += 1;
-                            match self.send_one(&batch.dests[d.dest as usize], d) {
+                            match self.send_one(&batch.dests[d.dest as usize], batch.bytes_of(d)) {
                                 Ok(()) => {
                                     out.sent += 1;
                                     out.bytes += d.len();
@@ -421,32 +422,18 @@ impl UdpSender {
                 first: i,
                 count: j - i,
                 segment: if j - i > 1 { seg as u16 } else { 0 },
-                arena_at: 0,
-                arena_len: total,
+                at: ds[i].at as usize,
+                len: total,
             });
             i = j;
         }
-        // Every message is one contiguous buffer: a run's heads and payloads are copied
-        // into `arena`, one iovec each. Handing the kernel a head and a payload iovec per
-        // segment made it walk twice the segments in its copy (`_copy_from_iter` cost
-        // 2.5x the probe's per packet); one user-space copy of a hot payload is cheaper.
-        // The arena gets its full size before any pointer into it is taken.
-        self.arena.clear();
-        self.arena.reserve(ds.iter().map(Datagram::len).sum());
-        for run in &mut self.runs {
-            run.arena_at = self.arena.len();
-            for d in &ds[run.first..run.first + run.count] {
-                self.arena
-                    .extend_from_slice(&d.head[..usize::from(d.head_len)]);
-                self.arena.extend_from_slice(&d.payload);
-            }
-        }
-        let base = self.arena.as_ptr();
+        // A run's datagrams were pushed one after another, so its bytes are one slice.
+        let base = batch.bytes.as_ptr();
         self.iovecs.clear();
         self.iovecs.extend(self.runs.iter().map(|run| libc::iovec {
-            // SAFETY: `arena_at + arena_len` is within the arena, filled above.
-            iov_base: unsafe { base.add(run.arena_at) } as *mut libc::c_void,
-            iov_len: run.arena_len,
+            // SAFETY: `at + len` is within the batch's buffer (`push` put them there).
+            iov_base: unsafe { base.add(run.at) } as *mut libc::c_void,
+            iov_len: run.len,
         }));
         self.names.clear();
         self.names.extend(
@@ -609,32 +596,9 @@ impl UdpSender {
         results
     }
 
-    /// One datagram with plain `sendmsg` (the GSO fallback).
-    fn send_one(&self, dest: &SocketAddr, d: &Datagram) -> io::Result<()> {
-        let mut name = RawAddr::from(dest);
-        let mut iov = [
-            libc::iovec {
-                iov_base: d.head.as_ptr() as *mut libc::c_void,
-                iov_len: usize::from(d.head_len),
-            },
-            libc::iovec {
-                iov_base: d.payload.as_ptr() as *mut libc::c_void,
-                iov_len: d.payload.len(),
-            },
-        ];
-        // SAFETY: zeroed msghdr, then pointers to locals that outlive the call.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_name = name.as_mut_ptr();
-        hdr.msg_namelen = name.len;
-        hdr.msg_iov = iov.as_mut_ptr();
-        hdr.msg_iovlen = 2;
-        // SAFETY: valid fd and msghdr.
-        let n = unsafe { libc::sendmsg(self.fd(), &hdr, 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+    /// One datagram on its own (the GSO fallback).
+    fn send_one(&self, dest: &SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        self.socket.send_to(bytes, dest).map(|_| ())
     }
 }
 
@@ -704,17 +668,17 @@ mod tests {
         let b = receiver();
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let mut s = UdpSender::new(sock, path, gso).unwrap();
-        let payload = Bytes::from(vec![7u8; 1000]);
-        let short = Bytes::from(vec![9u8; 300]);
+        let payload = vec![7u8; 1000];
+        let short = vec![9u8; 300];
         let mut batch = Batch::new();
         let da = batch.dest(a.local_addr().unwrap());
         for i in 0..5u8 {
-            batch.push(da, &[i; 12], payload.clone(), 1, Instant::now());
+            batch.push(da, &[i; 12], &payload, 1, Instant::now());
         }
-        batch.push(da, &[5; 12], short.clone(), 1, Instant::now());
+        batch.push(da, &[5; 12], &short, 1, Instant::now());
         let db = batch.dest(b.local_addr().unwrap());
         for i in 0..3u8 {
-            batch.push(db, &[i; 12], payload.clone(), 2, Instant::now());
+            batch.push(db, &[i; 12], &payload, 2, Instant::now());
         }
         let out = s.flush(&mut batch, |f| {
             assert!(matches!(f, Fate::Sent { .. }), "nothing should drop")
@@ -758,9 +722,9 @@ mod tests {
         let mut batch = Batch::new();
         // An IPv6 destination on an IPv4 socket is refused by the kernel.
         let bad = batch.dest("[::1]:9".parse::<SocketAddr>().unwrap());
-        batch.push(bad, &[0; 12], Bytes::from_static(b"x"), 3, Instant::now());
+        batch.push(bad, &[0; 12], b"x", 3, Instant::now());
         let good = batch.dest(a.local_addr().unwrap());
-        batch.push(good, &[0; 12], Bytes::from_static(b"y"), 4, Instant::now());
+        batch.push(good, &[0; 12], b"y", 4, Instant::now());
         let mut drops = Vec::new();
         let out = s.flush(&mut batch, |f| {
             if let Fate::Dropped { tag } = f {
