@@ -323,6 +323,25 @@ pub fn search(
     })
 }
 
+/// ", hypervisor steal 0 / 279 ms (cores 0 / 1)" when the VM lost any time in the window,
+/// else nothing.
+pub fn steal_note(cpu: &Usage) -> String {
+    if cpu.cores_steal_ms.iter().all(|&ms| ms < 0.5) {
+        return String::new();
+    }
+    let ms: Vec<String> = cpu
+        .cores_steal_ms
+        .iter()
+        .map(|ms| format!("{ms:.0}"))
+        .collect();
+    let cores: Vec<String> = (0..ms.len()).map(|c| c.to_string()).collect();
+    format!(
+        ", hypervisor steal {} ms (cores {})",
+        ms.join(" / "),
+        cores.join(" / ")
+    )
+}
+
 /// One line per level for logs (when no progress bar is shown).
 pub fn level_line(l: &Level) -> String {
     let cpu: Vec<String> = l
@@ -332,7 +351,7 @@ pub fn level_line(l: &Level) -> String {
         .map(|u| format!("{} {:.0}%", u.unit, u.cpu_pct))
         .collect();
     format!(
-        "N={} {} (received {}, lost {}{}, p99 lateness {} ms, server p99 send lateness {} ms, jitter {:.2} ms, CPU {}){}",
+        "N={} {} (received {}, lost {}{}, p99 lateness {} ms, server p99 send lateness {} ms, jitter {:.2} ms, CPU {}{}){}",
         l.clients,
         if l.pass { "ok" } else { "FAIL" },
         l.received,
@@ -353,6 +372,7 @@ pub fn level_line(l: &Level) -> String {
             .unwrap_or("-".into()),
         l.max_jitter_ms,
         cpu.join(", "),
+        steal_note(&l.cpu),
         if l.pass {
             String::new()
         } else {

@@ -1,6 +1,8 @@
 //! CPU accounting: per process from `/proc/<pid>/stat` (user + system time of all its
 //! threads) and per core from `/proc/stat` (everything, softirq included, which is where
-//! much of the UDP send path is charged).
+//! much of the UDP send path is charged), with the time the hypervisor stole from each
+//! core: on a shared VM a window with seconds of steal fails the lateness bar whatever
+//! the code does, and the report says so.
 
 use serde::Serialize;
 use std::fs;
@@ -42,8 +44,18 @@ pub fn pids_in_ns(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Busy and total ticks of every core from `/proc/stat`.
-pub fn core_ticks() -> Vec<(u64, u64)> {
+/// Tick counts of one core from `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoreTicks {
+    /// Everything but idle and iowait (steal included: the core was not ours to use).
+    pub busy: u64,
+    pub total: u64,
+    /// Time the hypervisor ran something else on this virtual core.
+    pub steal: u64,
+}
+
+/// Ticks of every core from `/proc/stat`.
+pub fn core_ticks() -> Vec<CoreTicks> {
     let Ok(s) = fs::read_to_string("/proc/stat") else {
         return Vec::new();
     };
@@ -58,7 +70,11 @@ pub fn core_ticks() -> Vec<(u64, u64)> {
             let total: u64 = v.iter().take(8).sum();
             // idle + iowait are not busy.
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            (total - idle.min(total), total)
+            CoreTicks {
+                busy: total - idle.min(total),
+                total,
+                steal: v.get(7).copied().unwrap_or(0),
+            }
         })
         .collect()
 }
@@ -67,7 +83,7 @@ pub fn core_ticks() -> Vec<(u64, u64)> {
 #[derive(Debug, Clone)]
 pub struct Sample {
     procs: Vec<(String, Vec<(u32, f64)>)>,
-    cores: Vec<(u64, u64)>,
+    cores: Vec<CoreTicks>,
     at: std::time::Instant,
 }
 
@@ -78,6 +94,8 @@ pub struct Usage {
     pub units: Vec<UnitCpu>,
     /// Per core: percent busy (all processes and interrupts).
     pub cores_busy_pct: Vec<f64>,
+    /// Per core: milliseconds the hypervisor stole during the window.
+    pub cores_steal_ms: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,14 +146,21 @@ impl Sample {
             .cores
             .iter()
             .zip(now.iter())
-            .map(|(&(b0, t0), &(b1, t1))| {
-                let dt = t1.saturating_sub(t0).max(1);
-                b1.saturating_sub(b0) as f64 / dt as f64 * 100.0
+            .map(|(a, b)| {
+                let dt = b.total.saturating_sub(a.total).max(1);
+                b.busy.saturating_sub(a.busy) as f64 / dt as f64 * 100.0
             })
+            .collect();
+        let cores_steal_ms = self
+            .cores
+            .iter()
+            .zip(now.iter())
+            .map(|(a, b)| b.steal.saturating_sub(a.steal) as f64 / clk_tck() * 1000.0)
             .collect();
         Usage {
             units,
             cores_busy_pct,
+            cores_steal_ms,
         }
     }
 }

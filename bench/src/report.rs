@@ -81,22 +81,28 @@ pub fn markdown(r: &RunResults) -> String {
             cores
         );
     }
-    let _ = writeln!(m, "\nFirst failing level of each search:\n");
+    let _ = writeln!(
+        m,
+        "\nFailing levels of each search (with any time the hypervisor stole in the window):\n"
+    );
     for s in &r.searches {
-        if let Some(l) = s.levels.iter().find(|l| !l.pass) {
-            let _ = writeln!(
-                m,
-                "- {} {}: N={} — {}",
-                s.server,
-                s.workload,
-                l.clients,
-                l.reasons.join("; ")
-            );
-        } else {
+        let failed: Vec<_> = s.levels.iter().filter(|l| !l.pass).collect();
+        if failed.is_empty() {
             let _ = writeln!(
                 m,
                 "- {} {}: no level failed (raise --max)",
                 s.server, s.workload
+            );
+        }
+        for l in failed {
+            let _ = writeln!(
+                m,
+                "- {} {}: N={} — {}{}",
+                s.server,
+                s.workload,
+                l.clients,
+                l.reasons.join("; "),
+                crate::capacity::steal_note(&l.cpu)
             );
         }
     }
