@@ -2,6 +2,8 @@
 //! `RTP/SAVP` and MIKEY keys, sets up RTP/SAVP and plays the clip to the end; on the wire
 //! the media is protected (the H.264 payload headers are not readable, and every packet
 //! carries the 10-byte authentication tag), while a plain session of the same clip is not.
+//! The same holds for a live channel (`/live/<channel>?srtp=1`), where every client's
+//! copy of the shared packets is protected with its own keys in the fan-out.
 
 use divisor_tests::media::{self, CLIP_MP4};
 use divisor_tests::{run, Checks, Deployment, Kind, LinkTransport, Node, Options};
@@ -75,22 +77,33 @@ fn video_on_wire(file: &Path, server_ip: &str) -> VideoOnWire {
     v
 }
 
-/// Play `url` with rtspsrc over UDP while capturing in the client namespace.
+/// Play `url` with rtspsrc over UDP while capturing in the client namespace: to the end,
+/// or for `stop_after` (then gst-launch gets SIGINT and, with `-e`, ends the stream
+/// cleanly: a live channel has no end).
 fn play_and_capture(
     d: &Deployment,
     url: &str,
     name: &str,
     timeout: Duration,
+    stop_after: Option<Duration>,
 ) -> (divisor_tests::CmdOutput, VideoOnWire) {
     let cap = d
         .start_capture(Node::Client, &d.client_if.clone(), name)
         .expect("capture starts");
     let location = format!("location={url}");
+    let stop = stop_after.map(|t| format!("{}", t.as_secs()));
+    let (program, prefix): (&str, Vec<&str>) = match &stop {
+        Some(secs) => (
+            "timeout",
+            vec!["-s", "INT", "-k", "10", secs, "gst-launch-1.0"],
+        ),
+        None => ("gst-launch-1.0", vec![]),
+    };
     let out = d
         .run_in(
             Node::Client,
-            "gst-launch-1.0",
-            [
+            program,
+            prefix.into_iter().chain([
                 "-e",
                 "-v",
                 "rtspsrc",
@@ -117,7 +130,7 @@ fn play_and_capture(
                 "name=b",
                 "silent=false",
                 "sync=true",
-            ],
+            ]),
             timeout,
         )
         .expect("gst-launch runs");
@@ -162,10 +175,10 @@ fn rtspsrc_plays_an_srtp_session_to_the_end() {
     let timeout = Duration::from_secs_f64(a.duration + 30.0);
     let mut c = Checks::new();
 
-    let (plain_out, plain) = play_and_capture(&d, &d.url(CLIP_MP4), "plain", timeout);
+    let (plain_out, plain) = play_and_capture(&d, &d.url(CLIP_MP4), "plain", timeout, None);
     let rr_before = metric(&d, RECEIVER_REPORTS);
     let srtp_url = format!("{}?srtp=1", d.url(CLIP_MP4));
-    let (srtp_out, srtp) = play_and_capture(&d, &srtp_url, "srtp", timeout);
+    let (srtp_out, srtp) = play_and_capture(&d, &srtp_url, "srtp", timeout, None);
     let rr_after = metric(&d, RECEIVER_REPORTS);
     let rejected = metric(&d, SRTCP_REJECTED);
     eprintln!("receiver reports: {rr_before} before the SRTP session, {rr_after} after; SRTCP rejected: {rejected}");
@@ -216,6 +229,63 @@ fn rtspsrc_plays_an_srtp_session_to_the_end() {
             "largest RTP packet: SRTP {} bytes, plain {} bytes; expected 10 more with SRTP",
             srtp.max_len, plain.max_len
         )
+    });
+    c.finish();
+}
+
+/// The encoder unit's live channel for [`rtspsrc_plays_a_live_srtp_channel`].
+const LIVE_CONFIG: &str = r#"
+[[channel]]
+name = "x"
+source = "loop:long.mp4"
+"#;
+
+#[test]
+fn rtspsrc_plays_a_live_srtp_channel() {
+    let config = std::env::temp_dir().join("divisor-srtp-live.toml");
+    std::fs::write(&config, LIVE_CONFIG).unwrap();
+    let d = Deployment::start_with(
+        "srtp-live",
+        Kind::Split(LinkTransport::Tcp),
+        Options {
+            encoder_args: vec!["--config".into(), config.into()],
+            protocol_args: vec![],
+        },
+    )
+    .expect("deployment starts");
+    let mut c = Checks::new();
+    let url = format!("rtsp://{}/live/x?srtp=1", d.rtsp_addr);
+    let secs = 12;
+    let (out, wire) = play_and_capture(
+        &d,
+        &url,
+        "srtp-live",
+        Duration::from_secs(secs + 30),
+        Some(Duration::from_secs(secs)),
+    );
+    let frames = decoded_video_frames(&out.stdout);
+    eprintln!("live SRTP: {frames} video frames decoded in {secs} s; on the wire: {wire:?}");
+    // long.mp4 is 25 frames/s; allow for RTSP set-up and the decoder's start.
+    c.check(frames >= 150, || {
+        format!(
+            "live SRTP: {frames} video frames decoded in {secs} s, expected about {}",
+            secs * 25
+        )
+    });
+    c.check(
+        !out.stderr.contains("ERROR") && !out.stdout.contains("ERROR"),
+        || {
+            format!(
+                "live SRTP: gst-launch-1.0 reported an error: {}",
+                out.stderr
+            )
+        },
+    );
+    c.check(wire.packets > 100, || {
+        format!("live SRTP: too few video packets captured: {wire:?}")
+    });
+    c.check(wire.plausible_nal * 2 < wire.packets, || {
+        format!("live SRTP: H.264 payload headers readable on the wire: {wire:?}")
     });
     c.finish();
 }
