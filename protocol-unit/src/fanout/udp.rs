@@ -221,7 +221,8 @@ impl From<&SocketAddr> for RawAddr {
                     v6: libc::sockaddr_in6 {
                         sin6_family: libc::AF_INET6 as libc::sa_family_t,
                         sin6_port: a.port().to_be(),
-                        sin6_flowinfo: a.flowinfo().to_be(),
+                        // As std and socket2 store it: the raw field, not byte-swapped.
+                        sin6_flowinfo: a.flowinfo(),
                         sin6_addr: libc::in6_addr {
                             s6_addr: a.ip().octets(),
                         },
