@@ -3,7 +3,8 @@
 //! the media is protected (the H.264 payload headers are not readable, and every packet
 //! carries the 10-byte authentication tag), while a plain session of the same clip is not.
 //! The same holds for a live channel (`/live/<channel>?srtp=1`), where every client's
-//! copy of the shared packets is protected with its own keys in the fan-out.
+//! copy of the shared packets is protected with its own keys in the fan-out, and for
+//! `RTP/SAVP/TCP` (SRTP interleaved in the RTSP connection, `rtspsrc protocols=tcp`).
 
 use divisor_tests::media::{self, CLIP_MP4};
 use divisor_tests::{run, Checks, Deployment, Kind, LinkTransport, Node, Options};
@@ -77,13 +78,70 @@ fn video_on_wire(file: &Path, server_ip: &str) -> VideoOnWire {
     v
 }
 
-/// Play `url` with rtspsrc over UDP while capturing in the client namespace: to the end,
-/// or for `stop_after` (then gst-launch gets SIGINT and, with `-e`, ends the stream
-/// cleanly: a live channel has no end).
+/// RTP packets interleaved in the server's side of RTSP/TCP connections (RFC 2326 10.12),
+/// judged as [`video_on_wire`] judges UDP ones. The capture holds one connection, in order
+/// (a veth does not reorder); RTSP replies between the frames are skipped.
+fn interleaved_video_on_wire(file: &Path, rtsp_port: u16) -> VideoOnWire {
+    let out = run(
+        Command::new("tshark")
+            .arg("-r")
+            .arg(file)
+            .args(["-Y", &format!("tcp.srcport=={rtsp_port} && tcp.len>0")])
+            .args(["-T", "fields", "-e", "tcp.payload"]),
+        Duration::from_secs(60),
+    )
+    .and_then(|o| o.check())
+    .expect("tshark reads the capture");
+    let hex: String = out
+        .stdout
+        .split_whitespace()
+        .collect::<String>()
+        .replace(':', "");
+    let stream: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let mut v = VideoOnWire::default();
+    let mut at = 0;
+    while at + 4 <= stream.len() {
+        if stream[at] != b'$' {
+            // An RTSP reply: its head, then Content-Length bytes of body.
+            let rest = &stream[at..];
+            let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+                break;
+            };
+            let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+            let body: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok())
+                .unwrap_or(0);
+            at += end + 4 + body;
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([stream[at + 2], stream[at + 3]]));
+        let Some(packet) = stream.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        at += 4 + len;
+        if packet.len() > 12 && packet[1] & 0x7f == 96 {
+            let first = packet[12];
+            v.packets += 1;
+            v.max_len = v.max_len.max(len);
+            if first & 0x80 == 0 && matches!(first & 0x1f, 1 | 5 | 6 | 7 | 8 | 24 | 28) {
+                v.plausible_nal += 1;
+            }
+        }
+    }
+    v
+}
+
+/// Play `url` with rtspsrc over `protocol` (`udp` or `tcp`) while capturing in the client
+/// namespace: to the end, or for `stop_after` (then gst-launch gets SIGINT and, with `-e`,
+/// ends the stream cleanly: a live channel has no end).
 fn play_and_capture(
     d: &Deployment,
     url: &str,
     name: &str,
+    protocol: &str,
     timeout: Duration,
     stop_after: Option<Duration>,
 ) -> (divisor_tests::CmdOutput, VideoOnWire) {
@@ -91,6 +149,7 @@ fn play_and_capture(
         .start_capture(Node::Client, &d.client_if.clone(), name)
         .expect("capture starts");
     let location = format!("location={url}");
+    let protocols = format!("protocols={protocol}");
     let stop = stop_after.map(|t| format!("{}", t.as_secs()));
     let (program, prefix): (&str, Vec<&str>) = match &stop {
         Some(secs) => (
@@ -108,7 +167,7 @@ fn play_and_capture(
                 "-v",
                 "rtspsrc",
                 &location,
-                "protocols=udp",
+                &protocols,
                 "name=src",
                 "src.",
                 "!",
@@ -136,7 +195,10 @@ fn play_and_capture(
         .expect("gst-launch runs");
     std::thread::sleep(Duration::from_millis(500));
     let file = cap.stop();
-    let wire = video_on_wire(&file, &d.rtsp_ip.to_string());
+    let wire = match protocol {
+        "tcp" => interleaved_video_on_wire(&file, d.rtsp_addr.port()),
+        _ => video_on_wire(&file, &d.rtsp_ip.to_string()),
+    };
     (out, wire)
 }
 
@@ -175,10 +237,10 @@ fn rtspsrc_plays_an_srtp_session_to_the_end() {
     let timeout = Duration::from_secs_f64(a.duration + 30.0);
     let mut c = Checks::new();
 
-    let (plain_out, plain) = play_and_capture(&d, &d.url(CLIP_MP4), "plain", timeout, None);
+    let (plain_out, plain) = play_and_capture(&d, &d.url(CLIP_MP4), "plain", "udp", timeout, None);
     let rr_before = metric(&d, RECEIVER_REPORTS);
     let srtp_url = format!("{}?srtp=1", d.url(CLIP_MP4));
-    let (srtp_out, srtp) = play_and_capture(&d, &srtp_url, "srtp", timeout, None);
+    let (srtp_out, srtp) = play_and_capture(&d, &srtp_url, "srtp", "udp", timeout, None);
     let rr_after = metric(&d, RECEIVER_REPORTS);
     let rejected = metric(&d, SRTCP_REJECTED);
     eprintln!("receiver reports: {rr_before} before the SRTP session, {rr_after} after; SRTCP rejected: {rejected}");
@@ -260,6 +322,7 @@ fn rtspsrc_plays_a_live_srtp_channel() {
         &d,
         &url,
         "srtp-live",
+        "udp",
         Duration::from_secs(secs + 30),
         Some(Duration::from_secs(secs)),
     );
@@ -286,6 +349,66 @@ fn rtspsrc_plays_a_live_srtp_channel() {
     });
     c.check(wire.plausible_nal * 2 < wire.packets, || {
         format!("live SRTP: H.264 payload headers readable on the wire: {wire:?}")
+    });
+    c.finish();
+}
+
+/// RTP/SAVP/TCP: the same VoD clip as [`rtspsrc_plays_an_srtp_session_to_the_end`],
+/// interleaved in the RTSP connection (`rtspsrc protocols=tcp`). rtspsrc's `srtpdec`
+/// drops every packet whose authentication tag does not verify, so decoded frames show
+/// the server protected them with the keys it announced; the interleaved stream on the
+/// wire shows the payloads unreadable; rtspsrc's SRTCP reports, sent back over the
+/// connection, are unprotected and counted.
+#[test]
+fn rtspsrc_plays_an_srtp_session_over_tcp() {
+    let options = Options {
+        protocol_args: vec![
+            OsString::from("--http-listen"),
+            OsString::from(format!("0.0.0.0:{HTTP_PORT}")),
+        ],
+        ..Default::default()
+    };
+    let d = Deployment::start_with("srtp-tcp", Kind::Split(LinkTransport::Tcp), options)
+        .expect("deployment starts");
+    let a = media::asset(CLIP_MP4).unwrap();
+    let timeout = Duration::from_secs_f64(a.duration + 30.0);
+    let mut c = Checks::new();
+    let url = format!("{}?srtp=1", d.url(CLIP_MP4));
+    let (out, wire) = play_and_capture(&d, &url, "srtp-tcp", "tcp", timeout, None);
+    let rr = metric(&d, RECEIVER_REPORTS);
+    let rejected = metric(&d, SRTCP_REJECTED);
+    let frames = decoded_video_frames(&out.stdout);
+    eprintln!(
+        "SRTP over TCP: {frames} video frames decoded of {}; receiver reports {rr}, SRTCP \
+         rejected {rejected}; on the wire: {wire:?}",
+        a.video_frames
+    );
+    c.check(frames as u64 * 10 >= a.video_frames * 9, || {
+        format!(
+            "SRTP over TCP: {frames} video frames decoded, expected about {}",
+            a.video_frames
+        )
+    });
+    c.check(out.success() && !out.timed_out, || {
+        format!(
+            "SRTP over TCP: gst-launch-1.0 rtspsrc did not play to the end (exit {:?}, timed out {}): {}",
+            out.status, out.timed_out, out.stderr
+        )
+    });
+    c.check(!out.stderr.contains("ERROR"), || {
+        format!(
+            "SRTP over TCP: gst-launch-1.0 reported an error: {}",
+            out.stderr
+        )
+    });
+    c.check(rr > 0.0 && rejected == 0.0, || {
+        format!("SRTCP over TCP from rtspsrc: receiver reports {rr}, rejected {rejected}")
+    });
+    c.check(wire.packets > 50, || {
+        format!("SRTP over TCP: too few interleaved video packets captured: {wire:?}")
+    });
+    c.check(wire.plausible_nal * 2 < wire.packets, || {
+        format!("SRTP over TCP: H.264 payload headers readable on the wire: {wire:?}")
     });
     c.finish();
 }

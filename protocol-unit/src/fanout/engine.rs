@@ -92,11 +92,13 @@ pub enum TrackDest {
         rtcp: SocketAddr,
         srtp: Option<SharedSrtp>,
     },
-    /// Interleaved in the client's RTSP connection (its writer's bounded queue).
+    /// Interleaved in the client's RTSP connection (its writer's bounded queue). With
+    /// `srtp` (RTP/SAVP/TCP), every packet is protected for this client before framing.
     Interleaved {
         writer: mpsc::Sender<Bytes>,
         rtp_channel: u8,
         rtcp_channel: u8,
+        srtp: Option<SharedSrtp>,
     },
 }
 
@@ -225,6 +227,7 @@ enum Dest {
         writer: mpsc::Sender<Bytes>,
         rtp: u8,
         rtcp: u8,
+        srtp: Option<SharedSrtp>,
     },
 }
 
@@ -236,10 +239,12 @@ impl From<TrackDest> for Dest {
                 writer,
                 rtp_channel,
                 rtcp_channel,
+                srtp,
             } => Dest::Tcp {
                 writer,
                 rtp: rtp_channel,
                 rtcp: rtcp_channel,
+                srtp,
             },
         }
     }
@@ -1612,38 +1617,46 @@ fn push_to(
             rtcp: rtcp_addr,
             srtp: Some(srtp),
         } => {
-            // The one per-client step that touches payload bytes: this client gets its
-            // own copy, protected; everyone else keeps sharing `payload`.
-            let mut plain = Vec::with_capacity(head.len() + payload.len());
-            plain.extend_from_slice(head);
-            plain.extend_from_slice(payload);
-            let protected = {
-                let mut s = lock(srtp);
-                if rtcp {
-                    s.protect_rtcp(&plain)
-                } else {
-                    s.protect_rtp(&plain)
-                }
-            };
-            match protected {
-                Ok(p) => {
-                    let d = batch.dest(if rtcp { *rtcp_addr } else { *rtp });
-                    batch.push(d, &[], &p, tag, deadline);
-                }
-                Err(e) => debug!("SRTP packet not sent: {e}"),
+            if let Some(p) = protect(srtp, rtcp, head, payload) {
+                let d = batch.dest(if rtcp { *rtcp_addr } else { *rtp });
+                batch.push(d, &[], &p, tag, deadline);
             }
         }
         Dest::Tcp {
             rtp: ch_rtp,
             rtcp: ch_rtcp,
+            srtp,
             ..
-        } => put_interleaved(
-            tcp_buf,
-            if rtcp { *ch_rtcp } else { *ch_rtp },
-            head,
-            payload,
-        ),
+        } => {
+            let channel = if rtcp { *ch_rtcp } else { *ch_rtp };
+            match srtp {
+                None => put_interleaved(tcp_buf, channel, head, payload),
+                Some(srtp) => {
+                    if let Some(p) = protect(srtp, rtcp, head, payload) {
+                        put_interleaved(tcp_buf, channel, &[], &p);
+                    }
+                }
+            }
+        }
     }
+}
+
+/// `head` + `payload` protected with one client's SRTP state (SRTCP when `rtcp`); `None`
+/// (logged) when the SRTP context refuses. The one per-client step that touches payload
+/// bytes: this client gets its own protected copy, everyone else keeps sharing `payload`.
+fn protect(srtp: &SharedSrtp, rtcp: bool, head: &[u8], payload: &[u8]) -> Option<Bytes> {
+    let mut plain = Vec::with_capacity(head.len() + payload.len());
+    plain.extend_from_slice(head);
+    plain.extend_from_slice(payload);
+    let mut s = lock(srtp);
+    let protected = if rtcp {
+        s.protect_rtcp(&plain)
+    } else {
+        s.protect_rtp(&plain)
+    };
+    protected
+        .map_err(|e| debug!("SRTP packet not sent: {e}"))
+        .ok()
 }
 
 /// Hand what [`push_to`] gathered for an interleaved `dest` to its connection. Returns
@@ -1960,6 +1973,7 @@ mod tests {
                         writer: tx,
                         rtp_channel: 0,
                         rtcp_channel: 1,
+                        srtp: None,
                     },
                     ssrc: 5,
                 }],

@@ -50,6 +50,7 @@ impl QueueSink {
             writer: self.writer.clone(),
             rtp_channel: k,
             rtcp_channel: k + 1,
+            srtp: None,
         }
     }
 

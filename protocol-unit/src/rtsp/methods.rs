@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::error::RtspError;
 use super::target::{self, LiveTarget};
-use super::{serialize, Connection, SERVER_NAME};
+use super::{serialize, Connection, InterleavedRoute, SERVER_NAME};
 use crate::fanout::{ClientStats, TrackDest};
 use crate::live::session::{self as live_session, LiveSessionContext};
 use crate::session::playout::Playout;
@@ -327,6 +327,7 @@ enum Wanted {
     Interleaved {
         rtp: u8,
         rtcp: u8,
+        savp: bool,
     },
 }
 
@@ -347,8 +348,7 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
             continue;
         }
         match rtp.lower_transport {
-            // SRTP is served over UDP only.
-            Some(RtpLowerTransport::Tcp) if !savp => {
+            Some(RtpLowerTransport::Tcp) => {
                 let (rtp_ch, rtcp_ch) = match rtp.params.interleaved {
                     Some((a, b)) => (a, b.unwrap_or(a.wrapping_add(1))),
                     None => (track * 2, track * 2 + 1),
@@ -356,6 +356,7 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
                 return Ok(Wanted::Interleaved {
                     rtp: rtp_ch,
                     rtcp: rtcp_ch,
+                    savp,
                 });
             }
             None | Some(RtpLowerTransport::Udp) => {
@@ -389,8 +390,8 @@ fn choose_transport(req: &Request<Vec<u8>>, track: u8) -> Result<Wanted, RtspErr
         return Err(RtspError::unsupported_transport(why));
     }
     Err(RtspError::unsupported_transport(
-        "only RTP/AVP or RTP/SAVP unicast over UDP (with client_port), or RTP/AVP/TCP \
-         interleaved, is served",
+        "only RTP/AVP or RTP/SAVP unicast, over UDP (with client_port) or TCP \
+         (interleaved), is served",
     ))
 }
 
@@ -408,7 +409,9 @@ async fn setup(
     })?;
     let wanted = choose_transport(req, track)?;
     let srtp = match wanted {
-        Wanted::Udp { savp: true, .. } => Some(srtp_session(conn, req, track)?),
+        Wanted::Udp { savp: true, .. } | Wanted::Interleaved { savp: true, .. } => {
+            Some(srtp_session(conn, req, track)?)
+        }
         _ => None,
     };
     let session = match session {
@@ -467,20 +470,26 @@ async fn setup(
             );
             (sink, transport)
         }
-        Wanted::Interleaved { rtp, rtcp } => {
+        Wanted::Interleaved { rtp, rtcp, savp } => {
             conn.interleaved
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(rtcp, (session.clone(), track));
+                .insert(
+                    rtcp,
+                    InterleavedRoute {
+                        session: session.clone(),
+                        track,
+                        srtp: srtp.clone(),
+                    },
+                );
             let sink = TrackDest::Interleaved {
                 writer: conn.writer.clone(),
                 rtp_channel: rtp,
                 rtcp_channel: rtcp,
+                srtp: srtp.clone(),
             };
-            (
-                sink,
-                format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}"),
-            )
+            let profile = if savp { "RTP/SAVP/TCP" } else { "RTP/AVP/TCP" };
+            (sink, format!("{profile};unicast;interleaved={rtp}-{rtcp}"))
         }
     };
     let ssrc = ask(&session, |reply| Command::Setup { track, sink, reply }).await??;
@@ -699,7 +708,7 @@ fn teardown(conn: &Connection, session: Arc<SessionHandle>) -> Result<Reply, Rts
     conn.interleaved
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .retain(|_, (s, _)| s.id != session.id);
+        .retain(|_, route| route.session.id != session.id);
     info!(session = %session.id, asset = %session.asset, "teardown");
     Ok(Reply::default().header(headers::SESSION, session.id.clone()))
 }
@@ -746,5 +755,63 @@ mod tests {
             457
         );
         assert_eq!(npt(4040), "4.040");
+    }
+
+    fn setup_with(transport: &str) -> Request<Vec<u8>> {
+        Request::builder(Method::Setup, Version::V1_0)
+            .request_uri(rtsp_types::Url::parse("rtsp://h/vod/a.mp4/trackID=1").unwrap())
+            .header(headers::CSEQ, "2")
+            .header(headers::TRANSPORT, transport)
+            .build(Vec::new())
+    }
+
+    #[test]
+    fn transports_udp_and_interleaved_plain_or_srtp() {
+        let chosen = |t: &str| choose_transport(&setup_with(t), 1);
+        assert!(matches!(
+            chosen("RTP/AVP;unicast;client_port=5000-5001"),
+            Ok(Wanted::Udp {
+                rtp_port: 5000,
+                rtcp_port: 5001,
+                savp: false
+            })
+        ));
+        assert!(matches!(
+            chosen("RTP/SAVP;unicast;client_port=5000-5001"),
+            Ok(Wanted::Udp { savp: true, .. })
+        ));
+        assert!(matches!(
+            chosen("RTP/SAVP/TCP;unicast;interleaved=4-5"),
+            Ok(Wanted::Interleaved {
+                rtp: 4,
+                rtcp: 5,
+                savp: true
+            })
+        ));
+        // No interleaved= picks the track's pair.
+        assert!(matches!(
+            chosen("RTP/AVP/TCP;unicast"),
+            Ok(Wanted::Interleaved {
+                rtp: 2,
+                rtcp: 3,
+                savp: false
+            })
+        ));
+        // The first usable one of a list wins.
+        assert!(matches!(
+            chosen("RTP/AVP;multicast,RTP/SAVP/TCP;unicast;interleaved=0-1"),
+            Ok(Wanted::Interleaved { savp: true, .. })
+        ));
+        for refused in [
+            "RTP/AVP;unicast;client_port=0-1",
+            "RTP/AVP;unicast;client_port=65535",
+            "RTP/AVP;multicast",
+        ] {
+            assert_eq!(
+                chosen(refused).err().map(|e| e.status),
+                Some(461),
+                "{refused}"
+            );
+        }
     }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 pub use error::RtspError;
 
 use crate::admission::Admission;
-use crate::fanout::FanOut;
+use crate::fanout::{FanOut, SharedSrtp};
 use crate::live::LiveHub;
 use crate::metrics::Metrics;
 use crate::session::{Command, SessionHandle, Sessions};
@@ -99,10 +99,19 @@ pub struct Connection {
     /// Everything written to the client goes through here (responses and interleaved data).
     pub writer: mpsc::Sender<Bytes>,
     pub ctx: Arc<RtspContext>,
-    /// Interleaved channel -> (session, track), for RTCP the client sends back.
-    pub interleaved: Mutex<HashMap<u8, (Arc<SessionHandle>, u8)>>,
+    /// Interleaved RTCP channel -> where the RTCP the client sends back on it goes.
+    pub interleaved: Mutex<HashMap<u8, InterleavedRoute>>,
     /// SRTP keys the last `?srtp=1` DESCRIBE announced, by track: SETUP protects with them.
     pub srtp_keys: Mutex<HashMap<u8, crate::srtp::SrtpKeys>>,
+}
+
+/// The session track an interleaved RTCP channel belongs to.
+#[derive(Clone)]
+pub struct InterleavedRoute {
+    pub session: Arc<SessionHandle>,
+    pub track: u8,
+    /// RTP/SAVP/TCP: the client's RTCP is SRTCP, unprotected with its keys.
+    pub srtp: Option<SharedSrtp>,
 }
 
 async fn connection(
@@ -264,26 +273,45 @@ fn sniff_cseq(buf: &[u8]) -> Option<String> {
 }
 
 async fn route_interleaved(conn: &Connection, channel: u8, data: Bytes) {
-    let target = conn
+    let route = conn
         .interleaved
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&channel)
         .cloned();
-    match target {
-        Some((session, track)) => {
-            let _ = session
-                .commands
-                .send(Command::Rtcp {
-                    track,
-                    packet: data,
-                })
-                .await;
+    let Some(route) = route else {
+        debug!(peer = %conn.peer, channel, "interleaved data on an unknown channel dropped");
+        return;
+    };
+    let packet = match &route.srtp {
+        None => data,
+        Some(srtp) => {
+            let plain = srtp
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unprotect_rtcp(&data);
+            match plain {
+                Ok(p) => p,
+                Err(e) => {
+                    conn.ctx
+                        .fan
+                        .stats
+                        .srtcp_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(peer = %conn.peer, channel, "interleaved SRTCP dropped: {e}");
+                    return;
+                }
+            }
         }
-        None => {
-            debug!(peer = %conn.peer, channel, "interleaved data on an unknown channel dropped")
-        }
-    }
+    };
+    let _ = route
+        .session
+        .commands
+        .send(Command::Rtcp {
+            track: route.track,
+            packet,
+        })
+        .await;
 }
 
 /// A complete RTSP error reply.

@@ -18,12 +18,13 @@
 //! Wiring (following gst-rtsp-server): a client asks with `?srtp=1` on the URL
 //! ([`crate::rtsp::target::wants_srtp`]). DESCRIBE draws keys per track, keeps them on the
 //! connection and offers `m=... RTP/SAVP` with `a=key-mgmt` ([`crate::sdp::offer_srtp`];
-//! MIKEY with an empty crypto-session map, ROC 0). SETUP accepts `RTP/SAVP` over UDP (461
-//! if the connection got no keys; not over TCP yet), applies the `KeyMgmt` header's keys
-//! (entry whose `uri` matches, else the first; failure: 463 "Key Management Failure") and
-//! puts an [`SrtpSession`] in the client's `TrackDest::Udp`: the fan-out protects RTP
-//! (retransmissions re-protect the stored plain packet) and RTCP SR/BYE for that client
-//! only, and the RTCP reader unprotects its SRTCP (failures are dropped and counted as
+//! MIKEY with an empty crypto-session map, ROC 0). SETUP accepts `RTP/SAVP` over UDP and
+//! `RTP/SAVP/TCP` interleaved (461 if the connection got no keys), applies the `KeyMgmt`
+//! header's keys (entry whose `uri` matches, else the first; failure: 463 "Key Management
+//! Failure") and puts an [`SrtpSession`] in the client's `TrackDest`: the fan-out protects
+//! RTP (retransmissions re-protect the stored plain packet) and RTCP SR/BYE for that
+//! client only, and the RTCP reader (the shared UDP socket, or the RTSP connection's
+//! interleaved channel) unprotects its SRTCP (failures are dropped and counted as
 //! `RtcpDrop::SrtcpRejected`). Keys travel in the clear in the SDP: secrecy needs RTSP
 //! over TLS, as with GStreamer.
 
