@@ -222,8 +222,8 @@ fn decoded_video_frames(stdout: &str) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn rtspsrc_plays_an_srtp_session_to_the_end() {
+/// A split deployment whose protocol unit serves `/metrics` on [`HTTP_PORT`].
+fn split_with_metrics(name: &str) -> Deployment {
     let options = Options {
         protocol_args: vec![
             OsString::from("--http-listen"),
@@ -231,8 +231,32 @@ fn rtspsrc_plays_an_srtp_session_to_the_end() {
         ],
         ..Default::default()
     };
-    let d = Deployment::start_with("srtp-rtsp", Kind::Split(LinkTransport::Tcp), options)
-        .expect("deployment starts");
+    Deployment::start_with(name, Kind::Split(LinkTransport::Tcp), options)
+        .expect("deployment starts")
+}
+
+/// rtspsrc decoded (about) every one of the clip's `expected` video frames and ended
+/// cleanly with no error.
+fn check_played_to_end(c: &mut Checks, what: &str, out: &divisor_tests::CmdOutput, expected: u64) {
+    let frames = decoded_video_frames(&out.stdout);
+    eprintln!("{what}: {frames} video frames decoded of {expected}");
+    c.check(frames as u64 * 10 >= expected * 9, || {
+        format!("{what}: {frames} video frames decoded, expected about {expected}")
+    });
+    c.check(out.success() && !out.timed_out, || {
+        format!(
+            "{what}: gst-launch-1.0 rtspsrc did not play to the end (exit {:?}, timed out {}): {}",
+            out.status, out.timed_out, out.stderr
+        )
+    });
+    c.check(!out.stderr.contains("ERROR"), || {
+        format!("{what}: gst-launch-1.0 reported an error: {}", out.stderr)
+    });
+}
+
+#[test]
+fn rtspsrc_plays_an_srtp_session_to_the_end() {
+    let d = split_with_metrics("srtp-rtsp");
     let a = media::asset(CLIP_MP4).unwrap();
     let timeout = Duration::from_secs_f64(a.duration + 30.0);
     let mut c = Checks::new();
@@ -254,26 +278,7 @@ fn rtspsrc_plays_an_srtp_session_to_the_end() {
     eprintln!("SRTP session video on the wire: {srtp:?}");
 
     for (what, out) in [("plain", &plain_out), ("SRTP", &srtp_out)] {
-        let frames = decoded_video_frames(&out.stdout);
-        eprintln!(
-            "{what}: {frames} video frames decoded of {}",
-            a.video_frames
-        );
-        c.check(frames as u64 * 10 >= a.video_frames * 9, || {
-            format!(
-                "{what}: {frames} video frames decoded, expected about {}",
-                a.video_frames
-            )
-        });
-        c.check(out.success() && !out.timed_out, || {
-            format!(
-                "{what}: gst-launch-1.0 rtspsrc did not play to the end (exit {:?}, timed out {}): {}",
-                out.status, out.timed_out, out.stderr
-            )
-        });
-        c.check(!out.stderr.contains("ERROR"), || {
-            format!("{what}: gst-launch-1.0 reported an error: {}", out.stderr)
-        });
+        check_played_to_end(&mut c, what, out, a.video_frames);
     }
     c.check(plain.packets > 50 && srtp.packets > 50, || {
         format!("too few video packets captured: plain {plain:?}, SRTP {srtp:?}")
@@ -361,15 +366,7 @@ fn rtspsrc_plays_a_live_srtp_channel() {
 /// connection, are unprotected and counted.
 #[test]
 fn rtspsrc_plays_an_srtp_session_over_tcp() {
-    let options = Options {
-        protocol_args: vec![
-            OsString::from("--http-listen"),
-            OsString::from(format!("0.0.0.0:{HTTP_PORT}")),
-        ],
-        ..Default::default()
-    };
-    let d = Deployment::start_with("srtp-tcp", Kind::Split(LinkTransport::Tcp), options)
-        .expect("deployment starts");
+    let d = split_with_metrics("srtp-tcp");
     let a = media::asset(CLIP_MP4).unwrap();
     let timeout = Duration::from_secs_f64(a.duration + 30.0);
     let mut c = Checks::new();
@@ -377,30 +374,10 @@ fn rtspsrc_plays_an_srtp_session_over_tcp() {
     let (out, wire) = play_and_capture(&d, &url, "srtp-tcp", "tcp", timeout, None);
     let rr = metric(&d, RECEIVER_REPORTS);
     let rejected = metric(&d, SRTCP_REJECTED);
-    let frames = decoded_video_frames(&out.stdout);
     eprintln!(
-        "SRTP over TCP: {frames} video frames decoded of {}; receiver reports {rr}, SRTCP \
-         rejected {rejected}; on the wire: {wire:?}",
-        a.video_frames
+        "SRTP over TCP: receiver reports {rr}, SRTCP rejected {rejected}; on the wire: {wire:?}"
     );
-    c.check(frames as u64 * 10 >= a.video_frames * 9, || {
-        format!(
-            "SRTP over TCP: {frames} video frames decoded, expected about {}",
-            a.video_frames
-        )
-    });
-    c.check(out.success() && !out.timed_out, || {
-        format!(
-            "SRTP over TCP: gst-launch-1.0 rtspsrc did not play to the end (exit {:?}, timed out {}): {}",
-            out.status, out.timed_out, out.stderr
-        )
-    });
-    c.check(!out.stderr.contains("ERROR"), || {
-        format!(
-            "SRTP over TCP: gst-launch-1.0 reported an error: {}",
-            out.stderr
-        )
-    });
+    check_played_to_end(&mut c, "SRTP over TCP", &out, a.video_frames);
     c.check(rr > 0.0 && rejected == 0.0, || {
         format!("SRTCP over TCP from rtspsrc: receiver reports {rr}, rejected {rejected}")
     });
