@@ -313,12 +313,16 @@ fn bad_rtsp(c: &mut Checks, d: &Deployment) {
     );
     expect(c, "PLAY with a bogus Session", r, &[454], "31");
 
-    // Unsupported transports and impossible client port ranges on a real track: 461.
+    // Unsupported transports, impossible client port ranges and SRTP without keys on a
+    // real track: 461.
     for transport in [
         "RTP/AVP/SCTP;unicast",
         "RTP/AVP;unicast;client_port=5000-0",
         "RTP/AVP;unicast;client_port=65535",
         "RTP/AVP;unicast;client_port=0-1",
+        // SRTP without the keys of a `?srtp=1` DESCRIBE on this connection.
+        "RTP/SAVP;unicast;client_port=5000-5001",
+        "RTP/SAVP/TCP;unicast;interleaved=0-1",
     ] {
         let setup = RtspConn::connect(d, Node::Client, addr).and_then(|mut conn| {
             let desc = conn.request("DESCRIBE", &clip, &[])?;

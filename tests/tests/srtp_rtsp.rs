@@ -384,8 +384,81 @@ fn rtspsrc_plays_an_srtp_session_over_tcp() {
     c.check(wire.packets > 50, || {
         format!("SRTP over TCP: too few interleaved video packets captured: {wire:?}")
     });
+
+    // Garbage on the interleaved RTCP channel of a playing RTP/SAVP/TCP session is
+    // dropped and counted; the session's media keeps coming.
+    let garbage = garbage_srtcp_over_tcp(&d, &url);
+    if let Some((before, after)) = c.ok("garbage SRTCP over an RTP/SAVP/TCP session", garbage) {
+        let rejected_after = metric(&d, SRTCP_REJECTED);
+        eprintln!(
+            "garbage SRTCP over TCP: {before} packets before, {after} after; SRTCP rejected \
+             {rejected} -> {rejected_after}"
+        );
+        c.check(before > 0 && after > 0, || {
+            format!("garbage SRTCP over TCP: media before {before}, after {after}")
+        });
+        c.check(rejected_after >= rejected + 3.0, || {
+            format!(
+                "garbage SRTCP over TCP: rejected {rejected} -> {rejected_after}, expected 3 more"
+            )
+        });
+    }
     c.check(wire.plausible_nal * 2 < wire.packets, || {
         format!("SRTP over TCP: H.264 payload headers readable on the wire: {wire:?}")
     });
     c.finish();
+}
+
+/// Sets up and plays `url`'s first track over RTP/SAVP/TCP with our own RTSP client,
+/// sends three malformed SRTCP packets on its RTCP channel, and returns the interleaved
+/// RTP packets that arrived in the second before and the second after.
+fn garbage_srtcp_over_tcp(d: &Deployment, url: &str) -> anyhow::Result<(usize, usize)> {
+    use divisor_tests::rtsp::{sdp_tracks, Incoming};
+    use divisor_tests::RtspConn;
+    let mut conn = RtspConn::connect(d, Node::Client, d.rtsp_addr)?;
+    let desc = conn.request("DESCRIBE", url, &[])?;
+    anyhow::ensure!(desc.status == 200, "DESCRIBE {url}: {desc:?}");
+    let base = desc.header("Content-Base").unwrap_or(url).to_string();
+    let tracks = sdp_tracks(&desc.body_text(), &base);
+    let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
+    let setup = conn.request(
+        "SETUP",
+        &t.control,
+        &[("Transport", "RTP/SAVP/TCP;unicast;interleaved=0-1")],
+    )?;
+    anyhow::ensure!(
+        setup.status == 200
+            && setup
+                .header("Transport")
+                .is_some_and(|v| v.starts_with("RTP/SAVP/TCP")),
+        "SETUP RTP/SAVP/TCP: {setup:?}"
+    );
+    let play = conn.request("PLAY", &base, &[("Range", "npt=0-")])?;
+    anyhow::ensure!(play.status == 200, "PLAY: {play:?}");
+    // `next` hands out frames queued while a reply was awaited first.
+    let count_for = |conn: &mut RtspConn, secs: f64| -> anyhow::Result<usize> {
+        let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+        let mut n = 0;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match conn.next(left)? {
+                Some(Incoming::Interleaved(f)) if f.channel == 0 => n += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(n)
+    };
+    let before = count_for(&mut conn, 1.0)?;
+    for junk in [
+        &[0x80u8, 201, 0, 1][..],
+        &[0xff; 40][..],
+        &[0x81, 200, 0, 6, 1, 2, 3, 4][..],
+    ] {
+        let mut frame = vec![b'$', 1];
+        frame.extend_from_slice(&(junk.len() as u16).to_be_bytes());
+        frame.extend_from_slice(junk);
+        conn.send_raw(&frame)?;
+    }
+    let after = count_for(&mut conn, 1.0)?;
+    Ok((before, after))
 }
