@@ -20,6 +20,27 @@ use super::stats::{ClientStats, ServerStats};
 use crate::rtcp::{parse_incoming, RtcpEvent};
 use crate::schedule::EngineHandle;
 
+/// SRTCP from an RTP/SAVP client, unprotected with its keys; `None` (counted as
+/// `srtcp_rejected`, logged with `from`) when it does not authenticate or parse. Used by
+/// the shared UDP RTCP socket and by RTSP connections' interleaved channels alike.
+pub fn unprotect_srtcp(
+    srtp: &SharedSrtp,
+    packet: &[u8],
+    stats: &ServerStats,
+    from: &dyn std::fmt::Display,
+) -> Option<bytes::Bytes> {
+    let plain = srtp
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unprotect_rtcp(packet);
+    plain
+        .map_err(|e| {
+            stats.srtcp_rejected.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, "SRTCP dropped: {e}");
+        })
+        .ok()
+}
+
 /// Most NACKed packets a client may have resent in a burst, and per second after it.
 pub const NACK_BURST: f64 = 200.0;
 pub const NACK_PER_SECOND: f64 = 400.0;

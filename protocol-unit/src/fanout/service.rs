@@ -140,16 +140,9 @@ async fn read_rtcp(socket: tokio::net::UdpSocket, fan: Arc<FanOut>) {
             Some(fb) => match fan.routes.srtcp(&from) {
                 None => feedback::handle(&buf[..n], &fb, &fan.engine, &fan.stats, Instant::now()),
                 Some(srtp) => {
-                    let plain = srtp
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .unprotect_rtcp(&buf[..n]);
-                    match plain {
-                        Ok(p) => feedback::handle(&p, &fb, &fan.engine, &fan.stats, Instant::now()),
-                        Err(e) => {
-                            fan.stats.srtcp_rejected.fetch_add(1, Ordering::Relaxed);
-                            debug!(%from, "SRTCP dropped: {e}");
-                        }
+                    if let Some(p) = feedback::unprotect_srtcp(&srtp, &buf[..n], &fan.stats, &from)
+                    {
+                        feedback::handle(&p, &fb, &fan.engine, &fan.stats, Instant::now());
                     }
                 }
             },

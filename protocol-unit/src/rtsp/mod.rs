@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 pub use error::RtspError;
 
 use crate::admission::Admission;
+use crate::fanout::feedback::unprotect_srtcp;
 use crate::fanout::{FanOut, SharedSrtp};
 use crate::live::LiveHub;
 use crate::metrics::Metrics;
@@ -286,21 +287,10 @@ async fn route_interleaved(conn: &Connection, channel: u8, data: Bytes) {
     let packet = match &route.srtp {
         None => data,
         Some(srtp) => {
-            let plain = srtp
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .unprotect_rtcp(&data);
-            match plain {
-                Ok(p) => p,
-                Err(e) => {
-                    conn.ctx
-                        .fan
-                        .stats
-                        .srtcp_rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    debug!(peer = %conn.peer, channel, "interleaved SRTCP dropped: {e}");
-                    return;
-                }
+            let from = format_args!("{} (interleaved channel {channel})", conn.peer);
+            match unprotect_srtcp(srtp, &data, &conn.ctx.fan.stats, &from) {
+                Some(p) => p,
+                None => return,
             }
         }
     };
