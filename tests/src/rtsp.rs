@@ -134,6 +134,26 @@ impl RtspConn {
     }
 
     /// The CSeq the last [`RtspConn::request`] used.
+    /// DESCRIBE `url` (200 expected) and the SDP's tracks, control URLs resolved against
+    /// the Content-Base (or `url`).
+    pub fn describe(&mut self, url: &str) -> Result<Vec<SdpTrack>> {
+        let r = self.request("DESCRIBE", url, &[("Accept", "application/sdp")])?;
+        if r.status != 200 {
+            bail!("DESCRIBE {url}: {}", r.status_line);
+        }
+        let base = r.header("Content-Base").unwrap_or(url).trim().to_string();
+        Ok(sdp_tracks(&r.body_text(), &base))
+    }
+
+    /// The control URL of `url`'s first track (see [`RtspConn::describe`]).
+    pub fn first_track(&mut self, url: &str) -> Result<String> {
+        self.describe(url)?
+            .into_iter()
+            .next()
+            .map(|t| t.control)
+            .ok_or_else(|| anyhow::anyhow!("DESCRIBE {url}: no tracks in the SDP"))
+    }
+
     pub fn last_cseq(&self) -> u32 {
         self.cseq
     }

@@ -4,7 +4,7 @@
 
 use divisor_tests::deploy::{os_args, ENCODER, LINK_PORT};
 use divisor_tests::media::{self, CLIP_MP4, LONG_MP4, NOT_MEDIA};
-use divisor_tests::rtsp::{sdp_tracks, Response};
+use divisor_tests::rtsp::Response;
 use divisor_tests::{bin, Checks, Decode, Deployment, LinkTransport, Node, RtpTransport, RtspConn};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -241,12 +241,9 @@ fn bad_rtsp(c: &mut Checks, d: &Deployment) {
     // SETUP of a track of a missing asset: the control URL of the real asset's first track
     // with the file name swapped (so the URL has the shape the server expects).
     let control = RtspConn::connect(d, Node::Client, addr).and_then(|mut conn| {
-        let desc = conn.request("DESCRIBE", &clip, &[])?;
-        anyhow::ensure!(desc.status == 200, "DESCRIBE {clip}: {desc:?}");
-        let base = desc.header("Content-Base").unwrap_or(&clip).to_string();
-        let tracks = sdp_tracks(&desc.body_text(), &base);
-        let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
-        Ok(t.control.replace(CLIP_MP4, "no-such-file.mp4"))
+        Ok(conn
+            .first_track(&clip)?
+            .replace(CLIP_MP4, "no-such-file.mp4"))
     });
     if let Some(control) = c.ok("DESCRIBE for the track URL shape", control) {
         let r = raw_request(
@@ -325,12 +322,8 @@ fn bad_rtsp(c: &mut Checks, d: &Deployment) {
         "RTP/SAVP/TCP;unicast;interleaved=0-1",
     ] {
         let setup = RtspConn::connect(d, Node::Client, addr).and_then(|mut conn| {
-            let desc = conn.request("DESCRIBE", &clip, &[])?;
-            anyhow::ensure!(desc.status == 200, "DESCRIBE {clip}: {desc:?}");
-            let base = desc.header("Content-Base").unwrap_or(&clip).to_string();
-            let tracks = sdp_tracks(&desc.body_text(), &base);
-            let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
-            conn.request("SETUP", &t.control, &[("Transport", transport)])
+            let control = conn.first_track(&clip)?;
+            conn.request("SETUP", &control, &[("Transport", transport)])
         });
         if let Some(r) = c.ok(&format!("SETUP with Transport {transport}"), setup) {
             c.check(r.status == 461, || {

@@ -12,7 +12,7 @@
 use divisor_tests::deploy::Options;
 use divisor_tests::media::{self, CLIP_MP4, LONG_MP4};
 use divisor_tests::netns::Node;
-use divisor_tests::rtsp::{sdp_tracks, RtspConn};
+use divisor_tests::rtsp::RtspConn;
 use divisor_tests::{Checks, Deployment, Kind, LinkTransport, RtpTransport};
 use serde_json::Value;
 use std::ffi::OsString;
@@ -175,14 +175,10 @@ fn metrics_status_and_admission() {
         // Client N+1: 453 with a reason, at its first SETUP.
         let refused = (|| -> anyhow::Result<(u16, String)> {
             let mut conn = RtspConn::connect(&d, Node::Client, d.rtsp_addr)?;
-            let r = conn.request("DESCRIBE", &vod_url, &[("Accept", "application/sdp")])?;
-            anyhow::ensure!(r.status == 200, "DESCRIBE {}", r.status_line);
-            let base = r.header("Content-Base").unwrap_or(&vod_url).to_string();
-            let tracks = sdp_tracks(&r.body_text(), &base);
-            let track = tracks.first().ok_or_else(|| anyhow::anyhow!("no track"))?;
+            let control = conn.first_track(&vod_url)?;
             let r = conn.request(
                 "SETUP",
-                &track.control,
+                &control,
                 &[("Transport", "RTP/AVP;unicast;client_port=40000-40001")],
             )?;
             Ok((r.status, r.status_line))

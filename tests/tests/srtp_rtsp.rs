@@ -413,17 +413,13 @@ fn rtspsrc_plays_an_srtp_session_over_tcp() {
 /// sends three malformed SRTCP packets on its RTCP channel, and returns the interleaved
 /// RTP packets that arrived in the second before and the second after.
 fn garbage_srtcp_over_tcp(d: &Deployment, url: &str) -> anyhow::Result<(usize, usize)> {
-    use divisor_tests::rtsp::{sdp_tracks, Incoming};
+    use divisor_tests::rtsp::Incoming;
     use divisor_tests::RtspConn;
     let mut conn = RtspConn::connect(d, Node::Client, d.rtsp_addr)?;
-    let desc = conn.request("DESCRIBE", url, &[])?;
-    anyhow::ensure!(desc.status == 200, "DESCRIBE {url}: {desc:?}");
-    let base = desc.header("Content-Base").unwrap_or(url).to_string();
-    let tracks = sdp_tracks(&desc.body_text(), &base);
-    let t = tracks.first().ok_or_else(|| anyhow::anyhow!("no tracks"))?;
+    let control = conn.first_track(url)?;
     let setup = conn.request(
         "SETUP",
-        &t.control,
+        &control,
         &[("Transport", "RTP/SAVP/TCP;unicast;interleaved=0-1")],
     )?;
     anyhow::ensure!(
@@ -433,7 +429,7 @@ fn garbage_srtcp_over_tcp(d: &Deployment, url: &str) -> anyhow::Result<(usize, u
                 .is_some_and(|v| v.starts_with("RTP/SAVP/TCP")),
         "SETUP RTP/SAVP/TCP: {setup:?}"
     );
-    let play = conn.request("PLAY", &base, &[("Range", "npt=0-")])?;
+    let play = conn.request("PLAY", url, &[("Range", "npt=0-")])?;
     anyhow::ensure!(play.status == 200, "PLAY: {play:?}");
     // `next` hands out frames queued while a reply was awaited first.
     let count_for = |conn: &mut RtspConn, secs: f64| -> anyhow::Result<usize> {
