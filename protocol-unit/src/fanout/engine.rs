@@ -1048,7 +1048,7 @@ impl Engine {
                     l.index_slots();
                     l.pacer.set_clients(l.clients.len());
                     let before = l.pacer.spread();
-                    l.pacer.plan();
+                    l.pacer.plan(base);
                     let after = l.pacer.spread();
                     if after > before.mul_f64(1.2) || after < before.mul_f64(0.8) {
                         debug!(

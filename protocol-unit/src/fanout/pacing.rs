@@ -2,7 +2,8 @@
 //!
 //! Every client of a feed sits in one of [`PACING_SLOTS`] slots, and every slot has a
 //! fixed offset from the feed's timeline: slot `s` gets each range (a frame, sometimes
-//! with audio) at the range's deadline plus `s / PACING_SLOTS` of the feed's *spread*.
+//! with audio) at the range's deadline plus about `s / PACING_SLOTS` of the feed's *spread*
+//! (exactly: see the phases below).
 //! So sending a frame to N clients is many small bursts spread over the spread, not one
 //! burst whose tail is late by its whole length, and each packet's send lateness is
 //! measured against its own slot's time.
@@ -23,6 +24,23 @@
 //! is delay: the last slot's clients get each frame up to the spread after the first's.
 //! (Version 2 used 20 slots over half a frame interval: at 3,584 clients one slot's burst
 //! alone passed 2 ms.)
+//!
+//! A spread longer than the feed's release interval `T` (a frame's 40 ms at 25 frames/s)
+//! holds several ranges in flight at once, and their slot jobs must neither come due
+//! together nor bunch one range's jobs (a keyframe's are a few times dearer) in a row.
+//! With offsets `spread * s / 128` jobs came due together whenever the slot step came
+//! near a divisor of `T`: at 7,168 clients the spread was 9.85 frames, every 13th slot
+//! fell within 40 us of the next frame's slot, and ten jobs fell due at the same instant
+//! every 3 ms. Giving slot `s` the phase `s/128` of `T` plus whole intervals made the
+//! jobs one per `T/128` but ran 13 of a keyframe's jobs back to back, which was worse (at
+//! 8,192 clients p99 send lateness 1-25 ms against 0.5-1 ms). So the pacer learns `T` (the
+//! median gap between releases) and rounds the spread up to an odd number `F` of
+//! intervals: slot `s` at `s F / 128` of an interval has a phase `s F mod 128` no other
+//! slot has (F shares no factor with 128), so the sender gets exactly one job each `T/128`
+//! (312 us at 25 frames/s), and any `F` of them in a row serve `F` different frames. At
+//! 7,168 clients p99 send lateness fell from 2 ms to 0.2-0.5 ms (bench/RESULTS.md). At
+//! the widest spread (400 ms, 10 frames) rounding up to 11 measured no better than the
+//! pairs of jobs 10 gives, so the spread stays within [`MAX_SPREAD`].
 //!
 //! Clients join slots in bit-reversed order (0, 64, 32, 96, ...) so a few clients are
 //! spread over the whole spread, and a feed with few clients has few slot wake-ups.
@@ -67,6 +85,11 @@ pub fn spread_for(clients: usize) -> Duration {
         .clamp(MIN_SPREAD, MAX_SPREAD)
 }
 
+/// Range intervals remembered to learn the feed's release interval (their median).
+const INTERVAL_SAMPLES: usize = 16;
+/// Gaps between releases longer than this are pauses, not the feed's interval.
+const MAX_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The pacing state of one live feed.
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -76,6 +99,12 @@ pub struct Pacer {
     spread: Duration,
     /// Clients of the feed.
     clients: usize,
+    /// Release time of the latest range.
+    last_base: Option<Instant>,
+    /// The latest gaps between releases, oldest first.
+    gaps: std::collections::VecDeque<Duration>,
+    /// The feed's release interval (median of `gaps`), once known.
+    interval: Option<Duration>,
 }
 
 impl Default for Pacer {
@@ -84,14 +113,33 @@ impl Default for Pacer {
             last_due: vec![None; PACING_SLOTS],
             spread: MIN_SPREAD,
             clients: 0,
+            last_base: None,
+            gaps: std::collections::VecDeque::with_capacity(INTERVAL_SAMPLES),
+            interval: None,
         }
     }
 }
 
 impl Pacer {
-    /// A range is released: set the spread its slots get. Then ask [`Pacer::slot_time`]
-    /// for each slot that has clients. Call once per range, in release order.
-    pub fn plan(&mut self) {
+    /// A range is released at `base`: learn the release interval and set the spread its
+    /// slots get. Then ask [`Pacer::slot_time`] for each slot that has clients. Call once
+    /// per range, in release order.
+    pub fn plan(&mut self, base: Instant) {
+        if let Some(gap) = self
+            .last_base
+            .and_then(|last| base.checked_duration_since(last))
+        {
+            if !gap.is_zero() && gap <= MAX_INTERVAL {
+                if self.gaps.len() == INTERVAL_SAMPLES {
+                    self.gaps.pop_front();
+                }
+                self.gaps.push_back(gap);
+                let mut sorted: Vec<Duration> = self.gaps.iter().copied().collect();
+                sorted.sort_unstable();
+                self.interval = Some(sorted[sorted.len() / 2]);
+            }
+        }
+        self.last_base = Some(self.last_base.map_or(base, |last| last.max(base)));
         let target = spread_for(self.clients);
         self.spread = if target >= self.spread {
             target
@@ -117,13 +165,43 @@ impl Pacer {
     }
 
     /// Offset of `slot` from the feed's timeline (what its clients' sender reports say).
+    ///
+    /// A spread longer than the release interval `T` is rounded up to an odd number `F`
+    /// of intervals, and slot `s` gets `s F / 128` of an interval. `F` odd shares no
+    /// factor with 128, so the slots' phases within an interval (`s F mod 128`) are all
+    /// different: the jobs of the ranges in flight fall one per `T/128`, and any `F`
+    /// jobs in a row belong to `F` different ranges (see the module notes). Rounding
+    /// never passes [`MAX_SPREAD`]: there `F` is the most whole intervals it holds (10 at
+    /// 25 frames/s, where slots `s` and `s + 64` share a phase and jobs come in pairs).
+    /// Until the interval is known, or when the spread fits in one interval, slots are
+    /// spread evenly over the spread.
     pub fn slot_offset(&self, slot: usize) -> Duration {
-        self.spread * (slot % PACING_SLOTS) as u32 / PACING_SLOTS as u32
+        let s = (slot % PACING_SLOTS) as u32;
+        let n = PACING_SLOTS as u32;
+        match self.interval {
+            Some(t) if self.spread > t => {
+                let need = self.spread.as_nanos().div_ceil(t.as_nanos());
+                let most = (MAX_SPREAD.as_nanos() / t.as_nanos()).max(1);
+                let laps = if need | 1 <= most {
+                    need | 1
+                } else {
+                    need.min(most)
+                };
+                let laps = u32::try_from(laps).unwrap_or(n - 1).min(n - 1);
+                t * (laps * s) / n
+            }
+            _ => self.spread * s / n,
+        }
     }
 
     /// The current spread of slot offsets.
     pub fn spread(&self) -> Duration {
         self.spread
+    }
+
+    /// The release interval learnt so far.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
     }
 }
 
@@ -140,7 +218,7 @@ mod tests {
         (0..frames)
             .map(|n| {
                 let base = t0 + FRAME * n;
-                p.plan();
+                p.plan(base);
                 p.slot_time(LAST, base) - base
             })
             .collect()
@@ -173,9 +251,79 @@ mod tests {
         p.set_clients(5000);
         let t0 = Instant::now();
         let offsets = run(&mut p, t0, 100);
-        let want = spread_for(5000) * LAST as u32 / PACING_SLOTS as u32;
-        assert!(offsets.iter().all(|&o| o == want), "{offsets:?}");
+        // The first range comes before the interval is known: slots spread evenly.
+        assert_eq!(
+            offsets[0],
+            spread_for(5000) * LAST as u32 / PACING_SLOTS as u32
+        );
+        // Then 275 ms over 40 ms frames rounds up to 7 intervals.
+        assert_eq!(p.interval(), Some(FRAME));
+        let want = FRAME * 7 * LAST as u32 / PACING_SLOTS as u32;
+        assert!(offsets[1..].iter().all(|&o| o == want), "{offsets:?}");
         assert_eq!(p.slot_time(0, t0 + FRAME * 100), t0 + FRAME * 100);
+    }
+
+    /// The regressions this guards: with offsets `spread * s / 128` and a spread of 9.85
+    /// frame intervals (7,168 clients), every 13th slot fell within 40 us of the next
+    /// frame's slot, so ten jobs came due together; with phases `s/128` of a frame plus
+    /// whole frames, 13 jobs of one frame (a keyframe's, say) came in a row. Now, for any
+    /// number of clients, jobs are one per 1/128 of a frame interval (of the spread, when
+    /// it is shorter; pairs per 1/64 at the widest spread), and when ranges overlap no two
+    /// jobs in a row serve the same one.
+    #[test]
+    fn jobs_are_evenly_spaced_and_interleave_the_frames_in_flight() {
+        for clients in [500, 1000, 4096, 7168, 8192, 10_000, 50_000] {
+            let mut p = Pacer::default();
+            p.set_clients(clients);
+            let t0 = Instant::now();
+            let frames = 60u32;
+            let mut due = Vec::new();
+            for n in 0..frames {
+                let base = t0 + FRAME * n;
+                p.plan(base);
+                for s in 0..PACING_SLOTS {
+                    due.push((p.slot_time(s, base), n));
+                }
+            }
+            // Steady state: every frame that has jobs in the window had its interval
+            // known, and every frame released before its end is in.
+            let from = t0 + FRAME * 2 + p.spread() + FRAME * 3;
+            let to = t0 + FRAME * frames;
+            due.retain(|&(at, _)| at >= from && at < to);
+            due.sort_unstable();
+            assert!(due.len() > 1000, "{clients} clients: {} jobs", due.len());
+            // Over 9 frames the spread takes 10 (even: 11 would pass MAX_SPREAD), where
+            // slots s and s + 64 share a phase: jobs come in pairs, one per 1/64 of a frame.
+            let pairs = p.spread() > FRAME * 9;
+            let step = if pairs {
+                FRAME / 64
+            } else {
+                p.spread().min(FRAME) / PACING_SLOTS as u32
+            };
+            let mut instants: Vec<Instant> = due.iter().map(|d| d.0).collect();
+            instants.dedup();
+            let most = if pairs { 2 } else { 1 };
+            assert!(
+                due.len() <= instants.len() * most,
+                "{clients} clients: {} jobs at {} instants",
+                due.len(),
+                instants.len()
+            );
+            let closest = instants.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+            assert!(
+                closest >= step - Duration::from_micros(1),
+                "{clients} clients: two jobs {closest:?} apart (want {step:?})"
+            );
+            if p.spread() > FRAME * 2 {
+                let run = due
+                    .windows(3)
+                    .find(|w| w[0].1 == w[1].1 || w[1].1 == w[2].1 || w[0].1 == w[2].1);
+                assert!(
+                    run.is_none(),
+                    "{clients} clients: one frame's jobs in a row: {run:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -186,7 +334,7 @@ mod tests {
         let _ = run(&mut p, t0, 10);
         assert_eq!(p.spread(), MIN_SPREAD);
         p.set_clients(6000);
-        p.plan();
+        p.plan(t0 + FRAME * 10);
         let wide = p.spread();
         assert_eq!(wide, spread_for(6000));
         // Most clients leave: the spread comes down a little per frame.
@@ -195,7 +343,7 @@ mod tests {
         for n in 20..3000u32 {
             let base = t0 + FRAME * n;
             let before = p.spread();
-            p.plan();
+            p.plan(base);
             assert!(p.spread().as_secs_f64() >= before.as_secs_f64() * SHRINK_PER_RANGE - 1e-9);
             for (s, last) in prev.iter_mut().enumerate() {
                 let at = p.slot_time(s, base);
