@@ -78,6 +78,9 @@ pub struct Level {
     pub frame_gap_var_ms2: Option<f64>,
     /// Packets per second one measuring receiver got (to relate clients to packet rates).
     pub packets_per_s_per_client: f64,
+    /// Mean UDP payload of those packets (bytes): the size the raw probe sends, so that
+    /// server and probe are compared on equal datagrams.
+    pub bytes_per_packet: f64,
     /// Packets the client namespace's drop rule discarded during the window.
     pub dropped_at_ingress: u64,
     pub cpu: Usage,
@@ -162,6 +165,7 @@ pub fn level(
     thread::sleep(Duration::from_millis(500));
 
     let received: u64 = reports.iter().map(|r| r.received).sum();
+    let received_bytes: u64 = reports.iter().map(|r| r.bytes).sum();
     let decrypted: u64 = reports.iter().map(|r| r.decrypted_frames).sum();
     let decrypt_failures: u64 = reports.iter().map(|r| r.decrypt_failures).sum();
     let lost: u64 = reports.iter().map(|r| r.lost).sum::<u64>() + decrypt_failures;
@@ -235,6 +239,7 @@ pub fn level(
         frame_gap_mean_ms: gap_mean,
         frame_gap_var_ms2: gap_var,
         packets_per_s_per_client: received as f64 / m as f64 / plan.window_secs,
+        bytes_per_packet: received_bytes as f64 / received.max(1) as f64,
         dropped_at_ingress: dropped,
         cpu: usage,
         lateness_ms: lateness,

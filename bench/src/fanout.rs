@@ -113,7 +113,7 @@ pub fn run(args: FanoutArgs) -> Result<()> {
         let r = match what.as_str() {
             "probe" | "probe-gso" => {
                 let gso = what == "probe-gso";
-                let r = probe::run_sized(
+                let r = probe::run(
                     &topo.proto_ns,
                     core,
                     dests.clone(),

@@ -1,10 +1,10 @@
-//! The raw sendmmsg probe (issue 4's baseline): how many ~1200-byte UDP datagrams one core
-//! can push to the load clients' addresses when it does nothing else, with plain
-//! `sendmmsg` and with UDP GSO (`UDP_SEGMENT`, 4 segments per message).
+//! The raw sendmmsg probe (issue 4's baseline): how many UDP datagrams one core can push
+//! to the load clients' addresses when it does nothing else, with plain `sendmmsg` and
+//! with UDP GSO (`UDP_SEGMENT`, 4 segments per message).
 //!
 //! It runs on a thread inside the protocol unit's namespace, pinned to the protocol
 //! unit's core, sending to the same destinations as the server (the client namespace's
-//! ingress drop rule discards them).
+//! ingress drop rule discards them) datagrams of the same size as the server's packets.
 
 use crate::nsthread;
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// Payload size of every datagram (about one RTP packet of a 1 Mbit/s stream).
+/// Datagram size when the server's is not known (the issue's "about 1200-byte packets").
 pub const PACKET_BYTES: usize = 1200;
 /// Segments per GSO message.
 pub const GSO_SEGMENTS: usize = 4;
@@ -25,9 +25,11 @@ const BATCH: usize = 64;
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeResult {
     pub gso: bool,
+    /// UDP payload of every datagram sent (bytes).
+    pub datagram_bytes: usize,
     pub packets_per_s: f64,
     pub gbit_per_s: f64,
-    /// How many 1 Mbit/s streams of PACKET_BYTES packets that rate would carry.
+    /// How many 1 Mbit/s streams of such datagrams that rate would carry.
     pub clients_1mbps: f64,
     pub errors: u64,
     /// CPU time of the sending thread (user + system), seconds.
@@ -38,19 +40,9 @@ pub struct ProbeResult {
     pub packets: u64,
 }
 
-/// Sends for `secs` from `ns` on `core` to `dests` in turn.
+/// Sends datagrams of `size` bytes for `secs` from `ns` on `core` to `dests` in turn. The
+/// callers pass the size of the server's packets they compare with.
 pub fn run(
-    ns: &str,
-    core: usize,
-    dests: Vec<SocketAddrV4>,
-    gso: bool,
-    secs: f64,
-) -> Result<ProbeResult> {
-    run_sized(ns, core, dests, gso, secs, PACKET_BYTES)
-}
-
-/// [`run`] with datagrams of `size` bytes (`divisor-bench fanout` matches the engine's).
-pub fn run_sized(
     ns: &str,
     core: usize,
     dests: Vec<SocketAddrV4>,
@@ -152,6 +144,7 @@ fn send_loop(dests: &[SocketAddrV4], gso: bool, secs: f64, size: usize) -> Resul
     let pps = packets as f64 / secs;
     Ok(ProbeResult {
         gso,
+        datagram_bytes: size,
         packets_per_s: pps,
         gbit_per_s: pps * size as f64 * 8.0 / 1e9,
         clients_1mbps: pps * size as f64 * 8.0 / 1e6,

@@ -1,7 +1,6 @@
 //! The run's Markdown summary: capacity table, ratios, probe comparison.
 
 use crate::capacity::Search;
-use crate::probe;
 use crate::run::RunResults;
 use std::fmt::Write;
 
@@ -140,8 +139,9 @@ pub fn markdown(r: &RunResults) -> String {
     if !r.probe.is_empty() {
         let _ = writeln!(
             m,
-            "\nRaw sendmmsg probe on the protocol core ({} B datagrams to the load clients' ports):\n",
-            probe::PACKET_BYTES
+            "\nRaw sendmmsg probe on the protocol core ({} B datagrams, the mean of the server's \
+             packets, to the load clients' ports):\n",
+            r.probe[0].datagram_bytes
         );
         let _ = writeln!(m, "| probe | packets/s | Gbit/s | = clients of 1 Mbit/s |");
         let _ = writeln!(m, "|---|---:|---:|---:|");

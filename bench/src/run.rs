@@ -458,15 +458,22 @@ pub fn run(mode: Mode, args: RunArgs) -> Result<()> {
 }
 
 /// The raw sendmmsg probe, without and with GSO, from the protocol namespace on the
-/// protocol core to as many of the client's dropped ports as the largest capacity found.
+/// protocol core to as many of the client's dropped ports as the largest capacity found,
+/// in datagrams the size of that search's packets (the mean its measuring receivers got;
+/// [`probe::PACKET_BYTES`] when no level passed): a probe of smaller datagrams than the
+/// server sends would flatter the probe.
 fn run_probe(cores: Cores, s: &Settings, searches: &[Search]) -> Result<Vec<ProbeResult>> {
-    let clients = searches
-        .iter()
+    let widest = searches.iter().max_by_key(|x| x.max_clients);
+    let clients = widest
         .map(|x| x.max_clients)
-        .max()
         .unwrap_or(1)
         .max(s.plan.max.min(1000))
         .max(1);
+    let size = widest
+        .and_then(|x| x.best())
+        .map(|l| l.bytes_per_packet.round() as usize)
+        .filter(|&b| b > 0)
+        .unwrap_or(probe::PACKET_BYTES);
     let topo = divisor_tests::Topology::new(&format!("bench-{}-probe", std::process::id()))?;
     nft::install_drop(&topo.client_ns, &topo.client_if)?;
     servers::veth_gso_passthrough(&topo)?;
@@ -481,10 +488,11 @@ fn run_probe(cores: Cores, s: &Settings, searches: &[Search]) -> Result<Vec<Prob
             dests.clone(),
             gso,
             s.probe_secs,
+            size,
         ) {
             Ok(r) => {
                 println!(
-                    "probe sendmmsg{}: {:.0} packets/s ({:.2} Gbit/s) = {:.0} clients of 1 Mbit/s",
+                    "probe sendmmsg{} ({size} B datagrams): {:.0} packets/s ({:.2} Gbit/s) = {:.0} clients of 1 Mbit/s",
                     if gso { " + GSO x4" } else { "" },
                     r.packets_per_s,
                     r.gbit_per_s,
