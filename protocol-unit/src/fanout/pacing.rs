@@ -37,10 +37,10 @@
 //! median gap between releases) and rounds the spread up to an odd number `F` of
 //! intervals: slot `s` at `s F / 128` of an interval has a phase `s F mod 128` no other
 //! slot has (F shares no factor with 128), so the sender gets exactly one job each `T/128`
-//! (312 us at 25 frames/s), and any `F` of them in a row serve `F` different frames. At
-//! 7,168 clients p99 send lateness fell from 2 ms to 0.2-0.5 ms (bench/RESULTS.md). At
-//! the widest spread (400 ms, 10 frames) rounding up to 11 measured no better than the
-//! pairs of jobs 10 gives, so the spread stays within [`MAX_SPREAD`].
+//! (312 us at 25 frames/s), and any `F` of them in a row serve `F` different frames.
+//! Rounding stops at [`MAX_SPREAD`]: at 400 ms (10 frames) rounding up to 11 measured no
+//! better than the pairs of jobs 10 gives. At 6,144 clients (9 frames) p99 send lateness
+//! fell from 0.2 to 0.15 ms, at 7,168 (10, pairs) from 2 to 0.5 ms (bench/RESULTS.md).
 //!
 //! Clients join slots in bit-reversed order (0, 64, 32, 96, ...) so a few clients are
 //! spread over the whole spread, and a feed with few clients has few slot wake-ups.
