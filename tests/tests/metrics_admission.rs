@@ -2,7 +2,8 @@
 //!
 //! - `--max-clients 3`: three ffmpeg clients play (two VoD over UDP, one live); a fourth
 //!   session's SETUP gets `453 Not Enough Bandwidth` with a reason, and the three admitted
-//!   clients decode every frame without an error line;
+//!   clients decode every frame without an error line; once the VoD clients have ended,
+//!   their shares are back and a new session is admitted;
 //! - `curl /metrics` from the client namespace while they play: RTCP receiver reports from
 //!   the ffmpeg clients are counted and the RR histograms and send lateness are filled;
 //!   the refusal is counted;
@@ -259,6 +260,37 @@ fn metrics_status_and_admission() {
                 });
             }
         }
+
+        // The finished VoD sessions gave their shares back: a new session is admitted
+        // (the live client still holds one of the three).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut after = (0, String::new());
+        while Instant::now() < deadline {
+            let setup = (|| -> anyhow::Result<(u16, String)> {
+                let mut conn = RtspConn::connect(&d, Node::Client, d.rtsp_addr)?;
+                let control = conn.first_track(&vod_url)?;
+                let r = conn.request(
+                    "SETUP",
+                    &control,
+                    &[("Transport", "RTP/AVP;unicast;client_port=40002-40003")],
+                )?;
+                Ok((r.status, r.status_line))
+            })();
+            if let Ok(answer) = setup {
+                after = answer;
+                if after.0 == 200 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("SETUP after the VoD clients ended: {}", after.1);
+        c.check(after.0 == 200, || {
+            format!(
+                "no session admitted after the VoD clients ended: {}",
+                after.1
+            )
+        });
 
         // The live input stops: the channel shows as stalled.
         d.stop("sender-ts");

@@ -127,10 +127,18 @@ impl Feedback {
 /// UDP clients' RTCP source addresses.
 #[derive(Default)]
 pub struct FeedbackRoutes {
-    map: Mutex<HashMap<SocketAddr, Arc<Feedback>>>,
+    routes: Mutex<Routes>,
     /// RTP/SAVP clients' RTCP source addresses: their SRTCP is unprotected with the keys
     /// of their `KeyMgmt` header before [`handle`] sees it.
     srtcp: Mutex<HashMap<SocketAddr, SharedSrtp>>,
+}
+
+/// Addresses to clients, and each client's addresses: a session that ends forgets its
+/// own one or two addresses without scanning the routes of the thousands still playing.
+#[derive(Default)]
+struct Routes {
+    by_addr: HashMap<SocketAddr, Arc<Feedback>>,
+    by_client: HashMap<ClientId, Vec<SocketAddr>>,
 }
 
 impl FeedbackRoutes {
@@ -140,7 +148,20 @@ impl FeedbackRoutes {
 
     /// RTCP from `from` belongs to `fb`.
     pub fn insert(&self, from: SocketAddr, fb: Arc<Feedback>) {
-        lock(&self.map).insert(from, fb);
+        let mut r = lock(&self.routes);
+        let client = fb.client;
+        if let Some(old) = r.by_addr.insert(from, fb) {
+            // The address moves to the new client (a new session from the same port).
+            if old.client != client {
+                if let Some(addrs) = r.by_client.get_mut(&old.client) {
+                    addrs.retain(|a| *a != from);
+                }
+            }
+        }
+        let addrs = r.by_client.entry(client).or_default();
+        if !addrs.contains(&from) {
+            addrs.push(from);
+        }
         // A new session on this address is plain RTCP until told otherwise.
         lock(&self.srtcp).remove(&from);
     }
@@ -157,17 +178,20 @@ impl FeedbackRoutes {
 
     /// Forget every address of client `client`.
     pub fn remove_client(&self, client: ClientId) {
-        let mut map = lock(&self.map);
-        map.retain(|_, f| f.client != client);
-        lock(&self.srtcp).retain(|a, _| map.contains_key(a));
+        let mut r = lock(&self.routes);
+        let mut srtcp = lock(&self.srtcp);
+        for addr in r.by_client.remove(&client).unwrap_or_default() {
+            r.by_addr.remove(&addr);
+            srtcp.remove(&addr);
+        }
     }
 
     pub fn get(&self, from: &SocketAddr) -> Option<Arc<Feedback>> {
-        lock(&self.map).get(from).cloned()
+        lock(&self.routes).by_addr.get(from).cloned()
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.map).len()
+        lock(&self.routes).by_addr.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -295,6 +319,32 @@ impl KeyframeLimiter {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn feedback(client: ClientId) -> Arc<Feedback> {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let stats = ClientStats::new(client, "s", "live/a", "10.0.0.2:5000");
+        Feedback::new(client, stats, Arc::new(Mutex::new(Instant::now())), tx)
+    }
+
+    #[test]
+    fn a_session_that_ends_takes_only_its_own_routes() {
+        let routes = FeedbackRoutes::new();
+        let a1: SocketAddr = "10.0.0.2:5001".parse().unwrap();
+        let a2: SocketAddr = "10.0.0.2:5003".parse().unwrap();
+        let b: SocketAddr = "10.0.0.3:5001".parse().unwrap();
+        routes.insert(a1, feedback(1));
+        routes.insert(a2, feedback(1));
+        routes.insert(b, feedback(2));
+        // Client 3 takes over client 1's second address (a new session on that port).
+        routes.insert(a2, feedback(3));
+        routes.remove_client(1);
+        assert!(routes.get(&a1).is_none());
+        assert_eq!(routes.get(&a2).map(|f| f.client), Some(3));
+        assert_eq!(routes.get(&b).map(|f| f.client), Some(2));
+        routes.remove_client(3);
+        routes.remove_client(2);
+        assert!(routes.is_empty());
+    }
 
     #[test]
     fn token_bucket_limits_bursts_and_refills() {

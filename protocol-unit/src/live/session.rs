@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{Control, Viewer};
+use crate::admission::Ticket;
 use crate::fanout::feedback::{self, Feedback};
 use crate::fanout::{
     ClientId, ClientStats, Command as EngineCommand, FanOut, LiveJoin, LiveTrack, Tier, TrackDest,
@@ -23,6 +24,9 @@ pub struct LiveSessionContext {
     pub stats: Arc<ClientStats>,
     pub last_seen: Arc<Mutex<Instant>>,
     pub label: String,
+    /// This session's share of the admission budgets, released when the session's
+    /// task ends and drops its context.
+    pub admission: Ticket,
 }
 
 /// Spawn the session of `viewer`.
@@ -52,6 +56,8 @@ pub fn spawn(
         });
         s.ctx.fan.routes.remove_client(s.ctx.client);
         s.ctx.fan.stats.remove_client(s.ctx.client);
+        // The budget share goes only now that the client is out of the fan-out.
+        drop(s.ctx.admission);
     })
 }
 

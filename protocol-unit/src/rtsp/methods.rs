@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::error::RtspError;
 use super::target::{self, LiveTarget};
 use super::{serialize, Connection, InterleavedRoute, SERVER_NAME};
+use crate::admission::Ticket;
 use crate::fanout::{ClientStats, TrackDest};
 use crate::live::session::{self as live_session, LiveSessionContext};
 use crate::session::playout::Playout;
@@ -426,21 +427,13 @@ async fn setup(
             // Admission before anything is allocated for the session (channel, driver,
             // fan-out client): a refused client costs nothing, and no one playing notices.
             let ticket = admit(conn)?;
+            // The budget share travels with the session's driver and is released when
+            // the driver ends, however the session ends (TEARDOWN, time-out, connection
+            // loss, end of the channel).
             let session = match &target.live {
-                None => create_session(conn, &target.asset, &target.rendition).await?,
-                Some(live) => create_live_session(conn, &target.asset, live).await?,
+                None => create_session(conn, &target.asset, &target.rendition, ticket).await?,
+                Some(live) => create_live_session(conn, &target.asset, live, ticket).await?,
             };
-            // The budget share lives as long as the session's driver (to within a second),
-            // however the session ends (TEARDOWN, time-out, connection loss, end of the
-            // channel). A weak handle: holding a sender would keep the driver alive.
-            let commands = session.commands.downgrade();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                while commands.upgrade().is_some_and(|c| !c.is_closed()) {
-                    tick.tick().await;
-                }
-                drop(ticket);
-            });
             conn.ctx.metrics.sessions_started.inc();
             session
         }
@@ -511,7 +504,7 @@ async fn setup(
 }
 
 /// Reserve a share of the admission budgets for a new session, or refuse it with 453.
-fn admit(conn: &Connection) -> Result<crate::admission::Ticket, RtspError> {
+fn admit(conn: &Connection) -> Result<Ticket, RtspError> {
     let admission = &conn.ctx.admission;
     admission
         .try_admit(conn.peer.ip(), admission.estimate_bps(None))
@@ -525,6 +518,7 @@ async fn create_session(
     conn: &Connection,
     asset: &str,
     rendition: &str,
+    admission: Ticket,
 ) -> Result<Arc<SessionHandle>, RtspError> {
     let channel = conn.ctx.upstream.open(asset, rendition).await?;
     let playout = Playout::new(&channel.tracks, "divisor")
@@ -559,6 +553,7 @@ async fn create_session(
             stats,
             last_seen,
             label: session.id.clone(),
+            admission,
         },
     );
     info!(session = %session.id, %asset, peer = %conn.peer, "session created");
@@ -569,6 +564,7 @@ async fn create_live_session(
     conn: &Connection,
     asset: &str,
     live: &LiveTarget,
+    admission: Ticket,
 ) -> Result<Arc<SessionHandle>, RtspError> {
     let viewer = conn
         .ctx
@@ -598,6 +594,7 @@ async fn create_live_session(
             stats,
             last_seen,
             label: session.id.clone(),
+            admission,
         },
     );
     info!(session = %session.id, %asset, tier = ?live.tier, peer = %conn.peer, "live session created");

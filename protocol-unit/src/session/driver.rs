@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::playout::{Playout, TrackStart};
+use crate::admission::Ticket;
 use crate::fanout::feedback::{self, Feedback, KeyframeLimiter};
 use crate::fanout::{
     ClientId, ClientStats, Command as EngineCommand, FanOut, FeedId, TrackDest, VodEvent,
@@ -80,6 +81,9 @@ pub struct DriverContext {
     pub stats: Arc<ClientStats>,
     pub last_seen: Arc<Mutex<Instant>>,
     pub label: String,
+    /// This session's share of the admission budgets, released when the session's
+    /// task ends and drops its context.
+    pub admission: Ticket,
 }
 
 /// Spawn the driver of a session on `channel`. Its packets are sent by the fan-out
@@ -133,6 +137,9 @@ pub fn spawn(
             .send(EngineCommand::RemoveFeed { feed: ctx.feed });
         ctx.fan.routes.remove_client(ctx.client);
         ctx.fan.stats.remove_client(ctx.client);
+        // Named so the task owns the ticket: an async block captures only the fields it
+        // uses, and an unused one would be released as soon as the task was spawned.
+        drop(ctx.admission);
     })
 }
 
