@@ -38,6 +38,16 @@ fn curl(d: &Deployment, path: &str) -> anyhow::Result<String> {
 
 /// The samples of a Prometheus/OpenMetrics text exposition; an error unless it ends with
 /// `# EOF` and every sample value is a number.
+/// A new session's first SETUP of `url` (UDP, client ports `port`-`port+1`) from the
+/// client namespace: the status code and status line.
+fn setup(d: &Deployment, url: &str, port: u16) -> anyhow::Result<(u16, String)> {
+    let mut conn = RtspConn::connect(d, Node::Client, d.rtsp_addr)?;
+    let control = conn.first_track(url)?;
+    let transport = format!("RTP/AVP;unicast;client_port={port}-{}", port + 1);
+    let r = conn.request("SETUP", &control, &[("Transport", transport.as_str())])?;
+    Ok((r.status, r.status_line))
+}
+
 fn parse_exposition(text: &str) -> Result<Vec<(String, f64)>, String> {
     if text.lines().last() != Some("# EOF") {
         return Err("no # EOF".into());
@@ -174,17 +184,7 @@ fn metrics_status_and_admission() {
         });
 
         // Client N+1: 453 with a reason, at its first SETUP.
-        let refused = (|| -> anyhow::Result<(u16, String)> {
-            let mut conn = RtspConn::connect(&d, Node::Client, d.rtsp_addr)?;
-            let control = conn.first_track(&vod_url)?;
-            let r = conn.request(
-                "SETUP",
-                &control,
-                &[("Transport", "RTP/AVP;unicast;client_port=40000-40001")],
-            )?;
-            Ok((r.status, r.status_line))
-        })();
-        if let Some((status, line)) = c.ok("SETUP of client N+1", refused) {
+        if let Some((status, line)) = c.ok("SETUP of client N+1", setup(&d, &vod_url, 40000)) {
             eprintln!("client N+1: {line}");
             c.check(status == 453, || format!("client N+1 got {line}, not 453"));
         }
@@ -266,17 +266,7 @@ fn metrics_status_and_admission() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut after = (0, String::new());
         while Instant::now() < deadline {
-            let setup = (|| -> anyhow::Result<(u16, String)> {
-                let mut conn = RtspConn::connect(&d, Node::Client, d.rtsp_addr)?;
-                let control = conn.first_track(&vod_url)?;
-                let r = conn.request(
-                    "SETUP",
-                    &control,
-                    &[("Transport", "RTP/AVP;unicast;client_port=40002-40003")],
-                )?;
-                Ok((r.status, r.status_line))
-            })();
-            if let Ok(answer) = setup {
+            if let Ok(answer) = setup(&d, &vod_url, 40002) {
                 after = answer;
                 if after.0 == 200 {
                     break;
