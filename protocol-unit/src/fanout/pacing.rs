@@ -105,6 +105,10 @@ pub struct Pacer {
     gaps: std::collections::VecDeque<Duration>,
     /// The feed's release interval (median of `gaps`), once known.
     interval: Option<Duration>,
+    /// The interval `T` and the whole number of intervals `F` the slots' offsets cover,
+    /// while the spread is longer than `T` (see [`Pacer::slot_offset`]); set by
+    /// [`Pacer::plan`], so the per-slot offset is one multiplication.
+    laps: Option<(Duration, u32)>,
 }
 
 impl Default for Pacer {
@@ -116,6 +120,7 @@ impl Default for Pacer {
             last_base: None,
             gaps: std::collections::VecDeque::with_capacity(INTERVAL_SAMPLES),
             interval: None,
+            laps: None,
         }
     }
 }
@@ -134,7 +139,11 @@ impl Pacer {
                     self.gaps.pop_front();
                 }
                 self.gaps.push_back(gap);
-                let mut sorted: Vec<Duration> = self.gaps.iter().copied().collect();
+                let mut sorted = [Duration::ZERO; INTERVAL_SAMPLES];
+                for (to, from) in sorted.iter_mut().zip(&self.gaps) {
+                    *to = *from;
+                }
+                let sorted = &mut sorted[..self.gaps.len()];
                 sorted.sort_unstable();
                 self.interval = Some(sorted[sorted.len() / 2]);
             }
@@ -146,6 +155,17 @@ impl Pacer {
         } else {
             target.max(self.spread.mul_f64(SHRINK_PER_RANGE))
         };
+        self.laps = self.interval.filter(|&t| self.spread > t).map(|t| {
+            let need = self.spread.as_nanos().div_ceil(t.as_nanos());
+            let most = (MAX_SPREAD.as_nanos() / t.as_nanos()).max(1);
+            let laps = if need | 1 <= most {
+                need | 1
+            } else {
+                need.min(most)
+            };
+            let n = PACING_SLOTS as u32;
+            (t, u32::try_from(laps).unwrap_or(n - 1).min(n - 1))
+        });
     }
 
     /// The send time of `slot`'s copy of the range released at `base` (planned with
@@ -178,19 +198,9 @@ impl Pacer {
     pub fn slot_offset(&self, slot: usize) -> Duration {
         let s = (slot % PACING_SLOTS) as u32;
         let n = PACING_SLOTS as u32;
-        match self.interval {
-            Some(t) if self.spread > t => {
-                let need = self.spread.as_nanos().div_ceil(t.as_nanos());
-                let most = (MAX_SPREAD.as_nanos() / t.as_nanos()).max(1);
-                let laps = if need | 1 <= most {
-                    need | 1
-                } else {
-                    need.min(most)
-                };
-                let laps = u32::try_from(laps).unwrap_or(n - 1).min(n - 1);
-                t * (laps * s) / n
-            }
-            _ => self.spread * s / n,
+        match self.laps {
+            Some((t, laps)) => t * (laps * s) / n,
+            None => self.spread * s / n,
         }
     }
 
