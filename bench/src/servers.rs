@@ -232,13 +232,24 @@ fn http_listen() -> [OsString; 2] {
     ]
 }
 
+/// The namespaces a capacity level runs in, ready for thousands of load clients: their
+/// packets dropped at the client veth's ingress ([`crate::nft::install_drop`]), the port
+/// range for their connections, and GSO super-packets passed whole.
+fn load_topology(name: &str) -> Result<Topology> {
+    let topo = Topology::new(name)?;
+    crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
+    client_ns_many_connections(&topo)?;
+    veth_gso_passthrough(&topo)?;
+    Ok(topo)
+}
+
 /// Let the load generator open tens of thousands of RTSP connections in a row: in the
 /// client namespace, the whole port range for outgoing TCP and reuse of ports in
 /// TIME_WAIT. The levels of one search share the namespace, and each level's connections
 /// wait 60 s in TIME_WAIT after its teardown: with the default 28,232 ports, a search that
 /// tried 12,288 and 10,240 clients had no ports left for 9,216 (`Cannot assign requested
 /// address`). The load clients' UDP ports are never bound, so they do not collide.
-pub fn client_ns_many_connections(topo: &Topology) -> Result<()> {
+fn client_ns_many_connections(topo: &Topology) -> Result<()> {
     for (key, value) in [
         ("net.ipv4.ip_local_port_range", "1024 65535"),
         ("net.ipv4.tcp_tw_reuse", "1"),
@@ -288,10 +299,7 @@ pub fn start_ours(
     args: &UnitArgs,
     tag: &str,
 ) -> Result<RtspServer> {
-    let topo = Topology::new(&format!("bench-{tag}-{}", s.name()))?;
-    crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
-    client_ns_many_connections(&topo)?;
-    veth_gso_passthrough(&topo)?;
+    let topo = load_topology(&format!("bench-{tag}-{}", s.name()))?;
     let rtsp_listen = format!("0.0.0.0:{RTSP_PORT}");
     let lib = library.as_os_str().to_os_string();
     let (units, pinning) = match s {
@@ -463,10 +471,7 @@ fn gst_script() -> PathBuf {
 /// pipeline per client (like our VoD sessions) or, `shared`, one for all (a live channel).
 pub fn start_gst(cores: Cores, file: &Path, shared: bool, tag: &str) -> Result<RtspServer> {
     check_gst_peer()?;
-    let topo = Topology::new(&format!("bench-{tag}-gst"))?;
-    crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
-    client_ns_many_connections(&topo)?;
-    veth_gso_passthrough(&topo)?;
+    let topo = load_topology(&format!("bench-{tag}-gst"))?;
     let mut args: Vec<OsString> = vec![
         "-c".into(),
         cores.protocol.to_string().into(),
@@ -514,10 +519,7 @@ pub struct FfmpegSender {
 
 pub fn start_ffmpeg(cores: Cores, file: &Path, tag: &str) -> Result<FfmpegSender> {
     check_ffmpeg_peer()?;
-    let topo = Topology::new(&format!("bench-{tag}-ffmpeg"))?;
-    crate::nft::install_drop(&topo.client_ns, &topo.client_if)?;
-    client_ns_many_connections(&topo)?;
-    veth_gso_passthrough(&topo)?;
+    let topo = load_topology(&format!("bench-{tag}-ffmpeg"))?;
     Ok(FfmpegSender {
         topo,
         file: file.to_path_buf(),
