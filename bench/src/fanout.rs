@@ -12,6 +12,11 @@
 //! 4-segment GSO. Every destination is a load client's port, dropped by nftables at the
 //! client veth's ingress, exactly as in the capacity search.
 //!
+//! The engine phases send the way the server sends to plain-RTP viewers: every client
+//! announces the feed's shared SSRC and gets the pre-built wire packets. `engine-gso-own`
+//! gives each client its own numbering instead (what SRTP, lower-tier and interleaved
+//! viewers get), so the two ways compare in one run.
+//!
 //! `--what` runs a single phase so that `perf stat -e instructions,cycles` around the
 //! process gives instructions per packet for that phase alone (the process prints the
 //! packet count to divide by).
@@ -53,7 +58,7 @@ pub struct FanoutArgs {
     /// Seconds per phase.
     #[arg(long, default_value_t = 4.0)]
     pub secs: f64,
-    /// Phases, comma-separated: probe, probe-gso, engine, engine-gso.
+    /// Phases, comma-separated: probe, probe-gso, engine, engine-gso, engine-gso-own.
     #[arg(
         long,
         value_delimiter = ',',
@@ -131,12 +136,13 @@ pub fn run(args: FanoutArgs) -> Result<()> {
                     drops: r.errors,
                 }
             }
-            "engine" | "engine-gso" => {
-                let gso = what == "engine-gso";
+            "engine" | "engine-gso" | "engine-gso-own" => {
+                let gso = what != "engine";
+                let shared = what != "engine-gso-own";
                 let d = dests.clone();
                 let (path, secs) = (args.send_path, args.secs);
                 let h = nsthread::spawn_in_ns("fanout", &topo.proto_ns, Some(core), move || {
-                    engine_phase(&d, path, gso, secs)
+                    engine_phase(&d, path, gso, shared, secs)
                 })?;
                 let mut r = h
                     .join()
@@ -145,7 +151,10 @@ pub fn run(args: FanoutArgs) -> Result<()> {
                 r
             }
             other => {
-                anyhow::bail!("unknown phase {other:?}: use probe, probe-gso, engine or engine-gso")
+                anyhow::bail!(
+                    "unknown phase {other:?}: use probe, probe-gso, engine, engine-gso or \
+                     engine-gso-own"
+                )
             }
         };
         print_phase(&r);
@@ -159,7 +168,11 @@ pub fn run(args: FanoutArgs) -> Result<()> {
             )
         })
     };
-    for (ours, base) in [("engine", "probe"), ("engine-gso", "probe-gso")] {
+    for (ours, base) in [
+        ("engine", "probe"),
+        ("engine-gso", "probe-gso"),
+        ("engine-gso-own", "probe-gso"),
+    ] {
         if let (Some(a), Some(b)) = (rate(ours), rate(base)) {
             println!(
                 "{ours} / {base}: {:.0} % of the packet rate, {:.0} % per CPU-second",
@@ -246,12 +259,17 @@ fn bind(port: u16) -> Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// The feed's shared SSRC in the engine phases.
+const SHARED_SSRC: u32 = 0x5EED_0001;
+
 /// The engine with one live feed and a client per destination, run in virtual time for
-/// `secs` of wall time.
+/// `secs` of wall time. With `shared`, every client takes the feed's shared numbering
+/// (the pre-built packets); without, each its own.
 fn engine_phase(
     dests: &[SocketAddrV4],
     path: SendPath,
     gso: bool,
+    shared: bool,
     secs: f64,
 ) -> Result<PhaseResult> {
     let rtp = Arc::new(bind(0)?);
@@ -267,6 +285,7 @@ fn engine_phase(
         Command::AddLive {
             feed: 1,
             tracks: vec![video()],
+            shared_ssrcs: vec![SHARED_SSRC],
             name: "bench".into(),
         },
         t0,
@@ -288,7 +307,7 @@ fn engine_phase(
                         rtcp,
                         srtp: None,
                     },
-                    ssrc: client as u32,
+                    ssrc: if shared { SHARED_SSRC } else { client as u32 },
                 }],
                 stats: ClientStats::new(client, "bench", "live/bench/", "bench"),
                 reply: tx,

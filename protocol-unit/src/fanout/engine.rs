@@ -174,6 +174,10 @@ pub enum Command {
     AddLive {
         feed: FeedId,
         tracks: Vec<TrackInfo>,
+        /// Per track (in `tracks` order, may be shorter): the SSRC of its shared stream.
+        /// A plain-RTP client of the full tier whose track announces this SSRC is sent the
+        /// rendition's pre-built packets unchanged (see `live_feed`); others get their own.
+        shared_ssrcs: Vec<u32>,
         name: String,
     },
     /// A frame of live feed `feed`, as it arrived.
@@ -281,8 +285,11 @@ struct ClientTrack {
     start_idx: u64,
     ts_offset: u32,
     payload_type: u8,
-    /// Sequence number of the next packet (continues after a pause).
+    /// Sequence number of the next packet (continues after a pause, unless `shared`).
     next_seq: u16,
+    /// Live only: this track's numbering is the feed track's shared one and its
+    /// destination plain UDP, so it is sent the pre-built wire packets as they are.
+    shared: bool,
     dest: Dest,
     packets: u32,
     octets: u32,
@@ -584,7 +591,12 @@ impl Engine {
                 };
                 self.force_schedule(feed, next);
             }
-            Command::AddLive { feed, tracks, name } => match LiveFeed::new(&tracks) {
+            Command::AddLive {
+                feed,
+                tracks,
+                shared_ssrcs,
+                name,
+            } => match LiveFeed::new(&tracks, &shared_ssrcs) {
                 Ok(f) => {
                     self.feeds.insert(
                         feed,
@@ -748,6 +760,13 @@ impl Engine {
             c.tier = tier;
             c.active = false;
             c.start_pos = start.pos;
+            // The shared stream serves plain-RTP clients of the full tier that announced
+            // its SSRC; anyone else (SRTP, lower tiers, interleaved) is numbered alone.
+            let shared = l.feed.tracks()[i].shared.filter(|n| {
+                n.ssrc == ssrc
+                    && tier == Tier::Full
+                    && matches!(dest, TrackDest::Udp { srtp: None, .. })
+            });
             let ct = c.tracks[i].get_or_insert_with(|| {
                 let seq = rand::random::<u16>();
                 ClientTrack {
@@ -757,13 +776,24 @@ impl Engine {
                     ts_offset: rand::random(),
                     payload_type: pt,
                     next_seq: seq,
+                    shared: false,
                     dest: dest.clone().into(),
                     packets: 0,
                     octets: 0,
                     next_report: now + Duration::from_millis(rand::random::<u64>() % 1000),
                 }
             });
-            ct.seq_base = ct.next_seq;
+            match shared {
+                // The rendition's numbering, so the wire packets are this client's as they
+                // are. After a pause that is a jump, which RTP-Info announces.
+                Some(n) => {
+                    ct.seq_base = n.seq(start_idx);
+                    ct.ts_offset = n.ts_offset;
+                }
+                None => ct.seq_base = ct.next_seq,
+            }
+            ct.shared = shared.is_some();
+            ct.next_seq = ct.seq_base;
             ct.ssrc = ssrc;
             ct.start_idx = start_idx;
             ct.dest = dest.into();
@@ -1535,6 +1565,27 @@ fn fan_out(
                 continue;
             }
             let seq = ct.seq_base.wrapping_add((p.idx[t] - ct.start_idx) as u16);
+            ct.next_seq = seq.wrapping_add(1);
+            ct.packets = ct.packets.wrapping_add(1);
+            ct.octets = ct.octets.wrapping_add(p.payload.len() as u32);
+            packets += 1;
+            bytes += (RTP_HEADER_LEN + p.payload.len()) as u64;
+            if ct.shared {
+                // The rendition's pre-built packet is this client's, byte for byte: point
+                // at it (no header to write, nothing to copy).
+                if let (Dest::Udp { rtp, .. }, Some(_)) = (&ct.dest, p.wire()) {
+                    let d = out.batch.dest(*rtp);
+                    out.batch.push_shared(
+                        d,
+                        &p.frame_wire,
+                        p.wire_at as usize,
+                        RTP_HEADER_LEN + p.payload.len(),
+                        tag,
+                        deadline,
+                    );
+                    continue;
+                }
+            }
             write_rtp_header(
                 &mut h,
                 ct.payload_type,
@@ -1543,11 +1594,6 @@ fn fan_out(
                 ct.ts_offset.wrapping_add(p.ts),
                 ct.ssrc,
             );
-            ct.next_seq = seq.wrapping_add(1);
-            ct.packets = ct.packets.wrapping_add(1);
-            ct.octets = ct.octets.wrapping_add(p.payload.len() as u32);
-            packets += 1;
-            bytes += (RTP_HEADER_LEN + p.payload.len()) as u64;
             push_to(
                 &ct.dest,
                 &h,
@@ -1779,6 +1825,18 @@ mod tests {
         r: &UdpSocket,
         now: Instant,
     ) -> JoinInfo {
+        prepare_with(e, client, tier, r, now, 0x1000 + client as u32)
+    }
+
+    /// [`prepare`], announcing `ssrc`.
+    fn prepare_with(
+        e: &mut Engine,
+        client: ClientId,
+        tier: Tier,
+        r: &UdpSocket,
+        now: Instant,
+        ssrc: u32,
+    ) -> JoinInfo {
         let (tx, mut rx) = oneshot::channel();
         let addr = r.local_addr().unwrap();
         e.handle(
@@ -1793,7 +1851,7 @@ mod tests {
                         rtcp: addr,
                         srtp: None,
                     },
-                    ssrc: 0x1000 + client as u32,
+                    ssrc,
                 }],
                 stats: ClientStats::new(client, "s", "live/x/", "peer"),
                 reply: tx,
@@ -1811,6 +1869,7 @@ mod tests {
             Command::AddLive {
                 feed: 1,
                 tracks: vec![video()],
+                shared_ssrcs: vec![],
                 name: "x".into(),
             },
             t0,
@@ -1877,6 +1936,104 @@ mod tests {
         assert_eq!(e.stats().nacks_refused.load(Ordering::Relaxed), 1);
     }
 
+    /// Every RTP packet `r` got, whole.
+    fn packets(r: &UdpSocket) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = r.recv(&mut buf) {
+            if n >= 12 && !(200..=206).contains(&buf[1]) {
+                out.push(buf[..n].to_vec());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn plain_full_tier_viewers_share_the_wire_packets_and_the_rest_get_their_own() {
+        const SHARED: u32 = 0xABCD_0001;
+        let mut e = engine();
+        let t0 = Instant::now();
+        e.handle(
+            Command::AddLive {
+                feed: 1,
+                tracks: vec![video()],
+                shared_ssrcs: vec![SHARED],
+                name: "x".into(),
+            },
+            t0,
+        );
+        let layers = [0u8, 2, 1, 2];
+        for n in 0..12 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, layers[(n % 4) as usize]),
+                },
+                t0,
+            );
+        }
+        e.run_due(t0 + Duration::from_millis(50 + 360));
+        let at = t0 + Duration::from_millis(411);
+        let (a, b, own, half) = (receiver(), receiver(), receiver(), receiver());
+        let ia = prepare_with(&mut e, 10, Tier::Full, &a, at, SHARED);
+        let ib = prepare_with(&mut e, 11, Tier::Full, &b, at, SHARED);
+        let io = prepare_with(&mut e, 12, Tier::Full, &own, at, 0x77);
+        // A lower tier cannot share the full tier's numbering, whatever it announced.
+        let ih = prepare_with(&mut e, 13, Tier::Half, &half, at, SHARED);
+        for c in 10..=13 {
+            e.handle(Command::Start { client: c }, at);
+        }
+        e.run_due(t0 + Duration::from_secs(2));
+
+        // The two shared viewers: the same bytes, in the feed's numbering, which their
+        // RTP-Info announced, gap-free from the keyframe (burst of 8, 9, then 10, 11).
+        let pa = packets(&a);
+        assert_eq!(pa.len(), 4);
+        assert_eq!(pa, packets(&b));
+        assert_eq!(
+            (ia.tracks[0].seq, ia.tracks[0].rtptime),
+            (ib.tracks[0].seq, ib.tracks[0].rtptime)
+        );
+        let head = |p: &[u8]| {
+            (
+                u16::from_be_bytes([p[2], p[3]]),
+                u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+                u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+            )
+        };
+        assert_eq!(
+            head(&pa[0]),
+            (ia.tracks[0].seq, ia.tracks[0].rtptime, SHARED)
+        );
+        for w in pa.windows(2) {
+            assert_eq!(head(&w[1]).0, head(&w[0]).0.wrapping_add(1));
+            assert_eq!(head(&w[1]).1.wrapping_sub(head(&w[0]).1), 3600);
+        }
+        // The viewer with its own SSRC: the same payloads under its own header.
+        let po = packets(&own);
+        assert_eq!(po.len(), 4);
+        assert_eq!(head(&po[0]), (io.tracks[0].seq, io.tracks[0].rtptime, 0x77));
+        for (x, y) in po.iter().zip(&pa) {
+            assert_eq!(x[12..], y[12..]);
+        }
+        // The half tier: frames 8 and 10, numbered gap-free on their own.
+        let ph = packets(&half);
+        assert_eq!(ph.len(), 2);
+        assert_eq!(head(&ph[0]).0, ih.tracks[0].seq);
+        assert_eq!(head(&ph[1]).0, ih.tracks[0].seq.wrapping_add(1));
+
+        // A NACK from a shared viewer gets the very packet again.
+        e.handle(
+            Command::Nack {
+                client: 11,
+                ssrc: SHARED,
+                seqs: vec![ib.tracks[0].seq.wrapping_add(2)],
+            },
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(packets(&b), vec![pa[2].clone()]);
+    }
+
     #[test]
     fn start_at_next_keyframe_skips_the_cached_gop() {
         let mut e = engine();
@@ -1885,6 +2042,7 @@ mod tests {
             Command::AddLive {
                 feed: 1,
                 tracks: vec![video()],
+                shared_ssrcs: vec![],
                 name: "x".into(),
             },
             t0,
@@ -1956,6 +2114,7 @@ mod tests {
             Command::AddLive {
                 feed: 1,
                 tracks: vec![video()],
+                shared_ssrcs: vec![],
                 name: "x".into(),
             },
             t0,
@@ -2009,6 +2168,7 @@ mod tests {
             Command::AddLive {
                 feed: 1,
                 tracks: vec![video()],
+                shared_ssrcs: vec![],
                 name: "x".into(),
             },
             t0,

@@ -12,6 +12,15 @@
 //!   keeps, so a client's sequence number is `seq_base + (index - start_index)`: gap-free
 //!   for every tier, with no per-client counter and no per-client search on retransmit.
 //!
+//! - **shared wire packets**: a track given a shared SSRC also gets, per packet, the
+//!   complete RTP packet in the rendition's own numbering (that SSRC, a random sequence
+//!   base, a random timestamp offset), a frame's packets back to back in one buffer. A
+//!   plain-RTP client of the full tier that announced the shared SSRC at SETUP is sent
+//!   these bytes as they are: its header *is* the rendition's, so the fan-out copies and
+//!   rewrites nothing for it, and the kernel reads every such client's message from the
+//!   same hot buffer (see `fanout::engine`). Clients that need their own bytes (SRTP,
+//!   lower tiers, interleaved TCP, WebRTC) keep the per-client rewrite.
+//!
 //! RTP timestamps are `client offset + pts + shift`, where `shift` only changes when the
 //! input's timeline jumps (a loop restart, a stall): the feed then re-maps the new frames
 //! onto the wall-clock timeline, so every client's timestamps keep advancing with real time.
@@ -19,11 +28,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use divisor_link::{Frame, FrameFlags, TrackInfo};
 use tracing::{debug, warn};
 
-use crate::packetize::{PacketizeError, Packetizer, RtpPayload};
+use crate::packetize::{write_rtp_header, PacketizeError, Packetizer, RtpPayload, RTP_HEADER_LEN};
 
 /// Delay between a live frame's arrival and its send deadline at start: absorbs link
 /// jitter so frames leave at even media-time intervals.
@@ -108,6 +117,38 @@ pub struct FeedPacket {
     /// Per tier: index among the packets of this track that the tier keeps (meaningless
     /// for tiers that drop it).
     pub idx: [u64; Tier::COUNT],
+    /// The buffer holding this packet's frame as complete RTP packets in the track's
+    /// [`SharedNumbering`] (empty when the track has none). `payload` is a slice of it.
+    pub frame_wire: Bytes,
+    /// Where this packet (header included) starts in `frame_wire`; it is
+    /// `RTP_HEADER_LEN + payload.len()` long.
+    pub wire_at: u32,
+}
+
+impl FeedPacket {
+    /// This packet as sent to clients of the track's shared numbering, if it has one.
+    pub fn wire(&self) -> Option<&[u8]> {
+        let at = self.wire_at as usize;
+        self.frame_wire
+            .get(at..at + RTP_HEADER_LEN + self.payload.len())
+    }
+}
+
+/// The numbering of a track's shared stream: what every client sent the pre-built wire
+/// packets sees. Random per feed, as RFC 3550 asks of a stream's initial values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedNumbering {
+    pub ssrc: u32,
+    /// Sequence number of the packet of full-tier index 0.
+    pub seq0: u16,
+    pub ts_offset: u32,
+}
+
+impl SharedNumbering {
+    /// The sequence number of the packet of full-tier index `idx`.
+    pub fn seq(&self, idx: u64) -> u16 {
+        self.seq0.wrapping_add(idx as u16)
+    }
 }
 
 /// One track of the feed.
@@ -119,6 +160,8 @@ pub struct FeedTrack {
     next_idx: [u64; Tier::COUNT],
     /// Timeline shift in this track's clock.
     shift_ticks: i64,
+    /// The shared stream's numbering, when the track has one.
+    pub shared: Option<SharedNumbering>,
 }
 
 /// Where a client starts reading the feed.
@@ -154,16 +197,22 @@ pub struct LiveFeed {
 
 impl LiveFeed {
     /// A feed for the announced `tracks`. Tracks we cannot packetise (no packetiser for
-    /// the codec yet) are an error: the channel cannot be served.
-    pub fn new(tracks: &[TrackInfo]) -> Result<LiveFeed, PacketizeError> {
+    /// the codec yet) are an error: the channel cannot be served. `shared_ssrcs[i]`, when
+    /// given, is the SSRC of track `i`'s shared stream (see the module notes).
+    pub fn new(tracks: &[TrackInfo], shared_ssrcs: &[u32]) -> Result<LiveFeed, PacketizeError> {
         let mut out = Vec::with_capacity(tracks.len());
-        for info in tracks {
+        for (i, info) in tracks.iter().enumerate() {
             out.push(FeedTrack {
                 payload_type: crate::sdp::payload_type(info),
                 packetizer: Packetizer::new(info)?,
                 info: info.clone(),
                 next_idx: [0; Tier::COUNT],
                 shift_ticks: 0,
+                shared: shared_ssrcs.get(i).map(|&ssrc| SharedNumbering {
+                    ssrc,
+                    seq0: rand::random(),
+                    ts_offset: rand::random(),
+                }),
             });
         }
         Ok(LiveFeed {
@@ -327,6 +376,35 @@ impl LiveFeed {
         if starts_gop || (!self.has_video && self.gop_start.is_none()) {
             self.gop_start = Some(self.base + self.history.len() as u64);
         }
+        // The frame once more as complete packets in the shared numbering, back to back,
+        // so a client's run of them is one slice (one iovec, one GSO message).
+        let frame_wire = match t.shared.filter(|_| Tier::Full.keeps(layer)) {
+            Some(n) => {
+                let len: usize = self
+                    .scratch
+                    .iter()
+                    .map(|p| RTP_HEADER_LEN + p.data.len())
+                    .sum();
+                let mut buf = BytesMut::with_capacity(len);
+                let mut h = [0u8; RTP_HEADER_LEN];
+                for (k, p) in self.scratch.iter().enumerate() {
+                    let seq = n.seq(t.next_idx[Tier::Full.index()] + k as u64);
+                    write_rtp_header(
+                        &mut h,
+                        t.payload_type,
+                        p.marker,
+                        seq,
+                        n.ts_offset.wrapping_add(ts),
+                        n.ssrc,
+                    );
+                    buf.put_slice(&h);
+                    buf.put_slice(&p.data);
+                }
+                buf.freeze()
+            }
+            None => Bytes::new(),
+        };
+        let mut at = 0usize;
         for p in self.scratch.drain(..) {
             let mut idx = [u64::MAX; Tier::COUNT];
             for tier in Tier::ALL {
@@ -335,14 +413,26 @@ impl LiveFeed {
                     t.next_idx[tier.index()] += 1;
                 }
             }
+            let len = p.data.len();
+            // With a wire buffer the payload is its slice: the frame is held once.
+            let payload = if frame_wire.is_empty() {
+                p.data
+            } else {
+                frame_wire.slice(at + RTP_HEADER_LEN..at + RTP_HEADER_LEN + len)
+            };
             self.history.push_back(FeedPacket {
                 track: i as u8,
-                payload: p.data,
+                payload,
                 marker: p.marker,
                 ts,
                 layer,
                 idx,
+                frame_wire: frame_wire.clone(),
+                wire_at: at as u32,
             });
+            if !frame_wire.is_empty() {
+                at += RTP_HEADER_LEN + len;
+            }
         }
     }
 
@@ -491,7 +581,7 @@ mod tests {
     }
 
     fn feed_with(n: i64, gop: i64) -> (LiveFeed, Instant) {
-        let mut f = LiveFeed::new(&[video()]).unwrap();
+        let mut f = LiveFeed::new(&[video()], &[]).unwrap();
         let t0 = Instant::now();
         for i in 0..n {
             f.on_frame(frame(i, i % gop == 0, layer(i)), t0);
@@ -558,7 +648,7 @@ mod tests {
 
     #[test]
     fn history_is_trimmed_but_keeps_the_gop() {
-        let mut f = LiveFeed::new(&[video()]).unwrap();
+        let mut f = LiveFeed::new(&[video()], &[]).unwrap();
         let t0 = Instant::now();
         let n = (NACK_HISTORY + 500) as i64;
         for i in 0..n {

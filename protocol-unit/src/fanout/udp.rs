@@ -21,6 +21,11 @@
 //! packets per CPU-second (`divisor-bench fanout --clients 5120 --what
 //! probe-gso,engine-gso`, bench/RESULTS.md).
 //!
+//! Datagrams that are the same bytes for many clients (a live rendition's pre-built wire
+//! packets, see `fanout::live_feed`) skip even that copy: [`Batch::push_shared`] queues a
+//! slice of a shared buffer, which the batch keeps alive until the flush, and every such
+//! client's message points at the same hot bytes, as the raw probe's do.
+//!
 //! Why `libc::sendmmsg` rather than `quinn-udp`: `sendmmsg` sends many destinations per
 //! call, which quinn-udp's one-destination-per-call `send` does not, and at thousands of
 //! clients a system call per client and frame is the cost that matters.
@@ -34,6 +39,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tracing::{info, warn};
 
 /// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` on every kernel that
@@ -58,10 +64,15 @@ pub enum SendPath {
     Uring,
 }
 
-/// One datagram of a batch: where its bytes sit in the batch's buffer.
+/// [`Datagram::src`] of bytes in the batch's own buffer.
+const OWN: u32 = u32::MAX;
+
+/// One datagram of a batch: where its bytes sit.
 #[derive(Clone, Copy, Debug)]
 struct Datagram {
     dest: u32,
+    /// [`OWN`] for the batch's own buffer, else an index into its shared buffers.
+    src: u32,
     at: u32,
     len: u32,
     /// Caller's tag, passed back for datagrams that could not be sent.
@@ -84,6 +95,8 @@ pub struct Batch {
     /// Every datagram's bytes, in push order: a run of datagrams to one destination is
     /// one contiguous slice, which goes to the kernel as one iovec.
     bytes: Vec<u8>,
+    /// Shared buffers that queued datagrams point into, held until the flush.
+    shared: Vec<Bytes>,
 }
 
 impl Batch {
@@ -110,6 +123,7 @@ impl Batch {
         self.bytes.extend_from_slice(payload);
         self.datagrams.push(Datagram {
             dest,
+            src: OWN,
             at: at as u32,
             len: (head.len() + payload.len()) as u32,
             tag,
@@ -117,9 +131,55 @@ impl Batch {
         });
     }
 
+    /// Queue `buf[at..at + len]` to `dest` without copying it: `buf` is held until the
+    /// flush. For bytes many destinations get unchanged; consecutive pushes from one
+    /// buffer hold it once.
+    ///
+    /// # Panics
+    /// If `at + len` is past the end of `buf`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_shared(
+        &mut self,
+        dest: u32,
+        buf: &Bytes,
+        at: usize,
+        len: usize,
+        tag: u32,
+        deadline: Instant,
+    ) {
+        assert!(at + len <= buf.len(), "shared datagram past its buffer");
+        // A slot's clients get the same frame or two: look a few buffers back before
+        // holding another reference (an atomic increment on a shared line).
+        let held = self
+            .shared
+            .iter()
+            .rev()
+            .take(4)
+            .position(|b| b.as_ptr() == buf.as_ptr() && b.len() == buf.len());
+        let src = match held {
+            Some(k) => self.shared.len() - 1 - k,
+            None => {
+                self.shared.push(buf.clone());
+                self.shared.len() - 1
+            }
+        };
+        self.datagrams.push(Datagram {
+            dest,
+            src: src as u32,
+            at: at as u32,
+            len: len as u32,
+            tag,
+            deadline,
+        });
+    }
+
     /// The bytes of `d`.
     fn bytes_of(&self, d: &Datagram) -> &[u8] {
-        &self.bytes[d.at as usize..d.at as usize + d.len()]
+        let buf: &[u8] = match d.src {
+            OWN => &self.bytes,
+            k => &self.shared[k as usize],
+        };
+        &buf[d.at as usize..d.at as usize + d.len()]
     }
 
     pub fn len(&self) -> usize {
@@ -135,6 +195,7 @@ impl Batch {
         self.dests.clear();
         self.datagrams.clear();
         self.bytes.clear();
+        self.shared.clear();
     }
 }
 
@@ -167,7 +228,7 @@ struct Run {
     count: usize,
     /// GSO segment size, or 0 for a single datagram.
     segment: u16,
-    /// Where the message's bytes sit in the batch's buffer.
+    /// Address of the message's first byte (in the batch's buffer or a shared one).
     at: usize,
     len: usize,
 }
@@ -399,6 +460,9 @@ impl UdpSender {
     fn plan(&mut self, batch: &Batch) {
         self.runs.clear();
         let ds = &batch.datagrams;
+        // Where each datagram's bytes start; the batch is not pushed to during a flush,
+        // so these stay valid until it is cleared.
+        let start = |d: &Datagram| batch.bytes_of(d).as_ptr() as usize;
         let mut i = 0;
         while i < ds.len() {
             let seg = ds[i].len();
@@ -411,6 +475,8 @@ impl UdpSender {
                     && ds[j].len() <= seg
                     && ds[j].len() > 0
                     && total + ds[j].len() <= MAX_GSO_BYTES
+                    // One iovec per message: the next datagram's bytes must follow on.
+                    && start(&ds[j]) == start(&ds[j - 1]) + ds[j - 1].len()
                 {
                     total += ds[j].len();
                     j += 1;
@@ -423,17 +489,14 @@ impl UdpSender {
                 first: i,
                 count: j - i,
                 segment: if j - i > 1 { seg as u16 } else { 0 },
-                at: ds[i].at as usize,
+                at: start(&ds[i]),
                 len: total,
             });
             i = j;
         }
-        // A run's datagrams were pushed one after another, so its bytes are one slice.
-        let base = batch.bytes.as_ptr();
         self.iovecs.clear();
         self.iovecs.extend(self.runs.iter().map(|run| libc::iovec {
-            // SAFETY: `at + len` is within the batch's buffer (`push` put them there).
-            iov_base: unsafe { base.add(run.at) } as *mut libc::c_void,
+            iov_base: run.at as *mut libc::c_void,
             iov_len: run.len,
         }));
         self.names.clear();
@@ -713,6 +776,71 @@ mod tests {
     fn io_uring_delivers_every_datagram_intact() {
         check_path(SendPath::Uring, true);
         check_path(SendPath::Uring, false);
+    }
+
+    /// Shared slices and own copies mixed, to one destination and to several: every
+    /// datagram arrives with its own bytes, whichever buffer they came from, and a run
+    /// that is not contiguous (own bytes after shared ones, a gap in the shared buffer)
+    /// is split rather than sent with the wrong bytes.
+    fn check_shared(path: SendPath, gso: bool) {
+        let a = receiver();
+        let b = receiver();
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let mut s = UdpSender::new(sock, path, gso).unwrap();
+        // Three 500-byte packets back to back, then a 200-byte one.
+        let mut wire = Vec::new();
+        for i in 0..3u8 {
+            wire.extend_from_slice(&[i + 1; 500]);
+        }
+        wire.extend_from_slice(&[4; 200]);
+        let wire = Bytes::from(wire);
+        let mut batch = Batch::new();
+        let now = Instant::now();
+        for r in [&a, &b] {
+            let d = batch.dest(r.local_addr().unwrap());
+            for k in 0..3 {
+                batch.push_shared(d, &wire, k * 500, 500, 1, now);
+            }
+            batch.push_shared(d, &wire, 1500, 200, 1, now);
+        }
+        let da = batch.dest(a.local_addr().unwrap());
+        batch.push(da, &[9; 12], &[8; 488], 2, now);
+        // Packets 1 and 3 only: not contiguous.
+        batch.push_shared(da, &wire, 0, 500, 3, now);
+        batch.push_shared(da, &wire, 1000, 500, 3, now);
+        assert_eq!(batch.shared.len(), 1, "one buffer, held once");
+        let out = s.flush(&mut batch, |f| {
+            assert!(matches!(f, Fate::Sent { .. }), "nothing should drop")
+        });
+        assert_eq!(out.sent, 11);
+        let got_a = recv_all(&a, 7);
+        let firsts: Vec<(usize, u8)> = got_a.iter().map(|d| (d.len(), d[0])).collect();
+        assert_eq!(
+            firsts,
+            vec![
+                (500, 1),
+                (500, 2),
+                (500, 3),
+                (200, 4),
+                (500, 9),
+                (500, 1),
+                (500, 3)
+            ],
+            "{path:?} gso {gso}"
+        );
+        assert!(got_a.iter().all(|d| d.iter().skip(12).all(|&x| x == d[12])));
+        let got_b = recv_all(&b, 4);
+        assert_eq!(
+            got_b.iter().map(|d| d[0]).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn shared_and_own_datagrams_arrive_intact_on_every_path() {
+        check_shared(SendPath::Sendmmsg, true);
+        check_shared(SendPath::Sendmmsg, false);
+        check_shared(SendPath::Uring, true);
     }
 
     #[test]

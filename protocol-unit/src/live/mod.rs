@@ -61,6 +61,10 @@ pub struct LiveChannel {
     pub feed: FeedId,
     /// The announced tracks.
     pub tracks: Vec<TrackInfo>,
+    /// Per track (in `tracks` order): the SSRC of its shared stream, which plain-RTP
+    /// viewers of the full tier announce at SETUP so the fan-out can send them the
+    /// rendition's pre-built packets unchanged.
+    pub shared_ssrcs: Vec<u32>,
     /// Content keys, newest last (for edge encryption).
     pub keys: ContentKeys,
     state: Mutex<(Option<ChannelState>, String, SystemTime)>,
@@ -71,6 +75,12 @@ pub struct LiveChannel {
 }
 
 impl LiveChannel {
+    /// The SSRC of `track`'s shared stream.
+    pub fn shared_ssrc(&self, track: u8) -> Option<u32> {
+        let i = self.tracks.iter().position(|t| t.track == track)?;
+        self.shared_ssrcs.get(i).copied()
+    }
+
     /// Ask the channel for something.
     pub fn control(&self, c: Control) {
         let _ = self.control.send(c);
@@ -219,9 +229,15 @@ impl LiveHub {
             }
         }
         let feed = self.fan.next_id();
+        let shared_ssrcs: Vec<u32> = upstream_channel
+            .tracks
+            .iter()
+            .map(|_| rand::random())
+            .collect();
         self.fan.engine.send(EngineCommand::AddLive {
             feed,
             tracks: upstream_channel.tracks.clone(),
+            shared_ssrcs: shared_ssrcs.clone(),
             name: format!("{name}/{rendition}"),
         });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -231,6 +247,7 @@ impl LiveHub {
             rendition: rendition.to_string(),
             feed,
             tracks: upstream_channel.tracks.clone(),
+            shared_ssrcs,
             keys: upstream_channel.keys.clone(),
             state: Mutex::new((None, String::new(), SystemTime::now())),
             frames: AtomicU64::new(0),

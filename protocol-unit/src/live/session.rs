@@ -105,11 +105,23 @@ impl LiveSession {
                     let _ = reply.send(Err(SessionError::NoSuchTrack(track)));
                     return;
                 };
-                let ssrc = self
-                    .tracks
-                    .iter()
-                    .find(|t| t.track == track)
-                    .map_or_else(rand::random::<u32>, |t| t.ssrc);
+                // A plain-RTP viewer of the full tier joins the rendition's shared stream
+                // (its packets go out unchanged, see `fanout::live_feed`); anyone else gets
+                // a stream of its own.
+                let shared = match &sink {
+                    TrackDest::Udp { srtp: None, .. } if self.ctx.tier == Tier::Full => {
+                        self.viewer.channel.shared_ssrc(track)
+                    }
+                    _ => None,
+                };
+                let ssrc = shared
+                    .or_else(|| {
+                        self.tracks
+                            .iter()
+                            .find(|t| t.track == track)
+                            .map(|t| t.ssrc)
+                    })
+                    .unwrap_or_else(rand::random::<u32>);
                 if let TrackDest::Udp { rtcp, .. } = &sink {
                     self.ctx.fan.routes.insert(*rtcp, self.feedback.clone());
                 }
