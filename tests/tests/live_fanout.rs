@@ -295,6 +295,13 @@ fn live_channel_fans_out_to_many_clients_late_joiners_and_tiers() {
         server.iter().map(|s| s.packets).sum::<u64>(),
         server.iter().map(|s| s.lost).sum::<i64>()
     );
+    // Plain-RTP viewers of the full tier share the rendition's stream: one SSRC, the
+    // packets built once (RTP-Info tells each where it starts), and still lossless and
+    // in sequence per viewer above.
+    let ssrcs: std::collections::BTreeSet<u32> = server.iter().map(|s| s.ssrc).collect();
+    c.check(ssrcs.len() == 1, || {
+        format!("the sampled viewers of one rendition should share one SSRC, got {ssrcs:08x?}")
+    });
     let bad: Vec<&String> = server
         .iter()
         .filter(|s| s.lost != 0 || s.problem)
