@@ -2,8 +2,10 @@
 //! playout) and every client, owned by one sender thread (see [`crate::schedule`]).
 //!
 //! Control code talks to it only through [`Command`]s; it never blocks on a client. Per
-//! client and packet the work is a 12-byte header write and a slot in a batched send:
-//! payloads are shared `Bytes`, UDP clients share the server's sockets, and an
+//! client and packet the work is a 12-byte header write and a slot in a batched send, or
+//! for a plain-RTP live viewer of the full tier only the slot (it is sent the rendition's
+//! pre-built packets, see [`super::live_feed`]): payloads are shared `Bytes`, UDP clients
+//! share the server's sockets, and an
 //! interleaved (TCP) client gets one queued buffer per frame, dropped and counted when its
 //! connection's bounded queue is full.
 //!

@@ -1,8 +1,9 @@
 //! The fan-out engine: packetise once per feed, send to many clients.
 //!
 //! - [`live_feed`]: a live channel rendition packetised once, with its GOP cache, NACK
-//!   history and frame-rate tiers (sans-IO);
-//! - [`engine`]: feeds and clients, per-client header rewrite, batched sends, sender
+//!   history, frame-rate tiers and shared wire packets (sans-IO);
+//! - [`engine`]: feeds and clients, per-client header rewrite (or the shared wire
+//!   packets), batched sends, sender
 //!   reports, retransmissions; owned by the scheduler's thread ([`crate::schedule`]);
 //! - [`udp`]: batched UDP sends (`sendmmsg` with GSO, or io_uring) from shared sockets;
 //! - [`feedback`]: RTCP from clients (receiver reports, NACK, PLI/FIR);
