@@ -763,9 +763,14 @@ impl Engine {
             c.active = false;
             c.start_pos = start.pos;
             // The shared stream serves plain-RTP clients of the full tier that announced
-            // its SSRC; anyone else (SRTP, lower tiers, interleaved) is numbered alone.
+            // its SSRC; anyone else (SRTP, lower tiers, interleaved) is numbered alone. So
+            // is a client joining again (PLAY after PAUSE): its numbering continues where
+            // it stopped, as it always did, rather than jumping back to the sequence
+            // numbers of a GOP burst it has already had.
+            let fresh = c.tracks[i].is_none();
             let shared = l.feed.tracks()[i].shared.filter(|n| {
-                n.ssrc == ssrc
+                fresh
+                    && n.ssrc == ssrc
                     && tier == Tier::Full
                     && matches!(dest, TrackDest::Udp { srtp: None, .. })
             });
@@ -787,7 +792,7 @@ impl Engine {
             });
             match shared {
                 // The rendition's numbering, so the wire packets are this client's as they
-                // are. After a pause that is a jump, which RTP-Info announces.
+                // are.
                 Some(n) => {
                     ct.seq_base = n.seq(start_idx);
                     ct.ts_offset = n.ts_offset;
@@ -2034,6 +2039,31 @@ mod tests {
             t0 + Duration::from_secs(2),
         );
         assert_eq!(packets(&b), vec![pa[2].clone()]);
+
+        // PAUSE, then PLAY again: the viewer's numbering continues where it stopped (its
+        // own from now on, not the rendition's).
+        let t1 = t0 + Duration::from_secs(2);
+        e.handle(Command::Pause { client: 11 }, t1);
+        let again = prepare_with(&mut e, 11, Tier::Full, &b, t1, SHARED);
+        e.handle(Command::Start { client: 11 }, t1);
+        for n in 12..14 {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, layers[(n % 4) as usize]),
+                },
+                t1,
+            );
+        }
+        e.run_due(t0 + Duration::from_secs(4));
+        let last = head(&pa[3]).0;
+        assert_eq!(again.tracks[0].seq, last.wrapping_add(1));
+        let pb = packets(&b);
+        assert!(!pb.is_empty());
+        for (k, p) in pb.iter().enumerate() {
+            assert_eq!(head(p).0, last.wrapping_add(1 + k as u16));
+            assert_eq!(head(p).2, SHARED);
+        }
     }
 
     #[test]
