@@ -314,6 +314,9 @@ name = "x"
 source = "loop:long.mp4"
 "#;
 
+/// A live channel to rtspsrc twice: as plain RTP/AVP over UDP (the viewer is sent the
+/// rendition's shared, pre-built packets: readable H.264 on the wire) and as RTP/SAVP
+/// (its own numbering, every packet protected with its own keys).
 #[test]
 fn rtspsrc_plays_a_live_srtp_channel() {
     let config = std::env::temp_dir().join("divisor-srtp-live.toml");
@@ -328,8 +331,29 @@ fn rtspsrc_plays_a_live_srtp_channel() {
     )
     .expect("deployment starts");
     let mut c = Checks::new();
-    let url = format!("rtsp://{}/live/x?srtp=1", d.rtsp_addr);
     let secs = 12;
+    let plain_url = format!("rtsp://{}/live/x", d.rtsp_addr);
+    let (out, wire) = play_and_capture(
+        &d,
+        &plain_url,
+        "plain-live",
+        "udp",
+        Duration::from_secs(secs + 30),
+        Some(Duration::from_secs(secs)),
+    );
+    let frames = decoded_video_frames(&out.stdout);
+    eprintln!("live plain RTP: {frames} video frames decoded in {secs} s; on the wire: {wire:?}");
+    c.check(frames >= 150, || {
+        format!(
+            "live plain RTP: {frames} video frames decoded in {secs} s\n{}",
+            out.stderr
+        )
+    });
+    c.check(
+        wire.plausible_nal * 2 > wire.packets && wire.packets > 100,
+        || format!("live plain RTP: expected readable H.264 on the wire: {wire:?}"),
+    );
+    let url = format!("rtsp://{}/live/x?srtp=1", d.rtsp_addr);
     let (out, wire) = play_and_capture(
         &d,
         &url,
