@@ -350,6 +350,15 @@ fn rtspsrc_plays_a_live_srtp_channel() {
         )
     });
     c.check(
+        !out.stderr.contains("ERROR") && !out.stdout.contains("ERROR"),
+        || {
+            format!(
+                "live plain RTP: gst-launch-1.0 reported an error: {}",
+                out.stderr
+            )
+        },
+    );
+    c.check(
         wire.plausible_nal * 2 > wire.packets && wire.packets > 100,
         || format!("live plain RTP: expected readable H.264 on the wire: {wire:?}"),
     );
