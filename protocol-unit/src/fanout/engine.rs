@@ -1868,31 +1868,44 @@ mod tests {
         rx.try_recv().unwrap().unwrap()
     }
 
-    #[test]
-    fn late_joiner_gets_the_gop_then_live_without_gaps_in_every_tier() {
+    /// Frames `n` of feed 1, arrived at `at`, in temporal layers 0, 2, 1, 2, ...
+    /// (keyframes every 8th).
+    fn layered_frames(e: &mut Engine, n: std::ops::Range<i64>, at: Instant) {
+        let layers = [0u8, 2, 1, 2];
+        for n in n {
+            e.handle(
+                Command::LiveFrame {
+                    feed: 1,
+                    frame: frame(n, layers[(n % 4) as usize]),
+                },
+                at,
+            );
+        }
+    }
+
+    /// An engine with live feed 1 (shared SSRCs `shared_ssrcs`) that has been sent
+    /// layered frames 0..=9 of 0..12 (keyframes at 0 and 8), and the feed's start time.
+    fn layered_feed(shared_ssrcs: Vec<u32>) -> (Engine, Instant) {
         let mut e = engine();
         let t0 = Instant::now();
         e.handle(
             Command::AddLive {
                 feed: 1,
                 tracks: vec![video()],
-                shared_ssrcs: vec![],
+                shared_ssrcs,
                 name: "x".into(),
             },
             t0,
         );
-        let layers = [0u8, 2, 1, 2];
-        for n in 0..12 {
-            e.handle(
-                Command::LiveFrame {
-                    feed: 1,
-                    frame: frame(n, layers[(n % 4) as usize]),
-                },
-                t0,
-            );
-        }
-        // Frames 0..=9 are sent; keyframes at 0 and 8.
+        layered_frames(&mut e, 0..12, t0);
         e.run_due(t0 + Duration::from_millis(50 + 360));
+        (e, t0)
+    }
+
+    #[test]
+    fn late_joiner_gets_the_gop_then_live_without_gaps_in_every_tier() {
+        // Frames 0..=9 are sent; keyframes at 0 and 8.
+        let (mut e, t0) = layered_feed(vec![]);
         let full = receiver();
         let half = receiver();
         let info = join(
@@ -1958,28 +1971,7 @@ mod tests {
     #[test]
     fn plain_full_tier_viewers_share_the_wire_packets_and_the_rest_get_their_own() {
         const SHARED: u32 = 0xABCD_0001;
-        let mut e = engine();
-        let t0 = Instant::now();
-        e.handle(
-            Command::AddLive {
-                feed: 1,
-                tracks: vec![video()],
-                shared_ssrcs: vec![SHARED],
-                name: "x".into(),
-            },
-            t0,
-        );
-        let layers = [0u8, 2, 1, 2];
-        for n in 0..12 {
-            e.handle(
-                Command::LiveFrame {
-                    feed: 1,
-                    frame: frame(n, layers[(n % 4) as usize]),
-                },
-                t0,
-            );
-        }
-        e.run_due(t0 + Duration::from_millis(50 + 360));
+        let (mut e, t0) = layered_feed(vec![SHARED]);
         let at = t0 + Duration::from_millis(411);
         let (a, b, own, half) = (receiver(), receiver(), receiver(), receiver());
         let ia = prepare_with(&mut e, 10, Tier::Full, &a, at, SHARED);
@@ -2046,15 +2038,7 @@ mod tests {
         e.handle(Command::Pause { client: 11 }, t1);
         let again = prepare_with(&mut e, 11, Tier::Full, &b, t1, SHARED);
         e.handle(Command::Start { client: 11 }, t1);
-        for n in 12..14 {
-            e.handle(
-                Command::LiveFrame {
-                    feed: 1,
-                    frame: frame(n, layers[(n % 4) as usize]),
-                },
-                t1,
-            );
-        }
+        layered_frames(&mut e, 12..14, t1);
         e.run_due(t0 + Duration::from_secs(4));
         let last = head(&pa[3]).0;
         assert_eq!(again.tracks[0].seq, last.wrapping_add(1));
