@@ -307,6 +307,38 @@ fn rtspsrc_plays_an_srtp_session_to_the_end() {
     c.finish();
 }
 
+/// rtspsrc plays live `url` over UDP for 12 s while the client side is captured (as
+/// `what`): it decodes about every frame (long.mp4 is 25 frames/s; allow for RTSP set-up
+/// and the decoder's start), reports no error, and over 100 video packets are captured.
+fn play_live(c: &mut Checks, d: &Deployment, url: &str, what: &str) -> VideoOnWire {
+    let secs = 12;
+    let (out, wire) = play_and_capture(
+        d,
+        url,
+        what,
+        "udp",
+        Duration::from_secs(secs + 30),
+        Some(Duration::from_secs(secs)),
+    );
+    let frames = decoded_video_frames(&out.stdout);
+    eprintln!("{what}: {frames} video frames decoded in {secs} s; on the wire: {wire:?}");
+    c.check(frames >= 150, || {
+        format!(
+            "{what}: {frames} video frames decoded in {secs} s, expected about {}\n{}",
+            secs * 25,
+            out.stderr
+        )
+    });
+    c.check(
+        !out.stderr.contains("ERROR") && !out.stdout.contains("ERROR"),
+        || format!("{what}: gst-launch-1.0 reported an error: {}", out.stderr),
+    );
+    c.check(wire.packets > 100, || {
+        format!("{what}: too few video packets captured: {wire:?}")
+    });
+    wire
+}
+
 /// The encoder unit's live channel for [`rtspsrc_plays_a_live_srtp_channel`].
 const LIVE_CONFIG: &str = r#"
 [[channel]]
@@ -331,67 +363,21 @@ fn rtspsrc_plays_a_live_srtp_channel() {
     )
     .expect("deployment starts");
     let mut c = Checks::new();
-    let secs = 12;
-    let plain_url = format!("rtsp://{}/live/x", d.rtsp_addr);
-    let (out, wire) = play_and_capture(
+    let wire = play_live(
+        &mut c,
         &d,
-        &plain_url,
+        &format!("rtsp://{}/live/x", d.rtsp_addr),
         "plain-live",
-        "udp",
-        Duration::from_secs(secs + 30),
-        Some(Duration::from_secs(secs)),
     );
-    let frames = decoded_video_frames(&out.stdout);
-    eprintln!("live plain RTP: {frames} video frames decoded in {secs} s; on the wire: {wire:?}");
-    c.check(frames >= 150, || {
-        format!(
-            "live plain RTP: {frames} video frames decoded in {secs} s\n{}",
-            out.stderr
-        )
+    c.check(wire.plausible_nal * 2 > wire.packets, || {
+        format!("plain-live: expected readable H.264 on the wire: {wire:?}")
     });
-    c.check(
-        !out.stderr.contains("ERROR") && !out.stdout.contains("ERROR"),
-        || {
-            format!(
-                "live plain RTP: gst-launch-1.0 reported an error: {}",
-                out.stderr
-            )
-        },
-    );
-    c.check(
-        wire.plausible_nal * 2 > wire.packets && wire.packets > 100,
-        || format!("live plain RTP: expected readable H.264 on the wire: {wire:?}"),
-    );
-    let url = format!("rtsp://{}/live/x?srtp=1", d.rtsp_addr);
-    let (out, wire) = play_and_capture(
+    let wire = play_live(
+        &mut c,
         &d,
-        &url,
+        &format!("rtsp://{}/live/x?srtp=1", d.rtsp_addr),
         "srtp-live",
-        "udp",
-        Duration::from_secs(secs + 30),
-        Some(Duration::from_secs(secs)),
     );
-    let frames = decoded_video_frames(&out.stdout);
-    eprintln!("live SRTP: {frames} video frames decoded in {secs} s; on the wire: {wire:?}");
-    // long.mp4 is 25 frames/s; allow for RTSP set-up and the decoder's start.
-    c.check(frames >= 150, || {
-        format!(
-            "live SRTP: {frames} video frames decoded in {secs} s, expected about {}",
-            secs * 25
-        )
-    });
-    c.check(
-        !out.stderr.contains("ERROR") && !out.stdout.contains("ERROR"),
-        || {
-            format!(
-                "live SRTP: gst-launch-1.0 reported an error: {}",
-                out.stderr
-            )
-        },
-    );
-    c.check(wire.packets > 100, || {
-        format!("live SRTP: too few video packets captured: {wire:?}")
-    });
     c.check(wire.plausible_nal * 2 < wire.packets, || {
         format!("live SRTP: H.264 payload headers readable on the wire: {wire:?}")
     });
