@@ -23,7 +23,9 @@
 //!   and the link;
 //! - [`chains`]: which chain a VoD open or a live rendition runs, from the config;
 //! - [`live`]: live channels (inputs, timeline, renditions, subscriptions);
-//! - [`session`]: serving one link ([`serve_link`]): channels, seek, pause, credits.
+//! - [`session`]: serving one link ([`serve_link`]): channels, seek, pause, credits;
+//! - [`status`]: the optional HTTP port (`/status`, `/metrics`): live subscriptions and
+//!   links served now.
 
 pub mod chains;
 pub mod config;
@@ -32,6 +34,7 @@ pub mod ingest;
 pub mod live;
 pub mod pipeline;
 pub mod session;
+pub mod status;
 pub mod storage;
 pub mod transcode;
 

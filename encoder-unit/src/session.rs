@@ -232,6 +232,14 @@ pub async fn serve_link_with(link: Link, services: Services) -> Result<(), Sessi
                 warn!(%peer, "ignoring a handshake message on an established link");
                 continue;
             }
+            // A reflector probes its upstreams' liveness: answer at once.
+            Message::Ping { seq } => {
+                let _ = sender.send(Message::Pong { seq }).await;
+                continue;
+            }
+            // The encoder unit is the origin of every route: the path of a request that
+            // reaches it cannot hold a loop, so there is nothing to check.
+            Message::Path { .. } | Message::Pong { .. } | Message::GoingAway { .. } => continue,
             Message::Subscribe {
                 channel,
                 name,

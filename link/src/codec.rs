@@ -50,6 +50,10 @@ pub mod kind {
     pub const SUBSCRIBE: u8 = 14;
     pub const STATUS: u8 = 15;
     pub const CONTENT_KEY: u8 = 16;
+    pub const PATH: u8 = 17;
+    pub const PING: u8 = 18;
+    pub const PONG: u8 = 19;
+    pub const GOING_AWAY: u8 = 20;
 }
 
 /// Why bytes from the peer are not a valid message.
@@ -106,6 +110,10 @@ fn kind_of(msg: &Message) -> u8 {
         Message::Subscribe { .. } => kind::SUBSCRIBE,
         Message::Status { .. } => kind::STATUS,
         Message::ContentKey { .. } => kind::CONTENT_KEY,
+        Message::Path { .. } => kind::PATH,
+        Message::Ping { .. } => kind::PING,
+        Message::Pong { .. } => kind::PONG,
+        Message::GoingAway { .. } => kind::GOING_AWAY,
     }
 }
 
@@ -150,6 +158,9 @@ fn body_len(msg: &Message) -> usize {
         Message::Credits { .. } => 4 + 4,
         Message::Error { message, .. } => 4 + 1 + 4 + message.len(),
         Message::Frame(f) => FRAME_FIXED + f.data.len(),
+        Message::Path { nodes, .. } => 4 + 2 + nodes.iter().map(|n| 4 + n.len()).sum::<usize>(),
+        Message::Ping { .. } | Message::Pong { .. } => 4,
+        Message::GoingAway { detail } => 4 + detail.len(),
     }
 }
 
@@ -167,6 +178,11 @@ pub fn check(msg: &Message) -> Result<(), EncodeError> {
             len,
             max: MAX_MESSAGE_SIZE,
         });
+    }
+    if let Message::Path { nodes, .. } = msg {
+        if nodes.len() > u16::MAX as usize {
+            return Err(EncodeError::TooManyElements(nodes.len()));
+        }
     }
     if let Message::Announce { tracks, .. } = msg {
         if tracks.len() > u16::MAX as usize {
@@ -319,6 +335,15 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
             put_frame_fields(f, out);
             out.put_slice(&f.data);
         }
+        Message::Path { channel, nodes } => {
+            out.put_u32(*channel);
+            out.put_u16(nodes.len() as u16);
+            for n in nodes {
+                put_bytes(out, n.as_bytes());
+            }
+        }
+        Message::Ping { seq } | Message::Pong { seq } => out.put_u32(*seq),
+        Message::GoingAway { detail } => put_bytes(out, detail.as_bytes()),
     }
     Ok(())
 }
@@ -629,6 +654,21 @@ fn parse(whole: &[u8], src: Option<&Bytes>) -> Result<Message, DecodeError> {
             duration: r.u32()?,
             data: r.bytes()?,
         }),
+        kind::PATH => {
+            let channel = r.u32()?;
+            let n = r.u16()? as usize;
+            // Each node id takes at least 4 bytes: cap the allocation by what is there.
+            let mut nodes = Vec::with_capacity(n.min(r.buf.len() / 4));
+            for _ in 0..n {
+                nodes.push(r.string()?);
+            }
+            Message::Path { channel, nodes }
+        }
+        kind::PING => Message::Ping { seq: r.u32()? },
+        kind::PONG => Message::Pong { seq: r.u32()? },
+        kind::GOING_AWAY => Message::GoingAway {
+            detail: r.string()?,
+        },
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !r.buf.is_empty() {
@@ -757,6 +797,19 @@ mod tests {
             },
             Message::Frame(frame(0)),
             Message::Frame(frame(1000)),
+            Message::Path {
+                channel: 4,
+                nodes: vec!["encoder@10.0.0.1:7400".into(), "master-1".into()],
+            },
+            Message::Path {
+                channel: 5,
+                nodes: vec![],
+            },
+            Message::Ping { seq: 7 },
+            Message::Pong { seq: 7 },
+            Message::GoingAway {
+                detail: "SIGTERM".into(),
+            },
         ]
     }
 
@@ -1038,6 +1091,11 @@ mod tests {
                 .prop_map(|(channel, track)| Message::KeyframeRequest { channel, track }),
             (any::<u32>(), any::<u32>())
                 .prop_map(|(channel, frames)| Message::Credits { channel, frames }),
+            (any::<u32>(), proptest::collection::vec(".{0,12}", 0..4))
+                .prop_map(|(channel, nodes)| Message::Path { channel, nodes }),
+            any::<u32>().prop_map(|seq| Message::Ping { seq }),
+            any::<u32>().prop_map(|seq| Message::Pong { seq }),
+            ".{0,20}".prop_map(|detail| Message::GoingAway { detail }),
             (any::<u32>(), arb_code(), ".{0,20}").prop_map(|(channel, code, message)| {
                 Message::Error {
                     channel,

@@ -131,30 +131,9 @@ fn unexpected(msg: Message, wanted: &str) -> (LinkError, Option<ErrorCode>) {
         ),
         Message::Error { code, message, .. } => (LinkError::Peer { code, message }, None),
         other => (
-            LinkError::Handshake(format!("expected {wanted}, got {}", kind_name(&other))),
+            LinkError::Handshake(format!("expected {wanted}, got {}", other.kind_name())),
             Some(ErrorCode::BadRequest),
         ),
-    }
-}
-
-fn kind_name(m: &Message) -> &'static str {
-    match m {
-        Message::Hello { .. } => "Hello",
-        Message::Auth { .. } => "Auth",
-        Message::Open { .. } => "Open",
-        Message::Subscribe { .. } => "Subscribe",
-        Message::Status { .. } => "Status",
-        Message::ContentKey { .. } => "ContentKey",
-        Message::Announce { .. } => "Announce",
-        Message::Seek { .. } => "Seek",
-        Message::SeekDone { .. } => "SeekDone",
-        Message::Pause { .. } => "Pause",
-        Message::Resume { .. } => "Resume",
-        Message::Close { .. } => "Close",
-        Message::KeyframeRequest { .. } => "KeyframeRequest",
-        Message::Credits { .. } => "Credits",
-        Message::Error { .. } => "Error",
-        Message::Frame(_) => "Frame",
     }
 }
 

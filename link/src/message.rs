@@ -25,6 +25,12 @@
 //!    key: frames flagged [`FrameFlags::ENCRYPTED`] were encrypted by the encoder, frames
 //!    flagged [`FrameFlags::EDGE_ENCRYPT`] are plaintext that the protocol unit encrypts with
 //!    the same key and the same payload format (see `crate::content`) before sending.
+//! 7. reflectors (relays between an encoder unit and protocol units) add three things:
+//!    [`Message::Path`] before a Subscribe (the relays the request came through) and before
+//!    an Announce (the nodes the channel crossed, origin first), so loops are refused and
+//!    depth is capped; [`Message::Ping`] / [`Message::Pong`] on the link itself, so a parent
+//!    that went silent without closing is noticed within a fraction of a second; and
+//!    [`Message::GoingAway`], a parent telling its children to move before it leaves.
 
 use bytes::Bytes;
 
@@ -33,7 +39,7 @@ use bytes::Bytes;
 pub type ChannelId = u32;
 
 /// Wire format version. Bumped on any incompatible change to [`crate::codec`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The elementary stream format of a track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -391,15 +397,61 @@ pub enum Message {
     },
     /// One encoded frame.
     Frame(Frame),
+    /// The route of `channel`. Sent by a relay right before its [`Message::Subscribe`]: the
+    /// ids of the nodes the request came through, the first requester first. Sent by a relay
+    /// right before its [`Message::Announce`]: the ids of the nodes the channel crossed, its
+    /// origin first. Encoder and protocol units ignore it.
+    Path {
+        channel: ChannelId,
+        nodes: Vec<String>,
+    },
+    /// Link liveness probe (channel 0); the peer answers [`Message::Pong`] with `seq`.
+    Ping { seq: u32 },
+    /// Answer to [`Message::Ping`].
+    Pong { seq: u32 },
+    /// The sender is about to leave (a reflector shutting down gracefully): move every
+    /// subscription to another upstream, then close it here. The link stays up meanwhile.
+    GoingAway { detail: String },
 }
 
 impl Message {
+    /// The message's kind, for logs and error texts.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Auth { .. } => "Auth",
+            Message::Open { .. } => "Open",
+            Message::Subscribe { .. } => "Subscribe",
+            Message::Status { .. } => "Status",
+            Message::ContentKey { .. } => "ContentKey",
+            Message::Announce { .. } => "Announce",
+            Message::Seek { .. } => "Seek",
+            Message::SeekDone { .. } => "SeekDone",
+            Message::Pause { .. } => "Pause",
+            Message::Resume { .. } => "Resume",
+            Message::Close { .. } => "Close",
+            Message::KeyframeRequest { .. } => "KeyframeRequest",
+            Message::Credits { .. } => "Credits",
+            Message::Error { .. } => "Error",
+            Message::Frame(_) => "Frame",
+            Message::Path { .. } => "Path",
+            Message::Ping { .. } => "Ping",
+            Message::Pong { .. } => "Pong",
+            Message::GoingAway { .. } => "GoingAway",
+        }
+    }
+
     /// This message re-addressed to channel `id` (handshake messages are returned as they
     /// are). Stages and live channels build messages once and address them per receiver.
     pub fn with_channel(mut self, id: ChannelId) -> Message {
         match &mut self {
-            Message::Hello { .. } | Message::Auth { .. } => {}
-            Message::Open { channel, .. }
+            Message::Hello { .. }
+            | Message::Auth { .. }
+            | Message::Ping { .. }
+            | Message::Pong { .. }
+            | Message::GoingAway { .. } => {}
+            Message::Path { channel, .. }
+            | Message::Open { channel, .. }
             | Message::Subscribe { channel, .. }
             | Message::Status { channel, .. }
             | Message::ContentKey { channel, .. }

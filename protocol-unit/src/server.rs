@@ -77,6 +77,13 @@ pub struct FrontEndArgs {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     pub spin_us: u64,
 
+    /// Milliseconds between a live frame's arrival and its send time: frames then leave at
+    /// media time from that anchor, so a gap in arrivals shorter than this (an upstream
+    /// reflector switching parents, link jitter) never reaches clients. Costs as much
+    /// latency. Default 50 ms; a public reflector defaults to its own, longer delay.
+    #[arg(long, value_name = "MILLISECONDS")]
+    pub edge_delay_ms: Option<u64>,
+
     /// Seconds a live channel stays subscribed after its last viewer leaves.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub live_linger: u64,
@@ -113,6 +120,10 @@ impl FrontEndArgs {
                     rt_core: self.rt_core,
                     spin: Duration::from_micros(self.spin_us),
                 },
+                live_delay: self
+                    .edge_delay_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(crate::fanout::live_feed::LIVE_DELAY),
             },
             live_linger: Duration::from_secs(self.live_linger),
             admission: self.admission.config(),

@@ -13,6 +13,7 @@ pub mod clients;
 pub mod cmd;
 pub mod control;
 pub mod deploy;
+pub mod lan;
 pub mod media;
 pub mod netns;
 pub mod paths;

@@ -1,6 +1,7 @@
 //! `divisor-encoder`: the encoder unit as a process. Serves the media library and the
 //! live channels to protocol units over the link, either listening for them or dialling
-//! one. SIGHUP re-reads `--config`.
+//! one. SIGHUP re-reads `--config`. With `--http-listen`, also serves `/status` and
+//! `/metrics` (see [`divisor_encoder::status`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use divisor_encoder::live::cli::{self, LiveArgs};
+use divisor_encoder::status::{self, LinkCounter, StatusSource};
 use divisor_encoder::{serve_link_with, Catalog, Library, Services};
 use divisor_link::{LinkConfig, LinkError, LinkListener, Role, TransportKind};
 use tracing::{error, info, warn};
@@ -48,6 +50,13 @@ struct Args {
     #[arg(long, value_name = "tcp|uring", default_value = "tcp")]
     link_transport: TransportKind,
 
+    /// Serve GET /status (JSON: the live subscriptions held now per channel and rendition,
+    /// from all links together, and the number of links) and GET /metrics (OpenMetrics:
+    /// divisor_encoder_live_subscriptions{channel,rendition}, divisor_encoder_links) on
+    /// this address. Off when not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     live: LiveArgs,
 }
@@ -80,6 +89,11 @@ async fn main() -> Result<()> {
     };
 
     let config = args.live.load().context("configuration")?;
+    // Bind first: a busy port is an error before anything starts.
+    let http = match args.http_listen {
+        Some(addr) => Some(status::bind(addr).await?),
+        None => None,
+    };
 
     let lib = library.clone();
     let catalog = Arc::new(
@@ -99,16 +113,36 @@ async fn main() -> Result<()> {
         chains: running.chains.clone(),
         live: running.live.clone(),
     };
+    let links = LinkCounter::new();
+    if let Some(listener) = http {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving /status and /metrics");
+        }
+        let source = StatusSource {
+            live: services.live.clone(),
+            links: links.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = status::serve(listener, source).await {
+                error!("{e}");
+            }
+        });
+    }
     let live_args = args.live.clone();
     tokio::spawn(async move { cli::reload_on_sighup(live_args, &running).await });
 
     match args.link_connect {
-        Some(target) => dial(cfg, &target, services).await,
-        None => listen(cfg, args.link_listen, services).await,
+        Some(target) => dial(cfg, &target, services, links).await,
+        None => listen(cfg, args.link_listen, services, links).await,
     }
 }
 
-async fn listen(cfg: LinkConfig, addr: SocketAddr, services: Services) -> Result<()> {
+async fn listen(
+    cfg: LinkConfig,
+    addr: SocketAddr,
+    services: Services,
+    links: LinkCounter,
+) -> Result<()> {
     let listener = LinkListener::bind(&cfg, addr)
         .await
         .with_context(|| format!("listening for links on {addr}"))?;
@@ -117,7 +151,9 @@ async fn listen(cfg: LinkConfig, addr: SocketAddr, services: Services) -> Result
         match listener.accept().await {
             Ok(link) => {
                 let services = services.clone();
+                let counted = links.track();
                 tokio::spawn(async move {
+                    let _counted = counted;
                     if let Err(e) = serve_link_with(link, services).await {
                         warn!("{e}");
                     }
@@ -132,7 +168,7 @@ async fn listen(cfg: LinkConfig, addr: SocketAddr, services: Services) -> Result
     }
 }
 
-async fn dial(cfg: LinkConfig, target: &str, services: Services) -> Result<()> {
+async fn dial(cfg: LinkConfig, target: &str, services: Services, links: LinkCounter) -> Result<()> {
     let mut delay = Duration::from_millis(100);
     loop {
         let addr = match resolve(target).await {
@@ -147,7 +183,10 @@ async fn dial(cfg: LinkConfig, target: &str, services: Services) -> Result<()> {
         delay = Duration::from_millis(100);
         info!(%addr, transport = ?cfg.transport, "dialling the protocol unit");
         let link = divisor_link::connect_with_backoff(&cfg, addr).await;
-        match serve_link_with(link, services.clone()).await {
+        let counted = links.track();
+        let served = serve_link_with(link, services.clone()).await;
+        drop(counted);
+        match served {
             Ok(()) => info!(%addr, "link closed; dialling again"),
             Err(e) => warn!(%addr, "{e}; dialling again"),
         }

@@ -141,6 +141,19 @@ impl Hub {
         }
     }
 
+    /// The active renditions (those with a running worker) and how many subscriptions
+    /// each serves now, sorted by rendition name.
+    pub fn subscription_counts(&self) -> Vec<(String, usize)> {
+        let mut counts: Vec<(String, usize)> = self
+            .lock()
+            .renditions
+            .iter()
+            .map(|(name, a)| (name.clone(), a.rendition.subscriber_count()))
+            .collect();
+        counts.sort();
+        counts
+    }
+
     pub fn request_keyframe(&self, rendition: &str, track: u8) {
         if let Some(a) = self.lock().renditions.get(rendition) {
             a.rendition.request_keyframe(track);

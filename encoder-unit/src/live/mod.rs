@@ -128,6 +128,26 @@ impl LiveRegistry {
         self.lock().keys().cloned().collect()
     }
 
+    /// The live subscriptions served now: `(channel, rendition, subscriptions)` for every
+    /// active rendition of every channel ("" = the input as it is), sorted. A rendition is
+    /// active from its first subscription to its last one's end (a `Close`, or the link
+    /// dropping), so a channel nobody watches has no entry. Read-only; for `/status`.
+    pub fn subscription_counts(&self) -> Vec<(String, String, usize)> {
+        // Take the hubs and let go of the registry before locking any of them.
+        let hubs: Vec<(String, Arc<Hub>)> = self
+            .lock()
+            .iter()
+            .map(|(name, ch)| (name.clone(), ch.hub.clone()))
+            .collect();
+        hubs.into_iter()
+            .flat_map(|(channel, hub)| {
+                hub.subscription_counts()
+                    .into_iter()
+                    .map(move |(rendition, n)| (channel.clone(), rendition, n))
+            })
+            .collect()
+    }
+
     /// Make the running channels be `channels`: start new ones, stop removed ones, give a
     /// changed source to a running channel (its subscribers stay), restart a channel whose
     /// renditions or encryption changed; leave the rest alone. Checks every source string
@@ -278,5 +298,36 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.unsubscribe(&self.rendition, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscription_counts_follow_subscriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = Arc::new(Library::open(dir.path()).unwrap());
+        let live = LiveRegistry::new(library, Arc::new(ChainFactory::passthrough()));
+        let channels = [
+            cli::parse_live("news=testsrc").unwrap(),
+            cli::parse_live("quiet=testsrc").unwrap(),
+        ];
+        live.apply(&channels).unwrap();
+        assert!(live.subscription_counts().is_empty(), "nobody watches yet");
+
+        // Keep the far end up, so the subscriptions' queues stay open.
+        let (link, _far) = divisor_link::mem_pair();
+        let outbox = |ch| Outbox::spawn(ch, "test", link.sender.clone());
+        let a = live.subscribe("news", "", outbox(1)).unwrap();
+        let b = live.subscribe("news", "", outbox(2)).unwrap();
+        let news = |n| vec![("news".to_string(), String::new(), n)];
+        assert_eq!(live.subscription_counts(), news(2));
+        drop(a);
+        assert_eq!(live.subscription_counts(), news(1));
+        drop(b);
+        assert!(live.subscription_counts().is_empty());
+        live.shutdown();
     }
 }

@@ -486,6 +486,9 @@ pub struct Engine {
     /// and when that line was written.
     overloaded: u64,
     overload_logged: Option<Instant>,
+    /// Delay between a live frame's arrival and its first send deadline (see
+    /// [`LiveFeed::with_delay`]); [`crate::fanout::live_feed::LIVE_DELAY`] unless set.
+    live_delay: Duration,
 }
 
 impl Engine {
@@ -512,7 +515,14 @@ impl Engine {
             cname: "divisor".to_string(),
             overloaded: 0,
             overload_logged: None,
+            live_delay: crate::fanout::live_feed::LIVE_DELAY,
         }
+    }
+
+    /// Live feeds added from now on hold frames `delay` after arrival before their first
+    /// send deadline: an upstream gap shorter than that never reaches clients.
+    pub fn set_live_delay(&mut self, delay: Duration) {
+        self.live_delay = delay;
     }
 
     /// The shared statistics.
@@ -598,7 +608,7 @@ impl Engine {
                 tracks,
                 shared_ssrcs,
                 name,
-            } => match LiveFeed::new(&tracks, &shared_ssrcs) {
+            } => match LiveFeed::with_delay(&tracks, &shared_ssrcs, self.live_delay) {
                 Ok(f) => {
                     self.feeds.insert(
                         feed,

@@ -193,6 +193,8 @@ pub struct LiveFeed {
     pinned: Option<u64>,
     has_video: bool,
     scratch: Vec<RtpPayload>,
+    /// Arrival-to-deadline delay of the first frame (and of re-mapped ones).
+    delay: Duration,
 }
 
 impl LiveFeed {
@@ -200,6 +202,18 @@ impl LiveFeed {
     /// the codec yet) are an error: the channel cannot be served. `shared_ssrcs[i]`, when
     /// given, is the SSRC of track `i`'s shared stream (see the module notes).
     pub fn new(tracks: &[TrackInfo], shared_ssrcs: &[u32]) -> Result<LiveFeed, PacketizeError> {
+        Self::with_delay(tracks, shared_ssrcs, LIVE_DELAY)
+    }
+
+    /// [`LiveFeed::new`] with frames due `delay` after they arrive instead of
+    /// [`LIVE_DELAY`]. Frames are sent at media time from that anchor on, so a gap in
+    /// arrivals shorter than `delay` (an upstream switch that is then caught up in a burst)
+    /// is invisible to clients; it costs `delay` of latency.
+    pub fn with_delay(
+        tracks: &[TrackInfo],
+        shared_ssrcs: &[u32],
+        delay: Duration,
+    ) -> Result<LiveFeed, PacketizeError> {
         let mut out = Vec::with_capacity(tracks.len());
         for (i, info) in tracks.iter().enumerate() {
             out.push(FeedTrack {
@@ -227,6 +241,7 @@ impl LiveFeed {
             last_us: i64::MIN,
             pinned: None,
             scratch: Vec::new(),
+            delay,
         })
     }
 
@@ -286,14 +301,14 @@ impl LiveFeed {
         }
         let dts_us = self.to_us(i, frame.dts);
         if self.anchor.is_none() {
-            self.anchor = Some((now + LIVE_DELAY, dts_us));
+            self.anchor = Some((now + self.delay, dts_us));
         }
         let mut timeline = dts_us + self.shift_us;
         let deadline = self.deadline_of(timeline).unwrap_or(now);
         // A marked discontinuity whose timestamps still fit the timeline (an input that
         // keeps them increasing across a loop) needs no re-mapping.
-        let off_course = deadline + MAX_DISCONTINUITY_SLACK < now + LIVE_DELAY
-            || deadline > now + LIVE_DELAY + MAX_DISCONTINUITY_SLACK;
+        let off_course = deadline + MAX_DISCONTINUITY_SLACK < now + self.delay
+            || deadline > now + self.delay + MAX_DISCONTINUITY_SLACK;
         let jumped = (frame.flags.contains(FrameFlags::DISCONTINUITY) && off_course)
             || deadline + MAX_LATE < now
             || deadline > now + MAX_EARLY;
@@ -301,7 +316,7 @@ impl LiveFeed {
             // Re-map: this frame goes out after the usual delay, never before the frame
             // queued last, so the timeline (and every client's RTP clock) runs on.
             let target = self
-                .timeline_at(now + LIVE_DELAY)
+                .timeline_at(now + self.delay)
                 .unwrap_or(dts_us)
                 .max(self.last_us.saturating_add(1));
             let delta = target - timeline;

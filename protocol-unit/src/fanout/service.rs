@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info};
@@ -27,6 +27,8 @@ pub struct FanOutConfig {
     /// Send runs of equal-size packets to one client as one UDP GSO message.
     pub gso: bool,
     pub scheduler: SchedulerConfig,
+    /// Delay between a live frame's arrival and its send deadline (the edge delay).
+    pub live_delay: Duration,
 }
 
 impl Default for FanOutConfig {
@@ -36,6 +38,7 @@ impl Default for FanOutConfig {
             send_path: SendPath::Sendmmsg,
             gso: true,
             scheduler: SchedulerConfig::default(),
+            live_delay: crate::fanout::live_feed::LIVE_DELAY,
         }
     }
 }
@@ -59,11 +62,12 @@ impl FanOut {
         let rtp = Arc::new(rtp);
         let rtcp = Arc::new(rtcp);
         let stats = ServerStats::new();
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             UdpSender::new(rtp.clone(), config.send_path, config.gso)?,
             UdpSender::new(rtcp.clone(), SendPath::Sendmmsg, false)?,
             stats.clone(),
         );
+        engine.set_live_delay(config.live_delay);
         let handle = schedule::start(config.scheduler, engine)?;
         let routes = FeedbackRoutes::new();
         info!(
