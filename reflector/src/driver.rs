@@ -422,13 +422,23 @@ impl Reflector {
     }
 }
 
+/// A dial (TCP connect and handshake) that takes longer is abandoned: a parent cut off
+/// answers nothing, and the kernel's own SYN timeout is minutes.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Resolve `addr` (host:port) and dial it.
 async fn connect(cfg: &LinkConfig, addr: &str) -> Result<Link, LinkError> {
     let mut last = LinkError::Closed;
     for a in tokio::net::lookup_host(addr).await? {
-        match divisor_link::connect(cfg, a).await {
-            Ok(l) => return Ok(l),
-            Err(e) => last = e,
+        match tokio::time::timeout(DIAL_TIMEOUT, divisor_link::connect(cfg, a)).await {
+            Ok(Ok(l)) => return Ok(l),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = LinkError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {DIAL_TIMEOUT:?}"),
+                ))
+            }
         }
     }
     Err(last)

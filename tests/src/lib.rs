@@ -19,6 +19,7 @@ pub mod netns;
 pub mod paths;
 pub mod receiver;
 pub mod rtsp;
+pub mod tree;
 pub mod tshark;
 
 pub use clients::{Capture, Decode, RtpTransport};

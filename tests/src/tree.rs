@@ -1,0 +1,362 @@
+//! A reflector tree on a [`Lan`], every unit on a machine (namespace) of its own:
+//!
+//! ```text
+//!   enc ── master ─┬─ int1 ─┬─ pub1 ── client
+//!                  └─ int2 ─┴─ pub2 ──┘
+//! ```
+//!
+//! The encoder unit serves the live channel `cam` (the test source). Each public
+//! reflector has both intermediates as upstreams, `int1` first, and serves RTSP on 8554
+//! with GSO off (so a capture at the client sees one frame per RTP packet). Real clients
+//! run on `client`; `/status` of every node is read from there.
+
+use crate::lan::Lan;
+use crate::paths::bin;
+use crate::{clients::trouble_lines, Decode};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const ENC: &str = "enc";
+pub const MASTER: &str = "master";
+pub const INTERMEDIATES: [&str; 2] = ["int1", "int2"];
+pub const PUBLICS: [&str; 2] = ["pub1", "pub2"];
+pub const CLIENT: &str = "client";
+pub const CHANNEL: &str = "cam";
+
+pub const ENC_LINK: u16 = 7400;
+pub const ENC_HTTP: u16 = 7480;
+pub const LINK: u16 = 7500;
+pub const HTTP: u16 = 7580;
+pub const RTSP: u16 = 8554;
+
+/// Settings that tests shorten.
+#[derive(Clone, Debug)]
+pub struct TreeOptions {
+    /// `--linger-secs` of every reflector and `--live-linger` of the public front-ends.
+    pub linger_secs: u64,
+    /// `--return-secs` of every reflector.
+    pub return_secs: u64,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions {
+            linger_secs: 1,
+            return_secs: 3,
+        }
+    }
+}
+
+pub struct Tree {
+    pub lan: Lan,
+    pub key_file: PathBuf,
+    pub opts: TreeOptions,
+}
+
+impl Tree {
+    /// Starts the whole tree and waits until every public reflector has its link to
+    /// both intermediates up.
+    pub fn start(test: &str, opts: TreeOptions) -> Result<Tree> {
+        let lan = Lan::new(test, &[ENC, MASTER, "int1", "int2", "pub1", "pub2", CLIENT])?;
+        let key_file = lan.log_dir.join("link.key");
+        std::fs::write(&key_file, "tree test link key\n")?;
+        let library = lan.log_dir.join("library");
+        std::fs::create_dir_all(&library)?;
+        let tree = Tree {
+            lan,
+            key_file,
+            opts,
+        };
+        tree.lan.spawn_in(
+            ENC,
+            ENC,
+            bin("divisor-encoder")?,
+            [
+                "--library".into(),
+                library.to_string_lossy().into_owned(),
+                "--live".into(),
+                format!("{CHANNEL}=testsrc"),
+                "--link-listen".into(),
+                format!("0.0.0.0:{ENC_LINK}"),
+                "--http-listen".into(),
+                format!("0.0.0.0:{ENC_HTTP}"),
+                "--link-key-file".into(),
+                tree.key(),
+            ],
+        )?;
+        tree.lan
+            .wait_listening(ENC, ENC_LINK, Duration::from_secs(20))?;
+        let enc = tree.lan.addr(ENC, ENC_LINK).to_string();
+        tree.spawn_reflector(MASTER, "master", &[enc.as_str()], &[])?;
+        let master = tree.lan.addr(MASTER, LINK).to_string();
+        for i in INTERMEDIATES {
+            tree.spawn_reflector(i, "intermediate", &[master.as_str()], &[])?;
+        }
+        let ints: Vec<String> = INTERMEDIATES
+            .iter()
+            .map(|i| tree.lan.addr(i, LINK).to_string())
+            .collect();
+        let ints: Vec<&str> = ints.iter().map(String::as_str).collect();
+        for p in PUBLICS {
+            tree.spawn_reflector(p, "public", &ints, &[])?;
+        }
+        for p in PUBLICS {
+            tree.lan.wait_listening(p, RTSP, Duration::from_secs(20))?;
+        }
+        tree.wait_for(
+            Duration::from_secs(15),
+            "publics linked to both intermediates",
+            |t| {
+                Ok(PUBLICS.iter().all(|p| {
+                    t.status(p).is_ok_and(|s| {
+                        s["upstreams"]
+                            .as_array()
+                            .is_some_and(|u| u.len() == 2 && u.iter().all(|u| u["state"] == "up"))
+                    })
+                }))
+            },
+        )?;
+        Ok(tree)
+    }
+
+    fn key(&self) -> String {
+        self.key_file.to_string_lossy().into_owned()
+    }
+
+    /// Starts (or restarts) reflector `node` with `role`, `upstreams` and `extra` flags.
+    pub fn spawn_reflector(
+        &self,
+        node: &str,
+        role: &str,
+        upstreams: &[&str],
+        extra: &[&str],
+    ) -> Result<()> {
+        let mut args: Vec<String> = vec![
+            "--role".into(),
+            role.into(),
+            "--id".into(),
+            node.into(),
+            "--upstream".into(),
+            upstreams.join(","),
+            "--link-key-file".into(),
+            self.key(),
+            "--http-listen".into(),
+            format!("0.0.0.0:{HTTP}"),
+            "--linger-secs".into(),
+            self.opts.linger_secs.to_string(),
+            "--return-secs".into(),
+            self.opts.return_secs.to_string(),
+        ];
+        if role == "public" {
+            args.extend(
+                [
+                    "--rtsp-listen",
+                    &format!("0.0.0.0:{RTSP}"),
+                    "--gso",
+                    "false",
+                    "--live-linger",
+                    &self.opts.linger_secs.to_string(),
+                ]
+                .map(String::from),
+            );
+        } else {
+            args.extend(["--link-listen".into(), format!("0.0.0.0:{LINK}")]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.lan
+            .spawn_in(node, node, bin("divisor-reflector")?, args)?;
+        self.lan.wait_listening(node, HTTP, Duration::from_secs(20))
+    }
+
+    /// `/status` of `node` (any reflector, or the encoder unit), read from the client.
+    pub fn status(&self, node: &str) -> Result<Value> {
+        let port = if node == ENC { ENC_HTTP } else { HTTP };
+        let url = format!("http://{}:{port}/status", self.lan.ip(node));
+        let (code, body) = self.lan.http_get_timeout(
+            CLIENT,
+            &url,
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        )?;
+        if code != 200 {
+            bail!("GET {url}: {code} {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))
+    }
+
+    /// Live subscriptions the encoder unit holds for [`CHANNEL`], all links together.
+    pub fn encoder_subscriptions(&self) -> Result<u64> {
+        let s = self.status(ENC)?;
+        Ok(s["live"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|c| c["channel"] == CHANNEL)
+                    .map(|c| c["subscribers"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0))
+    }
+
+    /// The relayed channel [`CHANNEL`] on reflector `node`, if it relays it.
+    pub fn channel(&self, node: &str) -> Result<Option<Value>> {
+        let s = self.status(node)?;
+        Ok(s["channels"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["channel"] == CHANNEL).cloned()))
+    }
+
+    /// Polls `cond` every 100 ms until it holds, or fails after `timeout` naming `what`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Tree) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = None;
+        loop {
+            match cond(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} (last error: {last_err:?})\n{}",
+                    self.lan.logs_report(15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn rtsp_url(&self, public: &str) -> String {
+        format!("rtsp://{}:{RTSP}/live/{CHANNEL}", self.lan.ip(public))
+    }
+
+    /// ffmpeg on the client decodes `url` over UDP for `secs` seconds.
+    pub fn ffmpeg_decode(&self, url: &str, secs: u64) -> Result<Decode> {
+        let t = secs.to_string();
+        let out = self.lan.run_in(
+            CLIENT,
+            "ffmpeg",
+            [
+                "-hide_banner",
+                "-nostdin",
+                "-nostats",
+                "-loglevel",
+                "warning",
+                "-timeout",
+                "10000000",
+                "-rtsp_transport",
+                "udp",
+                "-i",
+                url,
+                "-t",
+                &t,
+                "-map",
+                "0:v:0",
+                "-map",
+                "0:a?",
+                "-fps_mode",
+                "passthrough",
+                "-f",
+                "null",
+                "-",
+                "-progress",
+                "pipe:1",
+            ],
+            Duration::from_secs(secs + 30),
+        )?;
+        let frames = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("frame="))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or(0);
+        Ok(Decode {
+            frames,
+            error_lines: trouble_lines(&out.stderr),
+            out,
+        })
+    }
+
+    /// Starts ffmpeg reading `url` over UDP for `secs` seconds in the background as
+    /// process `name` (decoding, or with `copy` only demuxing: a cheap load client); its
+    /// `-progress` lands in `<name>.stdout`, its warnings in the log.
+    pub fn spawn_ffmpeg(&self, name: &str, url: &str, secs: u64, copy: bool) -> Result<()> {
+        let t = secs.to_string();
+        let mut args = vec![
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "warning",
+            "-timeout",
+            "10000000",
+            "-rtsp_transport",
+            "udp",
+            "-i",
+            url,
+            "-t",
+            &t,
+            "-map",
+            "0:v:0",
+            "-map",
+            "0:a?",
+        ];
+        if copy {
+            args.extend(["-c", "copy"]);
+        } else {
+            args.extend(["-fps_mode", "passthrough"]);
+        }
+        args.extend(["-f", "null", "-", "-progress", "pipe:1"]);
+        self.lan.spawn_in(CLIENT, name, "ffmpeg", args)
+    }
+
+    /// Frames decoded by a background ffmpeg (its last `frame=`), and its trouble lines.
+    pub fn ffmpeg_result(&self, name: &str) -> (u64, Vec<String>) {
+        let frames = self
+            .lan
+            .stdout_of(name)
+            .lines()
+            .filter_map(|l| l.strip_prefix("frame="))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or(0);
+        (frames, trouble_lines(&self.lan.log(name)))
+    }
+
+    /// Starts tshark on the client's interface (UDP only), as process `name`, writing
+    /// `<name>.pcapng`; returns once it captures.
+    pub fn start_capture(&self, name: &str) -> Result<PathBuf> {
+        let file = self.lan.log_dir.join(format!("{name}.pcapng"));
+        let f = file.to_string_lossy().into_owned();
+        self.lan.spawn_in(
+            CLIENT,
+            name,
+            "tshark",
+            ["-n", "-i", crate::lan::NODE_IF, "-f", "udp", "-w", &f],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.lan.log(name).contains("Capturing on") {
+            if Instant::now() > deadline {
+                bail!("tshark did not start: {}", self.lan.log(name));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(file)
+    }
+
+    /// Stops a capture started with [`Tree::start_capture`] (SIGINT flushes it).
+    pub fn stop_capture(&self, name: &str) -> Result<()> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.lan.signal(name, libc::SIGINT)?;
+        self.lan.wait_exit(name, Duration::from_secs(15))?;
+        Ok(())
+    }
+}
