@@ -299,16 +299,13 @@ fn clients_lose_nothing_when_the_active_intermediate_is_killed_cut_off_or_leaves
     });
     std::thread::sleep(Duration::from_secs(3));
 
-    for i in 0..2 {
+    for (i, public) in PUBLICS.iter().enumerate() {
         let name = format!("ff{i}");
         tree.lan.signal(&name, libc::SIGINT).unwrap();
         tree.lan.wait_exit(&name, Duration::from_secs(15)).unwrap();
         let (frames, trouble) = tree.ffmpeg_result(&name);
         checks.check(frames >= 300 && trouble.is_empty(), || {
-            format!(
-                "decoder {name} at {}: {frames} frames, trouble {trouble:?}",
-                PUBLICS[i]
-            )
+            format!("decoder {name} at {public}: {frames} frames, trouble {trouble:?}")
         });
     }
     tree.stop_capture("cap").unwrap();
