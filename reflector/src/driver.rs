@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
+use crate::child_queue::{ChildQueue, Push};
 use crate::relay::{ChildId, Output, Relay, RelayConfig, RelaySnapshot, UpstreamId};
 
 /// Driver settings (the core has its own, [`RelayConfig`]).
@@ -37,8 +38,11 @@ pub struct DriverConfig {
     pub child_stall: Duration,
 }
 
+/// Control messages a child may have waiting, per frame slot of its queue.
+const CONTROL_PER_FRAME_SLOT: usize = 16;
+
 struct ChildConn {
-    tx: mpsc::Sender<Message>,
+    queue: Arc<ChildQueue>,
     /// Since when its queue has refused messages without a success in between.
     full_since: Option<Instant>,
     tasks: Vec<AbortHandle>,
@@ -159,9 +163,11 @@ impl Reflector {
             mut receiver,
             peer,
         } = link;
-        let (tx, mut rx) = mpsc::channel::<Message>(self.inner.cfg.child_queue.max(16));
+        let frames = self.inner.cfg.child_queue.max(16);
+        let queue = Arc::new(ChildQueue::new(frames, frames * CONTROL_PER_FRAME_SLOT));
+        let q = queue.clone();
         let writer = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
+            while let Some(m) = q.pop().await {
                 if sender.send(m).await.is_err() {
                     return;
                 }
@@ -186,7 +192,7 @@ impl Reflector {
         self.inner.children.lock().expect("children").insert(
             id,
             ChildConn {
-                tx,
+                queue,
                 full_since: None,
                 tasks: vec![writer.abort_handle(), reader.abort_handle()],
             },
@@ -198,6 +204,7 @@ impl Reflector {
 
     fn remove_child(&self, id: ChildId) {
         if let Some(c) = self.inner.children.lock().expect("children").remove(&id) {
+            c.queue.close();
             for t in c.tasks {
                 t.abort();
             }
@@ -289,27 +296,30 @@ impl Reflector {
             Message::Frame(f) => Some(f.channel),
             _ => None,
         };
-        match c.tx.try_send(msg) {
-            Ok(()) => c.full_since = None,
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match c.queue.push(msg) {
+            Push::Queued => {
+                if frame_channel.is_some() {
+                    c.full_since = None;
+                }
+            }
+            Push::Closed => {}
+            Push::ControlFull => drops.push((
+                child,
+                "it sends requests much faster than it reads the answers".into(),
+            )),
+            Push::FramesFull => {
                 let now = Instant::now();
                 let since = *c.full_since.get_or_insert(now);
-                match frame_channel {
-                    _ if now.saturating_duration_since(since) >= self.inner.cfg.child_stall => {
-                        drops.push((
-                            child,
-                            format!(
-                                "it has read nothing for {} s",
-                                self.inner.cfg.child_stall.as_secs()
-                            ),
-                        ));
-                    }
-                    Some(ch) => overflows.push((child, ch)),
-                    None => drops.push((
+                if now.saturating_duration_since(since) >= self.inner.cfg.child_stall {
+                    drops.push((
                         child,
-                        "its queue is full and a control message could not be queued".into(),
-                    )),
+                        format!(
+                            "it has taken no frame for {} s",
+                            self.inner.cfg.child_stall.as_secs()
+                        ),
+                    ));
+                } else if let Some(ch) = frame_channel {
+                    overflows.push((child, ch));
                 }
             }
         }
