@@ -8,6 +8,7 @@ mod capacity;
 mod cpu;
 mod crypto;
 mod decrypt;
+mod failover;
 mod fanout;
 mod janus;
 mod link;
@@ -17,6 +18,7 @@ mod nsthread;
 mod plot;
 mod probe;
 mod receiver;
+mod relay;
 mod report;
 mod rtsp_client;
 mod run;
@@ -93,6 +95,17 @@ enum Command {
     /// (tests/browser/play.mjs) on /play/cam/web, warm and cold channel, median and p95.
     #[command(verbatim_doc_comment)]
     WebrtcJoin(webrtc_capacity::JoinArgs),
+    /// Reflector relay (issue 7): frames/s and Gbit/s one reflector core forwards to 1, 10
+    /// and 100 children beside a raw TCP fan-out probe on the same core, and the latency
+    /// one relay hop adds (p50/p99 against a child of the parent itself).
+    #[command(verbatim_doc_comment)]
+    Relay(relay::RelayArgs),
+    /// Reflector fail-over (issue 7): the test tree with a decoder at each public
+    /// reflector while the active intermediate is killed, cut off (nftables) and taken out
+    /// gracefully, --rounds times each; switch times and the gaps and losses at the
+    /// clients. Needs root; about 20 s a round.
+    #[command(verbatim_doc_comment)]
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +119,8 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => fanout::run(args),
         Command::Webrtc(args) => whep_client::run(args),
         Command::WebrtcCapacity(args) => webrtc_capacity::run_capacity(args),
+        Command::Relay(args) => relay::run(args),
+        Command::Failover(args) => failover::run(args),
         Command::WebrtcJoin(args) => webrtc_capacity::run_join(args),
     }
 }

@@ -119,6 +119,37 @@ pub fn play(
     seconds: u64,
     screenshot: &Path,
 ) -> Result<Playback> {
+    play_with(
+        |args, timeout| topo.run_in(node, "node", args, timeout),
+        url,
+        seconds,
+        screenshot,
+    )
+}
+
+/// [`play`] from machine `node` of a [`Lan`](crate::lan::Lan).
+pub fn play_on_lan(
+    lan: &crate::lan::Lan,
+    node: &str,
+    url: &str,
+    seconds: u64,
+    screenshot: &Path,
+) -> Result<Playback> {
+    play_with(
+        |args, timeout| lan.run_in(node, "node", args, timeout),
+        url,
+        seconds,
+        screenshot,
+    )
+}
+
+/// [`play`] with `run` starting `node ARGS` where the browser should run.
+fn play_with(
+    run: impl FnOnce(Vec<std::ffi::OsString>, Duration) -> Result<crate::CmdOutput>,
+    url: &str,
+    seconds: u64,
+    screenshot: &Path,
+) -> Result<Playback> {
     let dir = browser_dir();
     if !dir.join("node_modules").join("playwright-core").is_dir() {
         bail!(
@@ -128,17 +159,15 @@ pub fn play(
     }
     let script = dir.join("play.mjs");
     let secs = seconds.to_string();
-    let out = topo.run_in(
-        node,
-        "node",
-        [
-            script.as_os_str(),
-            "--url".as_ref(),
-            url.as_ref(),
-            "--seconds".as_ref(),
-            secs.as_ref(),
-            "--screenshot".as_ref(),
-            screenshot.as_os_str(),
+    let out = run(
+        vec![
+            script.into_os_string(),
+            "--url".into(),
+            url.into(),
+            "--seconds".into(),
+            secs.into(),
+            "--screenshot".into(),
+            screenshot.as_os_str().to_owned(),
         ],
         Duration::from_secs(seconds + 90),
     )?;

@@ -38,6 +38,9 @@ pub struct TreeOptions {
     pub linger_secs: u64,
     /// `--return-secs` of every reflector.
     pub return_secs: u64,
+    /// An encoder configuration (TOML) defining the channel [`CHANNEL`]; without one it
+    /// is `--live cam=testsrc` (the source as it is).
+    pub encoder_config: Option<&'static str>,
 }
 
 impl Default for TreeOptions {
@@ -45,6 +48,7 @@ impl Default for TreeOptions {
         TreeOptions {
             linger_secs: 1,
             return_secs: 3,
+            encoder_config: None,
         }
     }
 }
@@ -69,6 +73,14 @@ impl Tree {
             key_file,
             opts,
         };
+        let source = match tree.opts.encoder_config {
+            Some(toml) => {
+                let file = tree.lan.log_dir.join("encoder.toml");
+                std::fs::write(&file, toml)?;
+                ["--config".to_string(), file.to_string_lossy().into_owned()]
+            }
+            None => ["--live".to_string(), format!("{CHANNEL}=testsrc")],
+        };
         tree.lan.spawn_in(
             ENC,
             ENC,
@@ -76,8 +88,8 @@ impl Tree {
             [
                 "--library".into(),
                 library.to_string_lossy().into_owned(),
-                "--live".into(),
-                format!("{CHANNEL}=testsrc"),
+                source[0].clone(),
+                source[1].clone(),
                 "--link-listen".into(),
                 format!("0.0.0.0:{ENC_LINK}"),
                 "--http-listen".into(),

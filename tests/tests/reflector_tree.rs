@@ -431,3 +431,73 @@ fn two_reflectors_named_as_each_others_upstream_refuse_the_loop() {
     }
     lan.check_alive().unwrap();
 }
+
+/// The encoder's channel for browsers: one H.264 constrained-baseline rendition with Opus.
+const WEB_CONFIG: &str = r#"
+[[rendition]]
+name = "web"
+codec = "h264"
+profile = "baseline"
+width = 640
+height = 360
+bitrate_kbps = 800
+keyint = 50
+audio = "opus"
+
+[[channel]]
+name = "cam"
+source = "testsrc"
+renditions = ["web"]
+"#;
+
+#[test]
+fn chromium_plays_over_whep_at_both_public_reflectors() {
+    let tree = Tree::start(
+        "reflector-tree-whep",
+        TreeOptions {
+            encoder_config: Some(WEB_CONFIG),
+            ..TreeOptions::default()
+        },
+    )
+    .unwrap();
+    let mut checks = Checks::new();
+    for p in PUBLICS {
+        let url = format!("http://{}:{HTTP}/play/{CHANNEL}/web", tree.lan.ip(p));
+        let shot = tree.lan.log_dir.join(format!("play-{p}.png"));
+        match divisor_tests::browser::play_on_lan(&tree.lan, CLIENT, &url, 8, &shot) {
+            Ok(pb) => {
+                eprintln!(
+                    "{p}: {:?} {:?} frames {} -> {}, audio {:?} {} packets",
+                    pb.connection_state(),
+                    pb.video_mime(),
+                    pb.frames_first(),
+                    pb.frames_last(),
+                    pb.audio_mime(),
+                    pb.audio_packets()
+                );
+                checks.check(pb.connection_state() == Some("connected"), || {
+                    format!("{p}: connection state {:?}", pb.connection_state())
+                });
+                checks.check(pb.video_mime() == Some("video/H264"), || {
+                    format!("{p}: video {:?}", pb.video_mime())
+                });
+                checks.check(pb.frames_last() > pb.frames_first() + 10, || {
+                    format!("{p}: framesDecoded does not grow: {:?}", pb.frames_series())
+                });
+                checks.check(pb.audio_packets() > 0, || format!("{p}: no Opus packets"));
+                checks.check(pb.page_errors().is_empty(), || {
+                    format!("{p}: page errors {:?}", pb.page_errors())
+                });
+            }
+            Err(e) => {
+                checks.check(false, || format!("chromium {url}: {e:#}"));
+            }
+        }
+    }
+    let subs = tree.encoder_subscriptions().unwrap_or(99);
+    checks.check(subs <= 1, || {
+        format!("the encoder unit holds {subs} subscriptions for two browsers on two edges")
+    });
+    tree.lan.check_alive().unwrap();
+    checks.finish();
+}
