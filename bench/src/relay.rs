@@ -4,8 +4,9 @@
 //! Throughput: a parent (its own thread, core 1) sends 20 KB video frames (a 4 Mbit/s
 //! channel at 25 fps, sent as fast as the link takes them) to a reflector whose whole
 //! runtime is one thread pinned to core 0; N children (core 1) read and count. The probe,
-//! on core 0 in the same run, writes the same bytes (frame plus link header) to N TCP
-//! sockets read by the same kind of reader. Figures are what reaches the children.
+//! on core 0 in the same run, writes the same bytes (frame plus link header) to N
+//! non-blocking TCP sockets (poll when none takes more), read by one reader thread
+//! on core 1 (the children share one runtime thread there too). Figures are what reaches the children.
 //!
 //! Latency: the parent sends the channel at its real rate (25 frames/s) stamped with the
 //! send time; one child reads straight from the parent, another through the reflector.
@@ -274,40 +275,27 @@ fn probe_run(n: usize, secs: f64) -> Result<(f64, f64)> {
     let total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
-    let mut readers = Vec::new();
+    let mut sockets = Vec::new();
     for _ in 0..n {
         writers.push(TcpStream::connect(addr)?);
-        let (mut s, _) = listener.accept()?;
-        let total = total.clone();
-        let stop = stop.clone();
-        readers.push(std::thread::spawn(move || {
-            let _ = pin_to_core(1);
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut buf = vec![0u8; 256 * 1024];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(k) = s.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    total.fetch_add(k as u64, Ordering::Relaxed);
-                }
-            }
-        }));
+        let (s, _) = listener.accept()?;
+        s.set_nonblocking(true)?;
+        sockets.push(s);
     }
+    // One reader thread for all sockets, as the children share one runtime thread.
+    let (total_r, stop_r) = (total.clone(), stop.clone());
+    let reader = std::thread::spawn(move || {
+        let _ = pin_to_core(1);
+        probe_reader(sockets, &total_r, &stop_r);
+    });
     for w in &writers {
         w.set_nodelay(true)?;
+        w.set_nonblocking(true)?;
     }
     let stop_w = stop.clone();
     let writer = std::thread::spawn(move || {
         let _ = pin_to_core(0);
-        let buf = vec![7u8; FRAME_BYTES + 38];
-        while !stop_w.load(Ordering::Relaxed) {
-            for w in writers.iter_mut() {
-                if w.write_all(&buf).is_err() {
-                    return;
-                }
-            }
-        }
+        probe_writer(writers, &stop_w);
     });
     std::thread::sleep(Duration::from_millis(500));
     let b0 = total.load(Ordering::Relaxed);
@@ -317,13 +305,77 @@ fn probe_run(n: usize, secs: f64) -> Result<(f64, f64)> {
     let b1 = total.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let _ = writer.join();
-    for r in readers {
-        let _ = r.join();
-    }
+    let _ = reader.join();
     let bytes = (b1 - b0) as f64;
     // Payload only, as the relay figure counts.
     let payload = bytes * FRAME_BYTES as f64 / (FRAME_BYTES + 38) as f64;
     Ok((payload / FRAME_BYTES as f64 / dt, payload * 8.0 / dt / 1e9))
+}
+
+/// Writes frame after frame to every socket without blocking on any one of them (as the
+/// reflector's async writers do): each socket keeps its place in its current frame, and
+/// when none can take more, `poll` waits for the first that can.
+fn probe_writer(mut writers: Vec<TcpStream>, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd;
+    let buf = vec![7u8; FRAME_BYTES + 38];
+    let mut offset = vec![0usize; writers.len()];
+    let mut fds: Vec<libc::pollfd> = writers
+        .iter()
+        .map(|w| libc::pollfd {
+            fd: w.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let mut progressed = false;
+        for (i, w) in writers.iter_mut().enumerate() {
+            match w.write(&buf[offset[i]..]) {
+                Ok(k) => {
+                    offset[i] = (offset[i] + k) % buf.len();
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        if !progressed {
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        }
+    }
+}
+
+/// Reads and discards from every socket, polling when none has data.
+fn probe_reader(mut sockets: Vec<TcpStream>, total: &AtomicU64, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let mut progressed = false;
+        for s in sockets.iter_mut() {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(k) => {
+                    total.fetch_add(k as u64, Ordering::Relaxed);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        if !progressed {
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        }
+    }
 }
 
 fn percentile(v: &mut [u64], p: f64) -> u64 {
