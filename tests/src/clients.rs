@@ -66,6 +66,45 @@ const TROUBLE: &[&str] = &[
     "decoding for stream",
 ];
 
+/// Frames ffmpeg reported in its `-progress` output: it prints blocks of key=value, and
+/// the last `frame=` is the total.
+pub fn progress_frames(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame="))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// `gst-launch-1.0` arguments that play `url` with `rtspsrc` over `transport` into two
+/// decode branches (`decodebin ! fakesink sync=true`, one per stream).
+pub fn gst_rtspsrc_args(url: &str, transport: RtpTransport) -> Vec<String> {
+    let mut args = vec![
+        "-e".to_string(),
+        "rtspsrc".into(),
+        format!("location={url}"),
+        format!("protocols={}", transport.flag()),
+        "name=src".into(),
+    ];
+    for _ in 0..2 {
+        args.extend(
+            [
+                "src.",
+                "!",
+                "queue",
+                "!",
+                "decodebin",
+                "!",
+                "fakesink",
+                "sync=true",
+            ]
+            .map(String::from),
+        );
+    }
+    args
+}
+
 /// The lines of `stderr` that report trouble (see `TROUBLE`).
 pub fn trouble_lines(stderr: &str) -> Vec<String> {
     stderr
@@ -175,14 +214,7 @@ impl Topology {
             "pipe:1",
         ]);
         let out = self.run_in(Node::Client, "ffmpeg", args, timeout)?;
-        // -progress prints blocks of key=value; the last `frame=` is the total.
-        let frames = out
-            .stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("frame="))
-            .filter_map(|v| v.trim().parse::<u64>().ok())
-            .next_back()
-            .unwrap_or(0);
+        let frames = progress_frames(&out.stdout);
         let error_lines = trouble_lines(&out.stderr);
         Ok(Decode {
             frames,
@@ -200,34 +232,10 @@ impl Topology {
         transport: RtpTransport,
         timeout: Duration,
     ) -> Result<CmdOutput> {
-        let location = format!("location={url}");
-        let protocols = format!("protocols={}", transport.flag());
         self.run_in(
             Node::Client,
             "gst-launch-1.0",
-            [
-                "-e",
-                "rtspsrc",
-                &location,
-                &protocols,
-                "name=src",
-                "src.",
-                "!",
-                "queue",
-                "!",
-                "decodebin",
-                "!",
-                "fakesink",
-                "sync=true",
-                "src.",
-                "!",
-                "queue",
-                "!",
-                "decodebin",
-                "!",
-                "fakesink",
-                "sync=true",
-            ],
+            gst_rtspsrc_args(url, transport),
             timeout,
         )
     }

@@ -10,9 +10,10 @@
 //! with GSO off (so a capture at the client sees one frame per RTP packet). Real clients
 //! run on `client`; `/status` of every node is read from there.
 
+use crate::clients::{gst_rtspsrc_args, progress_frames, trouble_lines};
 use crate::lan::Lan;
 use crate::paths::bin;
-use crate::{clients::trouble_lines, Decode};
+use crate::{CmdOutput, RtpTransport};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -249,54 +250,6 @@ impl Tree {
         format!("rtsp://{}:{RTSP}/live/{CHANNEL}", self.lan.ip(public))
     }
 
-    /// ffmpeg on the client decodes `url` over UDP for `secs` seconds.
-    pub fn ffmpeg_decode(&self, url: &str, secs: u64) -> Result<Decode> {
-        let t = secs.to_string();
-        let out = self.lan.run_in(
-            CLIENT,
-            "ffmpeg",
-            [
-                "-hide_banner",
-                "-nostdin",
-                "-nostats",
-                "-loglevel",
-                "warning",
-                "-timeout",
-                "10000000",
-                "-rtsp_transport",
-                "udp",
-                "-i",
-                url,
-                "-t",
-                &t,
-                "-map",
-                "0:v:0",
-                "-map",
-                "0:a?",
-                "-fps_mode",
-                "passthrough",
-                "-f",
-                "null",
-                "-",
-                "-progress",
-                "pipe:1",
-            ],
-            Duration::from_secs(secs + 30),
-        )?;
-        let frames = out
-            .stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("frame="))
-            .filter_map(|v| v.trim().parse::<u64>().ok())
-            .next_back()
-            .unwrap_or(0);
-        Ok(Decode {
-            frames,
-            error_lines: trouble_lines(&out.stderr),
-            out,
-        })
-    }
-
     /// Starts ffmpeg reading `url` over UDP for `secs` seconds in the background as
     /// process `name` (decoding, or with `copy` only demuxing: a cheap load client); its
     /// `-progress` lands in `<name>.stdout`, its warnings in the log.
@@ -332,15 +285,21 @@ impl Tree {
 
     /// Frames decoded by a background ffmpeg (its last `frame=`), and its trouble lines.
     pub fn ffmpeg_result(&self, name: &str) -> (u64, Vec<String>) {
-        let frames = self
-            .lan
-            .stdout_of(name)
-            .lines()
-            .filter_map(|l| l.strip_prefix("frame="))
-            .filter_map(|v| v.trim().parse::<u64>().ok())
-            .next_back()
-            .unwrap_or(0);
-        (frames, trouble_lines(&self.lan.log(name)))
+        (
+            progress_frames(&self.lan.stdout_of(name)),
+            trouble_lines(&self.lan.log(name)),
+        )
+    }
+
+    /// `gst-launch-1.0 rtspsrc` on the client plays `url` over UDP for `secs` seconds,
+    /// then gets SIGINT (a live channel has no end) and, with `-e`, stops cleanly.
+    pub fn gst_play(&self, url: &str, secs: u64) -> Result<CmdOutput> {
+        let mut args: Vec<String> = ["-s", "INT", "-k", "10"].map(String::from).to_vec();
+        args.push(secs.to_string());
+        args.push("gst-launch-1.0".into());
+        args.extend(gst_rtspsrc_args(url, RtpTransport::Udp));
+        self.lan
+            .run_in(CLIENT, "timeout", args, Duration::from_secs(secs + 30))
     }
 
     /// Starts tshark on the client's interface (UDP only), as process `name`, writing

@@ -31,6 +31,23 @@ fn help_lists_the_documented_flags() {
             ][..],
         ),
         ("divisor-mono", &["--library", "--rtsp-listen"][..]),
+        (
+            "divisor-reflector",
+            &[
+                "--role",
+                "--id",
+                "--link-listen",
+                "--upstream",
+                "--upstream-file",
+                "--link-key-file",
+                "--silence-ms",
+                "--linger-secs",
+                "--pin",
+                "--http-listen",
+                "--rtsp-listen",
+                "--edge-delay-ms",
+            ][..],
+        ),
     ] {
         let out = cmd::run(
             Command::new(bin(name).unwrap()).arg("--help"),

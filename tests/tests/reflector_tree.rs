@@ -96,43 +96,7 @@ fn the_tree_plays_at_every_public_reflector_and_fans_in_to_one_subscription() {
     eprintln!("largest RTP arrival gap at the decoders: {max_gap:.1} ms");
 
     // GStreamer's rtspsrc plays it too.
-    let gst = tree
-        .lan
-        .run_in(
-            CLIENT,
-            "timeout",
-            [
-                "-s",
-                "INT",
-                "-k",
-                "10",
-                "6",
-                "gst-launch-1.0",
-                "-e",
-                "rtspsrc",
-                &format!("location={}", tree.rtsp_url("pub2")),
-                "protocols=udp",
-                "name=src",
-                "src.",
-                "!",
-                "queue",
-                "!",
-                "decodebin",
-                "!",
-                "fakesink",
-                "sync=true",
-                "src.",
-                "!",
-                "queue",
-                "!",
-                "decodebin",
-                "!",
-                "fakesink",
-                "sync=true",
-            ],
-            Duration::from_secs(40),
-        )
-        .unwrap();
+    let gst = tree.gst_play(&tree.rtsp_url("pub2"), 6).unwrap();
     checks.check(
         // `timeout` exits 124 when it had to stop the (endless) live play with SIGINT.
         gst.status
@@ -169,28 +133,41 @@ fn the_tree_plays_at_every_public_reflector_and_fans_in_to_one_subscription() {
             "the encoder unit holds {subs} subscriptions for {CHANNEL} with 50 viewers, expected 1"
         )
     });
+    // Each tier holds one subscription per channel: both publics are children of the
+    // intermediates (normally both of int1; a loaded machine may have moved one to int2),
+    // and the master has one child per intermediate that relays the channel.
     for p in PUBLICS {
         let c = tree.channel(p).unwrap().expect("public relays the channel");
         checks.check(c["local_subscribers"] == 1, || format!("{p}: {c}"));
+        let path: Vec<&str> = c["path"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
         checks.check(
-            c["path"] == serde_json::json!(["master", "int1", p]),
-            || format!("{p}: path {}", c["path"]),
+            path.len() == 3
+                && path[0] == "master"
+                && INTERMEDIATES.contains(&path[1])
+                && path[2] == p,
+            || format!("{p}: path {path:?}"),
         );
     }
-    let int1 = tree
-        .channel("int1")
-        .unwrap()
-        .expect("int1 relays the channel");
-    checks.check(int1["children"] == 2, || format!("int1 children: {int1}"));
+    let mut relaying = 0;
+    let mut int_children = 0;
+    for i in INTERMEDIATES {
+        if let Some(c) = tree.channel(i).unwrap() {
+            relaying += 1;
+            int_children += c["children"].as_u64().unwrap_or(0);
+        }
+    }
+    checks.check(int_children == 2, || {
+        format!("the intermediates hold {int_children} children for the channel, expected 2")
+    });
     let master = tree
         .channel(MASTER)
         .unwrap()
         .expect("master relays the channel");
-    checks.check(master["children"] == 1, || {
-        format!("master children: {master}")
-    });
-    checks.check(tree.channel("int2").unwrap().is_none(), || {
-        "int2 relays the channel though no child asked it".into()
+    checks.check(master["children"] == relaying, || {
+        format!("master children: {master}, {relaying} intermediates relay")
     });
     for i in 0..50 {
         let name = format!("ff{i}");

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 ///   divisor-reflector --role intermediate --id i1 --link-listen 127.0.0.1:7501 --upstream 127.0.0.1:7500
 ///   divisor-reflector --role public --id p1 --upstream 127.0.0.1:7501 --rtsp-listen 127.0.0.1:8555
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, verbatim_doc_comment)]
 struct Args {
     /// Which tier this node is. A master's upstream is an encoder unit; an intermediate's
     /// or a public reflector's is another reflector. A public reflector serves viewers

@@ -90,6 +90,10 @@ pub struct RelayConfig {
     pub link_timeout: Duration,
     /// A switch that has not spliced after this long is abandoned.
     pub join_timeout: Duration,
+    /// A channel silent while its parent's link is alive (pongs arrive) is switched only
+    /// after this long: the silence is then most likely the origin's, every parent shares
+    /// it, and a reflector parent fails over on its own.
+    pub channel_silence: Duration,
     /// On a graceful leave, wait at most this long for children to move.
     pub leave_timeout: Duration,
 }
@@ -111,6 +115,7 @@ impl RelayConfig {
             ping_interval: Duration::from_millis(50),
             link_timeout: Duration::from_secs(1),
             join_timeout: Duration::from_secs(3),
+            channel_silence: Duration::from_secs(2),
             leave_timeout: Duration::from_secs(15),
         }
     }
@@ -1518,6 +1523,14 @@ impl Relay {
             if let Some(s) = &c.active {
                 let quiet = now >= s.silent_after(&self.cfg);
                 let retry_due = c.silence_retry.is_none_or(|t| t <= now);
+                // A cut-off parent is silent on its whole link (no pong either); a parent
+                // that answers but sends nothing on the channel gets `channel_silence`.
+                let link_alive = self
+                    .upstream(s.upstream)
+                    .is_some_and(|u| u.fresh(now, silence));
+                let long_quiet = now.saturating_duration_since(s.last_frame.unwrap_or(s.since))
+                    >= self.cfg.channel_silence;
+                let quiet = quiet && (!link_alive || long_quiet);
                 if c.tracks.is_some() && quiet && c.join.is_none() && retry_due {
                     let c = self.channels.get_mut(&key).expect("listed");
                     c.silence_retry = Some(now + silence);

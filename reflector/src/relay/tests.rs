@@ -656,3 +656,25 @@ fn rewiring_moves_channels_off_a_dropped_upstream() {
     assert!(h.outs.contains(&Output::Hangup { upstream: 1 }));
     assert_continuous(&h.frames_to(1));
 }
+
+#[test]
+fn a_channel_silent_on_a_live_link_waits_before_switching() {
+    let mut h = Harness::two_parents();
+    let mut a = Parent::new(1, &["m"]);
+    let mut b = Parent::new(2, &["m"]);
+    h.r.child_up(7, "child", false);
+    h.subscribe(7, 1, "cam");
+    h.run(1000, &mut [&mut a, &mut b]);
+    // The origin stalls for 1 s: A's link stays alive (it answers), so the silence is
+    // shared by every parent and no switch is made.
+    let ch = a.ch.take();
+    h.run(1000, &mut [&mut a, &mut b]);
+    assert!(b.ch.is_none(), "switched on a silence every parent shares");
+    // Silent for longer than `channel_silence`: A is given up on after all.
+    h.run(1200, &mut [&mut a, &mut b]);
+    assert!(
+        b.ch.is_some(),
+        "a channel silent for 2 s on a live link was not moved"
+    );
+    let _ = ch;
+}
