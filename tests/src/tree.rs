@@ -146,13 +146,25 @@ impl Tree {
         upstreams: &[&str],
         extra: &[&str],
     ) -> Result<()> {
+        // Public reflectors read their parents from a file, so a test can re-wire them
+        // (rewrite it, SIGHUP); the others take `--upstream`.
+        let parents = if role == "public" {
+            let file = self.upstream_file(node);
+            std::fs::write(&file, upstreams.join("\n") + "\n")?;
+            [
+                "--upstream-file".to_string(),
+                file.to_string_lossy().into_owned(),
+            ]
+        } else {
+            ["--upstream".to_string(), upstreams.join(",")]
+        };
         let mut args: Vec<String> = vec![
             "--role".into(),
             role.into(),
             "--id".into(),
             node.into(),
-            "--upstream".into(),
-            upstreams.join(","),
+            parents[0].clone(),
+            parents[1].clone(),
             "--link-key-file".into(),
             self.key(),
             "--http-listen".into(),
@@ -181,6 +193,17 @@ impl Tree {
         self.lan
             .spawn_in(node, node, bin("divisor-reflector")?, args)?;
         self.lan.wait_listening(node, HTTP, Duration::from_secs(20))
+    }
+
+    fn upstream_file(&self, node: &str) -> PathBuf {
+        self.lan.log_dir.join(format!("{node}.upstreams"))
+    }
+
+    /// Re-wires public reflector `node` to `upstreams`: rewrites its upstream file and
+    /// sends it SIGHUP.
+    pub fn rewire(&self, node: &str, upstreams: &[&str]) -> Result<()> {
+        std::fs::write(self.upstream_file(node), upstreams.join("\n") + "\n")?;
+        self.lan.signal(node, libc::SIGHUP)
     }
 
     /// `/status` of `node` (any reflector, or the encoder unit), read from the client.

@@ -5,7 +5,8 @@
 //! - the tree plays at every public reflector, 50 clients fan in to one encoder
 //!   subscription, and every tier lets go after its linger;
 //! - failures while clients play (kill -9, an nftables cut-off, a graceful SIGTERM of the
-//!   active intermediate): clients lose no RTP packet and see no long gap;
+//!   active intermediate) and a SIGHUP re-wiring: clients lose no RTP packet and see no
+//!   long gap;
 //! - two reflectors named as each other's upstream refuse the loop with a clear error.
 
 use divisor_tests::lan::Lan;
@@ -227,6 +228,19 @@ fn clients_lose_nothing_when_the_active_intermediate_is_killed_cut_off_or_leaves
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(3));
+
+    // 0. SIGHUP re-wiring: pub1 is given int2 alone, moves make-before-break, and comes
+    // back once int1 is listed again.
+    tree.rewire("pub1", &[int2.as_str()]).unwrap();
+    tree.wait_for(Duration::from_secs(10), "pub1 re-wired to int2", |t| {
+        Ok(active_upstream(t, "pub1").as_deref() == Some(int2.as_str()))
+    })
+    .unwrap();
+    tree.rewire("pub1", &[int1.as_str(), int2.as_str()])
+        .unwrap();
+    tree.wait_for(Duration::from_secs(20), "pub1 back on int1", on(&int1))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
 
     // 1. kill -9: the link drops (RST), the switch is immediate.
     let t = Instant::now();
