@@ -190,20 +190,24 @@ async fn bad_children_are_refused_or_bounded_and_a_good_one_is_untouched() {
     for ch in 1..=10_000u32 {
         subscribe(&greedy, ch, &format!("c{ch}")).await;
     }
+    // Each refusal is answered; a child that keeps asking without reading the answers
+    // past its control bound is dropped instead. Either way it is bounded.
     let mut refused = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while refused < 10_000 - 256 && Instant::now() < deadline {
-        if let Ok(Ok(Message::Error { message, .. })) =
-            tokio::time::timeout(Duration::from_secs(1), greedy.receiver.recv()).await
-        {
-            assert!(message.contains("limit"), "{message}");
-            refused += 1;
+    let mut dropped = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused < 10_000 - 256 && !dropped && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), greedy.receiver.recv()).await {
+            Ok(Ok(Message::Error { message, .. })) => {
+                assert!(message.contains("limit"), "{message}");
+                refused += 1;
+            }
+            Ok(Err(_)) => dropped = true,
+            _ => {}
         }
     }
-    assert_eq!(
-        refused,
-        10_000 - 256,
-        "every subscription past the limit is refused"
+    assert!(
+        refused == 10_000 - 256 || (dropped && refused > 0),
+        "{refused} refusals, dropped {dropped}: the greedy child was neither answered nor dropped"
     );
     let relayed = node.snapshot().channels.len();
     assert!(
@@ -217,11 +221,11 @@ async fn bad_children_are_refused_or_bounded_and_a_good_one_is_untouched() {
         .await
         .unwrap();
     subscribe(&stuck, 1, "cam").await;
-    let peers_before = node.snapshot().children.len();
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let s = node.snapshot();
-        if s.children.len() < peers_before {
+        // Only the good child left (the greedy one is gone, the stuck one dropped).
+        if s.children.len() == 1 {
             break;
         }
         assert!(
