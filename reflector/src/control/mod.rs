@@ -1,0 +1,1 @@
+//! The XML control protocol (SOLEIL §3.1).

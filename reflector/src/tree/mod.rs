@@ -1,0 +1,1 @@
+//! Topology building and repair (SOLEIL chapter 5).
