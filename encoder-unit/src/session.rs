@@ -239,7 +239,10 @@ pub async fn serve_link_with(link: Link, services: Services) -> Result<(), Sessi
             }
             // The encoder unit is the origin of every route: the path of a request that
             // reaches it cannot hold a loop, so there is nothing to check.
-            Message::Path { .. } | Message::Pong { .. } | Message::GoingAway { .. } => continue,
+            Message::Path { .. }
+            | Message::Pong { .. }
+            | Message::GoingAway { .. }
+            | Message::Report { .. } => continue,
             Message::Subscribe {
                 channel,
                 name,

@@ -54,6 +54,7 @@ pub mod kind {
     pub const PING: u8 = 18;
     pub const PONG: u8 = 19;
     pub const GOING_AWAY: u8 = 20;
+    pub const REPORT: u8 = 21;
 }
 
 /// Why bytes from the peer are not a valid message.
@@ -114,6 +115,7 @@ fn kind_of(msg: &Message) -> u8 {
         Message::Ping { .. } => kind::PING,
         Message::Pong { .. } => kind::PONG,
         Message::GoingAway { .. } => kind::GOING_AWAY,
+        Message::Report { .. } => kind::REPORT,
     }
 }
 
@@ -161,6 +163,7 @@ fn body_len(msg: &Message) -> usize {
         Message::Path { nodes, .. } => 4 + 2 + nodes.iter().map(|n| 4 + n.len()).sum::<usize>(),
         Message::Ping { .. } | Message::Pong { .. } => 4,
         Message::GoingAway { detail } => 4 + detail.len(),
+        Message::Report { xml } => 4 + xml.len(),
     }
 }
 
@@ -344,6 +347,7 @@ pub fn encode<B: BufMut>(msg: &Message, out: &mut B) -> Result<(), EncodeError> 
         }
         Message::Ping { seq } | Message::Pong { seq } => out.put_u32(*seq),
         Message::GoingAway { detail } => put_bytes(out, detail.as_bytes()),
+        Message::Report { xml } => put_bytes(out, xml.as_bytes()),
     }
     Ok(())
 }
@@ -669,6 +673,7 @@ fn parse(whole: &[u8], src: Option<&Bytes>) -> Result<Message, DecodeError> {
         kind::GOING_AWAY => Message::GoingAway {
             detail: r.string()?,
         },
+        kind::REPORT => Message::Report { xml: r.string()? },
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !r.buf.is_empty() {
@@ -809,6 +814,9 @@ mod tests {
             Message::Pong { seq: 7 },
             Message::GoingAway {
                 detail: "SIGTERM".into(),
+            },
+            Message::Report {
+                xml: "<message type=\"STATS\"/>".into(),
             },
         ]
     }
@@ -1096,6 +1104,7 @@ mod tests {
             any::<u32>().prop_map(|seq| Message::Ping { seq }),
             any::<u32>().prop_map(|seq| Message::Pong { seq }),
             ".{0,20}".prop_map(|detail| Message::GoingAway { detail }),
+            ".{0,40}".prop_map(|xml| Message::Report { xml }),
             (any::<u32>(), arb_code(), ".{0,20}").prop_map(|(channel, code, message)| {
                 Message::Error {
                     channel,

@@ -412,6 +412,10 @@ pub enum Message {
     /// The sender is about to leave (a reflector shutting down gracefully): move every
     /// subscription to another upstream, then close it here. The link stays up meanwhile.
     GoingAway { detail: String },
+    /// Child -> parent reflector (channel 0): a control-plane report, the tree
+    /// controller's XML (the subtree's aggregated statistics), carried up the data tree so
+    /// each parent can fold its children into one report. Units ignore it.
+    Report { xml: String },
 }
 
 impl Message {
@@ -438,6 +442,7 @@ impl Message {
             Message::Ping { .. } => "Ping",
             Message::Pong { .. } => "Pong",
             Message::GoingAway { .. } => "GoingAway",
+            Message::Report { .. } => "Report",
         }
     }
 
@@ -449,7 +454,8 @@ impl Message {
             | Message::Auth { .. }
             | Message::Ping { .. }
             | Message::Pong { .. }
-            | Message::GoingAway { .. } => {}
+            | Message::GoingAway { .. }
+            | Message::Report { .. } => {}
             Message::Path { channel, .. }
             | Message::Open { channel, .. }
             | Message::Subscribe { channel, .. }

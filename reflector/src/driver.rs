@@ -63,6 +63,8 @@ struct Inner {
     timer: Notify,
     left: Notify,
     left_flag: std::sync::atomic::AtomicBool,
+    /// Where children's reports go (the controller client), once it asked for them.
+    reports: Mutex<Option<mpsc::Sender<String>>>,
     cfg: DriverConfig,
 }
 
@@ -86,6 +88,7 @@ impl Reflector {
                 timer: Notify::new(),
                 left: Notify::new(),
                 left_flag: std::sync::atomic::AtomicBool::new(false),
+                reports: Mutex::new(None),
                 cfg,
             }),
         };
@@ -133,6 +136,21 @@ impl Reflector {
     pub fn set_upstreams(&self, list: Vec<String>) {
         self.lock().set_upstreams(list, Instant::now());
         self.pump();
+    }
+
+    /// Children's control-plane reports from now on (the controller client folds them into
+    /// its own). Replaces an earlier receiver.
+    pub fn take_reports(&self) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel(1024);
+        *self.inner.reports.lock().expect("reports") = Some(tx);
+        rx
+    }
+
+    /// Send a report to the primary parent; false when no parent link is up.
+    pub fn send_report(&self, xml: String) -> bool {
+        let sent = self.lock().send_report(xml);
+        self.pump();
+        sent
     }
 
     /// Start a graceful leave; [`Reflector::left`] completes when the children have moved.
@@ -264,6 +282,15 @@ impl Reflector {
                     Output::LeaveDone => {
                         self.inner.left_flag.store(true, Ordering::Release);
                         self.inner.left.notify_waiters();
+                    }
+                    Output::Report { child, xml } => {
+                        let reports = self.inner.reports.lock().expect("reports");
+                        // Reports are periodic: a full queue drops this one, the next comes.
+                        if let Some(tx) = reports.as_ref() {
+                            if tx.try_send(xml).is_err() {
+                                warn!(child, "a child's report was dropped: nobody reads them");
+                            }
+                        }
                     }
                 }
             }

@@ -221,6 +221,25 @@ async fn bad_children_are_refused_or_bounded_and_a_good_one_is_untouched() {
         .await
         .unwrap();
     subscribe(&stuck, 1, "cam").await;
+    // First see it subscribed (two children on "cam"), or the wait below could end at
+    // once, in the moment after the greedy child left and before the stuck one joined.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = node.snapshot();
+        let cam_children = s
+            .channels
+            .iter()
+            .find(|c| c.channel == "cam")
+            .map_or(0, |c| c.children);
+        if cam_children == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck child's subscription never showed: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let s = node.snapshot();

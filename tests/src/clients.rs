@@ -310,3 +310,92 @@ impl Drop for Capture {
         }
     }
 }
+
+/// Starts ffmpeg on `node` reading `url` over UDP for `secs` seconds in the background as
+/// process `name` (decoding, or with `copy` only demuxing: a cheap load client); its
+/// `-progress` lands in `<name>.stdout`, its warnings in the log. ffmpeg follows RTSP
+/// redirects (302) by itself.
+pub fn spawn_ffmpeg_on(
+    lan: &crate::lan::Lan,
+    node: &str,
+    name: &str,
+    url: &str,
+    secs: u64,
+    copy: bool,
+) -> anyhow::Result<()> {
+    let t = secs.to_string();
+    let mut args = vec![
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "warning",
+        "-timeout",
+        "10000000",
+        "-rtsp_transport",
+        "udp",
+        "-i",
+        url,
+        "-t",
+        &t,
+        "-map",
+        "0:v:0",
+        "-map",
+        "0:a?",
+    ];
+    if copy {
+        args.extend(["-c", "copy"]);
+    } else {
+        args.extend(["-fps_mode", "passthrough"]);
+    }
+    args.extend(["-f", "null", "-", "-progress", "pipe:1"]);
+    lan.spawn_in(node, name, "ffmpeg", args)
+}
+
+/// `gst-launch-1.0 rtspsrc` on `node` plays `url` over UDP for `secs` seconds, then gets
+/// SIGINT (a live channel has no end) and, with `-e`, stops cleanly.
+pub fn gst_play_on(
+    lan: &crate::lan::Lan,
+    node: &str,
+    url: &str,
+    secs: u64,
+) -> anyhow::Result<crate::CmdOutput> {
+    let mut args: Vec<String> = ["-s", "INT", "-k", "10"].map(String::from).to_vec();
+    args.push(secs.to_string());
+    args.push("gst-launch-1.0".into());
+    args.extend(gst_rtspsrc_args(url, RtpTransport::Udp));
+    lan.run_in(node, "timeout", args, Duration::from_secs(secs + 30))
+}
+
+/// Starts tshark on `node`'s interface (UDP only), as process `name`, writing
+/// `<name>.pcapng`; returns once it captures.
+pub fn start_capture_on(
+    lan: &crate::lan::Lan,
+    node: &str,
+    name: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let file = lan.log_dir.join(format!("{name}.pcapng"));
+    let f = file.to_string_lossy().into_owned();
+    lan.spawn_in(
+        node,
+        name,
+        "tshark",
+        ["-n", "-i", crate::lan::NODE_IF, "-f", "udp", "-w", &f],
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !lan.log(name).contains("Capturing on") {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("tshark did not start: {}", lan.log(name));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(file)
+}
+
+/// Stops a capture started with [`start_capture_on`] (SIGINT flushes it).
+pub fn stop_capture_on(lan: &crate::lan::Lan, name: &str) -> anyhow::Result<()> {
+    std::thread::sleep(Duration::from_millis(300));
+    lan.signal(name, libc::SIGINT)?;
+    lan.wait_exit(name, Duration::from_secs(15))?;
+    Ok(())
+}

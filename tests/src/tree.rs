@@ -10,10 +10,12 @@
 //! with GSO off (so a capture at the client sees one frame per RTP packet). Real clients
 //! run on `client`; `/status` of every node is read from there.
 
-use crate::clients::{gst_rtspsrc_args, progress_frames, trouble_lines};
+use crate::clients::{
+    gst_play_on, progress_frames, spawn_ffmpeg_on, start_capture_on, stop_capture_on, trouble_lines,
+};
 use crate::lan::Lan;
 use crate::paths::bin;
-use crate::{CmdOutput, RtpTransport};
+use crate::CmdOutput;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -273,37 +275,9 @@ impl Tree {
         format!("rtsp://{}:{RTSP}/live/{CHANNEL}", self.lan.ip(public))
     }
 
-    /// Starts ffmpeg reading `url` over UDP for `secs` seconds in the background as
-    /// process `name` (decoding, or with `copy` only demuxing: a cheap load client); its
-    /// `-progress` lands in `<name>.stdout`, its warnings in the log.
+    /// Starts ffmpeg on the client reading `url` (see [`spawn_ffmpeg_on`]).
     pub fn spawn_ffmpeg(&self, name: &str, url: &str, secs: u64, copy: bool) -> Result<()> {
-        let t = secs.to_string();
-        let mut args = vec![
-            "-hide_banner",
-            "-nostdin",
-            "-nostats",
-            "-loglevel",
-            "warning",
-            "-timeout",
-            "10000000",
-            "-rtsp_transport",
-            "udp",
-            "-i",
-            url,
-            "-t",
-            &t,
-            "-map",
-            "0:v:0",
-            "-map",
-            "0:a?",
-        ];
-        if copy {
-            args.extend(["-c", "copy"]);
-        } else {
-            args.extend(["-fps_mode", "passthrough"]);
-        }
-        args.extend(["-f", "null", "-", "-progress", "pipe:1"]);
-        self.lan.spawn_in(CLIENT, name, "ffmpeg", args)
+        spawn_ffmpeg_on(&self.lan, CLIENT, name, url, secs, copy)
     }
 
     /// Frames decoded by a background ffmpeg (its last `frame=`), and its trouble lines.
@@ -314,43 +288,18 @@ impl Tree {
         )
     }
 
-    /// `gst-launch-1.0 rtspsrc` on the client plays `url` over UDP for `secs` seconds,
-    /// then gets SIGINT (a live channel has no end) and, with `-e`, stops cleanly.
+    /// `gst-launch-1.0 rtspsrc` on the client plays `url` (see [`gst_play_on`]).
     pub fn gst_play(&self, url: &str, secs: u64) -> Result<CmdOutput> {
-        let mut args: Vec<String> = ["-s", "INT", "-k", "10"].map(String::from).to_vec();
-        args.push(secs.to_string());
-        args.push("gst-launch-1.0".into());
-        args.extend(gst_rtspsrc_args(url, RtpTransport::Udp));
-        self.lan
-            .run_in(CLIENT, "timeout", args, Duration::from_secs(secs + 30))
+        gst_play_on(&self.lan, CLIENT, url, secs)
     }
 
-    /// Starts tshark on the client's interface (UDP only), as process `name`, writing
-    /// `<name>.pcapng`; returns once it captures.
+    /// Starts tshark on the client (see [`start_capture_on`]).
     pub fn start_capture(&self, name: &str) -> Result<PathBuf> {
-        let file = self.lan.log_dir.join(format!("{name}.pcapng"));
-        let f = file.to_string_lossy().into_owned();
-        self.lan.spawn_in(
-            CLIENT,
-            name,
-            "tshark",
-            ["-n", "-i", crate::lan::NODE_IF, "-f", "udp", "-w", &f],
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.lan.log(name).contains("Capturing on") {
-            if Instant::now() > deadline {
-                bail!("tshark did not start: {}", self.lan.log(name));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(file)
+        start_capture_on(&self.lan, CLIENT, name)
     }
 
-    /// Stops a capture started with [`Tree::start_capture`] (SIGINT flushes it).
+    /// Stops a capture started with [`Tree::start_capture`].
     pub fn stop_capture(&self, name: &str) -> Result<()> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.lan.signal(name, libc::SIGINT)?;
-        self.lan.wait_exit(name, Duration::from_secs(15))?;
-        Ok(())
+        stop_capture_on(&self.lan, name)
     }
 }

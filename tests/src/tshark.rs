@@ -138,3 +138,28 @@ pub fn sdp_lines(file: &Path) -> Result<Vec<String>> {
         .filter(|s| !s.is_empty())
         .collect())
 }
+
+/// Every RTP stream of a capture: none lost, none flagged by tshark; returns the largest
+/// arrival gap (ms) of any stream and a table for the log.
+pub fn check_lossless(checks: &mut crate::Checks, file: &Path, min_streams: usize) -> f64 {
+    let (streams, table) = match rtp_streams(file) {
+        Ok(x) => x,
+        Err(e) => {
+            checks.check(false, || format!("tshark: {e:#}"));
+            return f64::INFINITY;
+        }
+    };
+    eprintln!("{table}");
+    checks.check(streams.len() >= min_streams, || {
+        format!(
+            "{} RTP streams captured, expected at least {min_streams}",
+            streams.len()
+        )
+    });
+    for s in &streams {
+        checks.check(s.lost == 0 && !s.problem, || {
+            format!("RTP stream lost packets or has sequence errors: {}", s.line)
+        });
+    }
+    streams.iter().map(|s| s.max_delta_ms).fold(0.0, f64::max)
+}

@@ -19,31 +19,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Every RTP stream of a capture: none lost, none flagged by tshark; returns the largest
-/// arrival gap (ms) of any stream and a table for the log.
-fn check_capture(checks: &mut Checks, file: &Path, min_streams: usize) -> f64 {
-    let (streams, table) = match tshark::rtp_streams(file) {
-        Ok(x) => x,
-        Err(e) => {
-            checks.check(false, || format!("tshark: {e:#}"));
-            return f64::INFINITY;
-        }
-    };
-    eprintln!("{table}");
-    checks.check(streams.len() >= min_streams, || {
-        format!(
-            "{} RTP streams captured, expected at least {min_streams}",
-            streams.len()
-        )
-    });
-    for s in &streams {
-        checks.check(s.lost == 0 && !s.problem, || {
-            format!("RTP stream lost packets or has sequence errors: {}", s.line)
-        });
-    }
-    streams.iter().map(|s| s.max_delta_ms).fold(0.0, f64::max)
-}
-
 /// Largest arrival gap per SSRC, from the packets themselves (ms), and duplicates.
 fn gaps_and_duplicates(file: &Path) -> (HashMap<u32, f64>, u64) {
     let pkts = tshark::rtp_packets(file).unwrap_or_default();
@@ -93,7 +68,7 @@ fn the_tree_plays_at_every_public_reflector_and_fans_in_to_one_subscription() {
         });
     }
     tree.stop_capture("cap").unwrap();
-    let max_gap = check_capture(&mut checks, &cap, 4);
+    let max_gap = tshark::check_lossless(&mut checks, &cap, 4);
     eprintln!("largest RTP arrival gap at the decoders: {max_gap:.1} ms");
 
     // GStreamer's rtspsrc plays it too.
@@ -179,7 +154,7 @@ fn the_tree_plays_at_every_public_reflector_and_fans_in_to_one_subscription() {
         });
     }
     tree.stop_capture("cap-load").unwrap();
-    let max_gap = check_capture(&mut checks, &cap, 100);
+    let max_gap = tshark::check_lossless(&mut checks, &cap, 100);
     eprintln!("largest RTP arrival gap at 50 clients: {max_gap:.1} ms");
 
     // Everyone gone: after the lingers (front-end, public, intermediate, master) every tier
@@ -300,7 +275,7 @@ fn clients_lose_nothing_when_the_active_intermediate_is_killed_cut_off_or_leaves
         });
     }
     tree.stop_capture("cap").unwrap();
-    let max_gap = check_capture(&mut checks, &cap, 4);
+    let max_gap = tshark::check_lossless(&mut checks, &cap, 4);
     let (gaps, dups) = gaps_and_duplicates(&cap);
     eprintln!("largest RTP arrival gap per stream (ms): {gaps:?}; duplicates {dups}");
     checks.check(dups == 0, || {

@@ -142,6 +142,9 @@ pub enum Output {
     DropChild { child: ChildId, reason: String },
     /// A graceful leave has finished: the process may exit.
     LeaveDone,
+    /// A child's control-plane report (the controller's XML statistics of its subtree),
+    /// for this node's controller client to fold into its own report.
+    Report { child: ChildId, xml: String },
 }
 
 /// Why a channel changed parent (counted per reason in `/metrics`).
@@ -1162,6 +1165,7 @@ impl Relay {
                 msg: Message::Pong { seq },
             }),
             Message::Pong { .. } | Message::Credits { .. } => {}
+            Message::Report { xml } => self.out.push_back(Output::Report { child, xml }),
             Message::Path { channel, nodes } => {
                 // Bounded: one pending path per channel id, and only a few of them.
                 if c.pending_paths.len() < 64 {
@@ -1354,6 +1358,26 @@ impl Relay {
             debug!(channel = %key, "last subscriber left; lingering");
         }
         self.check_leave_done(now);
+    }
+
+    // ----- reports up the tree --------------------------------------------------------
+
+    /// Send a control-plane report to the primary parent: the most preferred upstream
+    /// whose link is up and that is neither retired nor leaving. Returns false when there
+    /// is none (the report is dropped: reports are periodic, the next one will go).
+    pub fn send_report(&mut self, xml: String) -> bool {
+        let Some(u) = self
+            .upstreams
+            .iter()
+            .find(|u| u.up && !u.retired && !u.going_away)
+        else {
+            return false;
+        };
+        self.out.push_back(Output::ToUpstream {
+            upstream: u.id,
+            msg: Message::Report { xml },
+        });
+        true
     }
 
     // ----- leaving -------------------------------------------------------------------

@@ -1,0 +1,207 @@
+//! `divisor-controller`: the tree controller.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use divisor_reflector::control::{Codec, ControlKey, Limits};
+use divisor_reflector::controller::driver::now_ms;
+use divisor_reflector::controller::front::{self, Directory};
+use divisor_reflector::controller::redirect::RegionMap;
+use divisor_reflector::controller::scale::ScaleConfig;
+use divisor_reflector::controller::{Controller, ControllerConfig, ControllerHandle};
+use divisor_reflector::tree::Topology;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+/// Divisor tree controller (after SOLEIL): wires master, intermediate and public
+/// reflectors into a tree, repairs it, and sends every client to the best public
+/// reflector.
+///
+/// Reflectors join with `divisor-reflector ... --controller ADDR:PORT`. Each says HELLO;
+/// the controller places it (the `--topology` design, or the least-loaded parent of the
+/// right role) and sends it its upstream list, backups included. A node that misses two
+/// PINGs is dead: its children move to their backups at once and the tree is rebuilt on
+/// the surviving graph; when it returns, the designed tree comes back.
+///
+/// Clients open `rtsp://CONTROLLER:RTSP-PORT/live/CHANNEL` (302 to a public reflector),
+/// `http://CONTROLLER:HTTP-PORT/play/CHANNEL` (307 to the player page) or
+/// `POST /whep/CHANNEL` (307, WHEP). `GET /` draws the live tree, `GET /tree` is its JSON,
+/// `GET /metrics` the counters.
+///
+/// Example:
+///   divisor-controller --control-listen 0.0.0.0:7600 --control-key-file control.key \
+///       --topology tree.toml --rtsp-listen 0.0.0.0:8654 --http-listen 0.0.0.0:8680
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Args {
+    /// Where reflectors connect (the XML control protocol over TCP).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7600")]
+    control_listen: SocketAddr,
+
+    /// File with the pre-shared control key; every message carries an HMAC-SHA256 tag
+    /// under it. The same file is given to every reflector.
+    #[arg(long, value_name = "FILE", default_value = "divisor-control.key")]
+    control_key_file: PathBuf,
+
+    /// The administrator's topology (TOML: encoder units, nodes with roles, candidate
+    /// links with costs, spare links). Without it every node is placed by policy.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+
+    /// Where RTSP clients are redirected (`rtsp://HOST:PORT/live/CHANNEL` gets 302).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8654")]
+    rtsp_listen: SocketAddr,
+
+    /// HTTP: `/play/CH` and `POST /whep/CH` redirects, `/` the tree page, `/tree`,
+    /// `/metrics`.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8680")]
+    http_listen: SocketAddr,
+
+    /// PING period. A node silent for `--dead-after` periods is declared dead.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 1000)]
+    ping_ms: u64,
+
+    /// PING periods of silence after which a node is dead.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    dead_after: u32,
+
+    /// The nodes' statistics period (their `--stats-secs`): FULLSTATS checks and scale
+    /// decisions run once per period.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    stats_secs: f64,
+
+    /// Client subnet to region, for locality: `SUBNET=REGION` (repeatable), e.g.
+    /// `--region 10.1.0.0/16=eu`. A client may also ask with `?region=NAME`.
+    #[arg(long, value_name = "SUBNET=REGION")]
+    region: Vec<String>,
+
+    /// Scale the public tier from the pool of standby reflectors (`--standby`): grow above
+    /// `--high-water`, drain and KILL one below `--low-water`.
+    #[arg(long)]
+    scale: bool,
+
+    /// Public-tier load (viewers over capacity) above which one more reflector joins.
+    #[arg(long, value_name = "0..1", default_value_t = 0.8)]
+    high_water: f64,
+
+    /// Public-tier load below which one reflector is drained.
+    #[arg(long, value_name = "0..1", default_value_t = 0.3)]
+    low_water: f64,
+
+    /// Consecutive statistics periods past a mark before acting.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    scale_periods: u32,
+
+    /// Quiet time after a scale action.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    cooldown_secs: u64,
+
+    /// Fewest public reflectors in service.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    min_public: usize,
+
+    /// Most public reflectors in service.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_public: usize,
+
+    /// A draining reflector is KILLed after this long even if viewers remain.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    drain_max_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    divisor_link::logging::init();
+    let args = Args::parse();
+    let key = ControlKey::from_file(&args.control_key_file).with_context(|| {
+        format!(
+            "cannot read the control key from {}",
+            args.control_key_file.display()
+        )
+    })?;
+    let topology = match &args.topology {
+        Some(p) => Topology::from_file(p)?,
+        None => divisor_reflector::controller::core::empty_topology(),
+    };
+    anyhow::ensure!(args.ping_ms >= 10, "--ping-ms must be at least 10");
+    anyhow::ensure!(
+        args.low_water < args.high_water,
+        "--low-water ({}) must be below --high-water ({})",
+        args.low_water,
+        args.high_water
+    );
+    let cfg = ControllerConfig {
+        ping_ms: args.ping_ms,
+        dead_after_missed: args.dead_after.max(1),
+        stats_ms: (args.stats_secs.clamp(0.1, 3600.0) * 1000.0) as u64,
+        topology,
+        regions: RegionMap::parse(&args.region)?,
+        scale: args.scale.then(|| ScaleConfig {
+            high_water: args.high_water,
+            low_water: args.low_water,
+            periods: args.scale_periods.max(1),
+            cooldown_ms: args.cooldown_secs * 1000,
+            min_public: args.min_public,
+            max_public: args.max_public,
+            drain_max_ms: args.drain_max_secs * 1000,
+        }),
+        ..ControllerConfig::default()
+    };
+    info!(
+        nodes = cfg.topology.nodes.len(),
+        links = cfg.topology.links.len(),
+        encoders = %cfg.topology.encoders.join(","),
+        "topology loaded"
+    );
+    let handle = ControllerHandle::start(
+        Controller::new(cfg, now_ms()),
+        Codec::new(key, Limits::default()),
+    );
+    let dir: Arc<dyn Directory> = Arc::new(handle.clone());
+
+    let control = TcpListener::bind(args.control_listen)
+        .await
+        .with_context(|| format!("cannot listen for reflectors on {}", args.control_listen))?;
+    info!(at = %control.local_addr()?, "reflectors connect here (--controller)");
+    let rtsp = TcpListener::bind(args.rtsp_listen)
+        .await
+        .with_context(|| format!("cannot listen for RTSP clients on {}", args.rtsp_listen))?;
+    info!(at = %rtsp.local_addr()?, "RTSP clients: rtsp://HOST:PORT/live/CHANNEL is redirected");
+    let http = TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.http_listen))?;
+    let http_at = http.local_addr()?;
+    info!("tree page on http://{http_at}/, JSON on /tree, metrics on /metrics, /play/CH and /whep/CH redirect");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let h = handle.clone();
+    tasks.spawn(async move { h.serve_control(control).await.context("control listener") });
+    let d = dir.clone();
+    tasks.spawn(async move {
+        front::rtsp::serve_rtsp(rtsp, d)
+            .await
+            .context("RTSP listener")
+    });
+    let d = dir.clone();
+    tasks.spawn(async move {
+        front::http::serve_http(http, d)
+            .await
+            .context("HTTP listener")
+    });
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        Some(r) = tasks.join_next() => {
+            let r = r.context("listener task")?;
+            warn!("a listener stopped");
+            r
+        }
+        _ = term.recv() => { info!("SIGTERM: exiting"); Ok(()) }
+        _ = int.recv() => { info!("SIGINT: exiting"); Ok(()) }
+    }
+}

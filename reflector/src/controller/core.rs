@@ -1,0 +1,1216 @@
+//! The controller's sans-IO core: the node registry, the tree plan, liveness, repair,
+//! statistics, the redirect and scale policies. Messages and `now` in, messages and a
+//! timer out; it never touches a socket or reads a clock, so the tests and the simulator
+//! run it faster than real time. `now_ms` is wall-clock milliseconds since the Unix epoch
+//! (messages carry it, and the replay window compares it).
+//!
+//! Life of a node:
+//!
+//! 1. It connects and says HELLO (id, role, link address, capacity). A `standby` public
+//!    reflector waits in the pool, outside the tree, until the scale policy needs it.
+//! 2. The plan places it (the topology's design, or the least-loaded parent for a node
+//!    the file does not name) and it gets REDIRECT: its upstream list, primary first,
+//!    then its backups (the spare links).
+//! 3. Masters get PING every `ping_ms`, other nodes every `sweep_ms`; a child that loses
+//!    its parent says LOSTUPSTREAM and the parent is PINGed at once. Silent too long (or
+//!    its connection closed, or it said BYE), a node is dead: its children move at once to their
+//!    first live backup (REDIRECT, O(children)), and a full rebuild on the surviving graph
+//!    follows `rebuild_delay_ms` later, coalescing bursts of events.
+//! 4. When it returns (HELLO again), the rebuild restores the designed tree; the moves are
+//!    REDIRECTs, which the data plane carries out make-before-break.
+//!
+//! Statistics: masters send one STATS per period, their subtree's aggregate (see
+//! [`super::aggregate`]). The controller keeps per-public estimates (its last FULLSTATS
+//! plus the redirects sent since) and asks for FULLSTATS when an aggregate disagrees with
+//! them, when a channel loses packets, or, a few nodes per period, round-robin.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+
+use tracing::{debug, info, warn};
+
+use super::front::{
+    AggregateChannel, AggregateView, LinkView, NoTarget, NodeView, Target, TreeView,
+};
+use super::metrics::ControllerMetrics;
+use super::redirect::{self, Candidate, RegionMap};
+use super::scale::{ScaleAction, ScaleConfig, ScalePolicy};
+use crate::control::{Body, ControlError, Hello, Message, Peer, Stats, UpstreamRef};
+use crate::role::Role;
+use crate::tree::{self, Plan, Topology};
+
+/// A control connection, numbered by the driver.
+pub type ConnId = u64;
+
+/// The core's settings.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// PING period of the masters, and of a node under suspicion.
+    pub ping_ms: u64,
+    /// A master silent for this many PING periods is dead; so is any other node silent
+    /// for this many sweeps.
+    pub dead_after_missed: u32,
+    /// PING period of the nodes below the masters. Their deaths are normally reported
+    /// by their children (LOSTUPSTREAM: the node is PINGed at once and is dead if silent
+    /// for one `ping_ms`), so the controller's messages grow with masters and events,
+    /// not with the tree; the sweep is the safety net for a node without children.
+    pub sweep_ms: u64,
+    /// The statistics period (the nodes' `--stats-secs`): scale ticks and FULLSTATS checks.
+    pub stats_ms: u64,
+    /// Events within this long share one rebuild.
+    pub rebuild_delay_ms: u64,
+    /// The administrator's design; empty when none was given.
+    pub topology: Topology,
+    /// Client subnets to regions, for locality.
+    pub regions: RegionMap,
+    /// Scale the public tier out and in from the pool of standby reflectors.
+    pub scale: Option<ScaleConfig>,
+    /// Round-robin FULLSTATS requests per period (besides those asked for a reason).
+    pub full_stats_per_period: usize,
+    /// Invalid messages a connection may send before it is closed.
+    pub max_invalid_per_conn: u32,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            ping_ms: 1000,
+            dead_after_missed: 2,
+            sweep_ms: 30_000,
+            stats_ms: 2000,
+            rebuild_delay_ms: 200,
+            topology: empty_topology(),
+            regions: RegionMap::default(),
+            scale: None,
+            full_stats_per_period: 8,
+            max_invalid_per_conn: 16,
+        }
+    }
+}
+
+/// The topology when no file is given: every node is placed by policy.
+pub fn empty_topology() -> Topology {
+    Topology {
+        encoders: Vec::new(),
+        fan_out: 16,
+        nodes: Vec::new(),
+        links: Vec::new(),
+    }
+}
+
+/// What the core asks its driver to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Seal and send `msg` on `conn`.
+    Send { conn: ConnId, msg: Message },
+    /// Close `conn`.
+    Close { conn: ConnId, reason: String },
+}
+
+/// Where a node is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// In the tree and serving.
+    Up,
+    /// In the pool: said HELLO with `standby`, waits outside the tree.
+    Standby,
+    /// Serving its viewers, but no new ones are sent to it; KILLed once they have left.
+    Draining { since_ms: u64 },
+    /// Missed its PINGs or its connection closed.
+    Dead,
+    /// Said BYE or was KILLed.
+    Left,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Standby => "standby",
+            NodeState::Draining { .. } => "draining",
+            NodeState::Dead => "dead",
+            NodeState::Left => "left",
+        }
+    }
+
+    /// In the tree (placed, gets upstreams, relays).
+    fn in_tree(self) -> bool {
+        matches!(self, NodeState::Up | NodeState::Draining { .. })
+    }
+}
+
+/// How long a redirect counts towards a reflector's estimated viewers before its
+/// FULLSTATS would show the client (connecting takes a moment).
+const REDIRECT_SETTLE_MS: u64 = 1000;
+/// Redirect times kept per node, bounding memory under a flood of clients.
+const MAX_RECENT_REDIRECTS: usize = 4096;
+/// Jitter (ms) in an aggregate above which the subtree's publics are asked for FULLSTATS.
+const JITTER_SUSPECT_MS: f64 = 30.0;
+
+struct Node {
+    hello: Hello,
+    conn: Option<ConnId>,
+    state: NodeState,
+    last_heard_ms: u64,
+    last_ping_ms: u64,
+    /// A child reported losing it: PINGed every `ping_ms` until it answers.
+    suspect_since: Option<u64>,
+    ping_seq: u64,
+    /// The latest FULLSTATS, and when it came.
+    full: Option<(u64, Stats)>,
+    /// Its clients lost packets between its last two FULLSTATS.
+    losing: bool,
+    /// When recent redirects to it were sent.
+    recent_redirects: VecDeque<u64>,
+    redirects: u64,
+    /// The upstream list last sent in a REDIRECT (link addresses).
+    sent_upstreams: Vec<String>,
+}
+
+impl Node {
+    /// Viewers: the last FULLSTATS' figure plus redirects since (not yet in it).
+    fn viewers(&self) -> u64 {
+        let (at, base) = match &self.full {
+            Some((at, s)) => (at.saturating_sub(REDIRECT_SETTLE_MS), s.viewers),
+            None => (0, 0),
+        };
+        base + self.recent_redirects.iter().filter(|&&t| t > at).count() as u64
+    }
+
+    fn egress_bps(&self) -> u64 {
+        let Some((_, s)) = &self.full else { return 0 };
+        // Scale the measured egress by the viewers added since.
+        if s.viewers == 0 {
+            return s.egress_bps;
+        }
+        (s.egress_bps as f64 * self.viewers() as f64 / s.viewers as f64) as u64
+    }
+
+    fn mean_jitter_ms(&self) -> f64 {
+        let Some((_, s)) = &self.full else { return 0.0 };
+        let (mut w, mut sum) = (0u64, 0.0);
+        for c in &s.channels {
+            w += c.viewers;
+            sum += c.jitter_ms * c.viewers as f64;
+        }
+        if w == 0 {
+            0.0
+        } else {
+            sum / w as f64
+        }
+    }
+
+    fn carries(&self, channel: &str) -> bool {
+        self.full
+            .as_ref()
+            .is_some_and(|(_, s)| s.channels.iter().any(|c| c.id == channel))
+    }
+}
+
+struct Conn {
+    node: Option<String>,
+    invalid: u32,
+}
+
+/// The controller core.
+pub struct Controller {
+    cfg: ControllerConfig,
+    nodes: BTreeMap<String, Node>,
+    conns: HashMap<ConnId, Conn>,
+    plan: Plan,
+    /// Masters' latest aggregates, and when they came.
+    aggregates: BTreeMap<String, (u64, Stats)>,
+    out: VecDeque<Output>,
+    rebuild_at: Option<u64>,
+    next_ping_ms: u64,
+    next_period_ms: u64,
+    next_check_ms: u64,
+    /// Round-robin position of FULLSTATS requests.
+    full_stats_cursor: Option<String>,
+    scale: Option<ScalePolicy>,
+    metrics: ControllerMetrics,
+    /// Children per node of the current plan, rebuilt lazily after the plan changes.
+    children_index: Option<HashMap<String, Vec<String>>>,
+}
+
+impl Controller {
+    pub fn new(cfg: ControllerConfig, now_ms: u64) -> Controller {
+        let scale = cfg.scale.clone().map(ScalePolicy::new);
+        let plan = tree::build(&cfg.topology, &BTreeSet::new());
+        Controller {
+            next_ping_ms: now_ms + cfg.ping_ms,
+            next_period_ms: now_ms + cfg.stats_ms,
+            next_check_ms: now_ms + check_every(&cfg),
+            cfg,
+            nodes: BTreeMap::new(),
+            conns: HashMap::new(),
+            plan,
+            aggregates: BTreeMap::new(),
+            out: VecDeque::new(),
+            rebuild_at: None,
+            full_stats_cursor: None,
+            scale,
+            metrics: ControllerMetrics::default(),
+            children_index: None,
+        }
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &ControllerMetrics {
+        &self.metrics
+    }
+
+    /// For the driver's timing of each call (a histogram in `/metrics`).
+    pub fn metrics_mut(&mut self) -> &mut ControllerMetrics {
+        &mut self.metrics
+    }
+
+    /// The current plan (parents, backups).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// A node's state, if it ever said HELLO.
+    pub fn node_state(&self, id: &str) -> Option<NodeState> {
+        self.nodes.get(id).map(|n| n.state)
+    }
+
+    /// Masters' latest aggregates.
+    pub fn aggregates(&self) -> impl Iterator<Item = &Stats> {
+        self.aggregates.values().map(|(_, s)| s)
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Controller::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> u64 {
+        let mut t = self
+            .next_ping_ms
+            .min(self.next_period_ms)
+            .min(self.next_check_ms);
+        if let Some(r) = self.rebuild_at {
+            t = t.min(r);
+        }
+        t
+    }
+
+    // ----- connections ------------------------------------------------------------------
+
+    /// A new control connection.
+    pub fn connected(&mut self, conn: ConnId) {
+        self.conns.insert(
+            conn,
+            Conn {
+                node: None,
+                invalid: 0,
+            },
+        );
+    }
+
+    /// A connection closed (or failed).
+    pub fn closed(&mut self, conn: ConnId, now_ms: u64) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(id) = c.node else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.conn != Some(conn) {
+            return; // an older connection of a node that has reconnected
+        }
+        n.conn = None;
+        if matches!(n.state, NodeState::Left | NodeState::Dead) {
+            return;
+        }
+        info!(node = %id, "control connection closed: the node is dead");
+        self.node_down(&id, NodeState::Dead, "connection closed", now_ms);
+    }
+
+    /// A message that failed to open (bad tag, stale, malformed): answered with ERROR and
+    /// counted; a connection that keeps sending them is closed.
+    pub fn invalid(&mut self, conn: ConnId, err: &ControlError, now_ms: u64) {
+        self.metrics.invalid(err);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.invalid += 1;
+        let node = c.node.clone();
+        warn!(
+            conn,
+            node = node.as_deref().unwrap_or("?"),
+            "invalid control message: {err}"
+        );
+        let to = node.map_or(Peer::All, Peer::Node);
+        self.send(
+            conn,
+            to,
+            Body::Error {
+                code: err.code(),
+                detail: err.to_string(),
+            },
+            now_ms,
+        );
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.invalid >= self.cfg.max_invalid_per_conn)
+        {
+            self.out.push_back(Output::Close {
+                conn,
+                reason: "too many invalid control messages".into(),
+            });
+        }
+    }
+
+    /// A valid (authenticated, fresh) message on `conn`.
+    pub fn message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
+        self.metrics.message_in(msg.body.type_name());
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Body::Hello(hello) = msg.body {
+            if msg.from != Peer::Node(hello.id.clone()) {
+                return self.refuse(conn, 400, "HELLO from one id about another", now_ms);
+            }
+            return self.hello(conn, hello, now_ms);
+        }
+        let Some(id) = c.node.clone() else {
+            return self.refuse(conn, 403, "say HELLO first", now_ms);
+        };
+        if msg.from != Peer::Node(id.clone()) {
+            return self.refuse(
+                conn,
+                403,
+                &format!("this connection speaks for {id}"),
+                now_ms,
+            );
+        }
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        n.last_heard_ms = now_ms;
+        if n.suspect_since.is_some_and(|t| now_ms >= t) {
+            n.suspect_since = None;
+        }
+        match msg.body {
+            Body::Hello(_) => {}
+            Body::Pong { .. } => {}
+            Body::Ping { seq } => self.send(conn, Peer::Node(id), Body::Pong { seq }, now_ms),
+            Body::Bye { reason } => {
+                info!(node = %id, "BYE: {reason}");
+                self.node_down(&id, NodeState::Left, "said BYE", now_ms);
+            }
+            Body::Stats(s) => self.stats(&id, s, now_ms),
+            Body::FullStats(s) => self.full_stats(&id, s, now_ms),
+            Body::LostUpstream { addr } => self.lost_upstream(&id, &addr, now_ms),
+            Body::ChildsUpdate { children } => {
+                debug!(node = %id, ?children, "CHILDSUPDATE");
+            }
+            Body::Error { code, detail } => {
+                warn!(node = %id, code, "node reports an error: {detail}");
+            }
+            Body::Kill { .. } | Body::Redirect { .. } | Body::ReqFullStats { .. } => {
+                self.refuse(conn, 400, "only the controller sends that", now_ms);
+            }
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, code: u16, detail: &str, now_ms: u64) {
+        self.metrics.refused();
+        warn!(conn, code, "control message refused: {detail}");
+        self.send(
+            conn,
+            Peer::All,
+            Body::Error {
+                code,
+                detail: detail.to_string(),
+            },
+            now_ms,
+        );
+    }
+
+    fn send(&mut self, conn: ConnId, to: Peer, body: Body, now_ms: u64) {
+        self.metrics.message_out(body.type_name());
+        self.out.push_back(Output::Send {
+            conn,
+            msg: Message {
+                time_ms: now_ms,
+                from: Peer::Root,
+                to,
+                body,
+            },
+        });
+    }
+
+    fn send_to(&mut self, id: &str, body: Body, now_ms: u64) {
+        if let Some(conn) = self.nodes.get(id).and_then(|n| n.conn) {
+            self.send(conn, Peer::Node(id.to_string()), body, now_ms);
+        }
+    }
+
+    // ----- membership -------------------------------------------------------------------
+
+    fn hello(&mut self, conn: ConnId, hello: Hello, now_ms: u64) {
+        let id = hello.id.clone();
+        if id.is_empty() || id == "^" || id == "*" {
+            return self.refuse(conn, 400, "a node id must not be empty, ^ or *", now_ms);
+        }
+        if let Some(spec) = self.cfg.topology.node(&id) {
+            if spec.role != hello.role {
+                let detail = format!(
+                    "{id} is a {} in the topology, not a {}",
+                    spec.role, hello.role
+                );
+                return self.refuse(conn, 409, &detail, now_ms);
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.node = Some(id.clone());
+        }
+        let standby = hello.standby && hello.role == Role::Public;
+        let (old_conn, was) = match self.nodes.get(&id) {
+            Some(n) => (n.conn.filter(|&c| c != conn), Some(n.state)),
+            None => (None, None),
+        };
+        if let Some(old) = old_conn {
+            self.out.push_back(Output::Close {
+                conn: old,
+                reason: format!("{id} connected again"),
+            });
+        }
+        // A node that was serving keeps its place across a reconnect; a pool node stays in
+        // the pool; everyone else joins as asked.
+        let state = match was {
+            Some(s @ (NodeState::Up | NodeState::Draining { .. })) => s,
+            _ if standby => NodeState::Standby,
+            _ => NodeState::Up,
+        };
+        info!(
+            node = %id,
+            role = %hello.role,
+            link = %hello.link,
+            state = state.as_str(),
+            "HELLO"
+        );
+        let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
+            hello: hello.clone(),
+            conn: None,
+            state,
+            last_heard_ms: now_ms,
+            last_ping_ms: now_ms,
+            suspect_since: None,
+            ping_seq: 0,
+            full: None,
+            losing: false,
+            recent_redirects: VecDeque::new(),
+            redirects: 0,
+            sent_upstreams: Vec::new(),
+        });
+        node.hello = hello;
+        node.conn = Some(conn);
+        node.state = state;
+        node.last_heard_ms = now_ms;
+        node.suspect_since = None;
+        // The node may have restarted: it holds no upstreams until told again.
+        node.sent_upstreams.clear();
+        if state.in_tree() {
+            if self.cfg.topology.node(&id).is_some() {
+                // A designed node: the design (on the surviving graph) decides where it
+                // goes; the coming rebuild computes it, coalescing a burst of joins.
+                self.schedule_rebuild(now_ms);
+            } else {
+                self.place_now(&id);
+                self.send_redirects_to(vec![id], now_ms);
+            }
+        }
+    }
+
+    /// Put `id` in the plan at once (its designed parent if alive, else the least-loaded
+    /// one), so it gets upstreams without waiting for the rebuild.
+    fn place_now(&mut self, id: &str) {
+        let Some(role) = self.nodes.get(id).map(|n| n.hello.role) else {
+            return;
+        };
+        if self.plan.parent.contains_key(id) {
+            return;
+        }
+        self.children_index = None;
+        tree::place(&mut self.plan, &self.cfg.topology, id, role);
+    }
+
+    fn node_down(&mut self, id: &str, state: NodeState, why: &str, now_ms: u64) {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
+        let was_in_tree = n.state.in_tree();
+        n.state = state;
+        if let Some(conn) = n.conn.take() {
+            if state == NodeState::Dead {
+                self.out.push_back(Output::Close {
+                    conn,
+                    reason: why.to_string(),
+                });
+            }
+        }
+        self.aggregates.remove(id);
+        if !was_in_tree {
+            return;
+        }
+        self.metrics.repair(why);
+        warn!(node = %id, "{why}: repairing the tree");
+        let touched = self.repair_now(id);
+        self.send_redirects_to(touched, now_ms);
+        self.schedule_rebuild(now_ms);
+    }
+
+    /// Move the children of the lost node `id` to their first live backup (or any
+    /// least-loaded parent), and drop it from the plan. Returns the nodes whose upstreams
+    /// changed. The full rebuild comes later.
+    fn repair_now(&mut self, id: &str) -> Vec<String> {
+        self.children_index = None;
+        let children = self.plan.children(id);
+        self.plan.parent.remove(id);
+        self.plan.role.remove(id);
+        self.plan.backups.remove(id);
+        let mut touched = children.clone();
+        for (node, list) in self.plan.backups.iter_mut() {
+            let before = list.len();
+            list.retain(|b| b != id);
+            if list.len() != before {
+                touched.push(node.clone());
+            }
+        }
+        for child in children {
+            let backup = self
+                .plan
+                .backups
+                .get(&child)
+                .and_then(|b| b.first().cloned());
+            match backup {
+                Some(b) => {
+                    if let Some(list) = self.plan.backups.get_mut(&child) {
+                        list.retain(|x| *x != b);
+                    }
+                    self.plan.parent.insert(child.clone(), Some(b));
+                }
+                None => {
+                    // No backup: detach the child's subtree root and place it again.
+                    let role = self.plan.role.get(&child).copied();
+                    self.plan.parent.remove(&child);
+                    if let Some(role) = role {
+                        if tree::place(&mut self.plan, &self.cfg.topology, &child, role).is_none() {
+                            warn!(node = %child, "no parent left for it");
+                        }
+                    }
+                }
+            }
+        }
+        touched
+    }
+
+    fn schedule_rebuild(&mut self, now_ms: u64) {
+        if self.rebuild_at.is_none() {
+            self.rebuild_at = Some(now_ms + self.cfg.rebuild_delay_ms);
+        }
+    }
+
+    /// The alive nodes of the tree.
+    fn alive(&self) -> BTreeSet<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.state.in_tree())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Rebuild the plan from the design on the surviving graph, place the nodes the design
+    /// does not name, and REDIRECT those whose upstreams changed.
+    pub fn rebuild(&mut self, now_ms: u64) {
+        self.rebuild_at = None;
+        let alive = self.alive();
+        let mut plan = tree::build(&self.cfg.topology, &alive);
+        for p in &plan.pruned {
+            debug!(what = %p.what, "pruned: {}", p.reason);
+        }
+        let mut unplaced: Vec<(u8, String, Role)> = alive
+            .iter()
+            .filter(|id| !plan.parent.contains_key(*id))
+            .filter_map(|id| {
+                self.nodes
+                    .get(id)
+                    .map(|n| (n.hello.role.rank(), id.clone(), n.hello.role))
+            })
+            .collect();
+        unplaced.sort();
+        for (_, id, role) in unplaced {
+            // Keep a node the design does not name where it was, while its parent lives
+            // and has room: a rebuild should not shuffle it.
+            let kept = self.plan.parent.get(&id).cloned().flatten().filter(|p| {
+                plan.parent.contains_key(p)
+                    && plan.role.get(p).is_some_and(|r| *r != Role::Public)
+                    && plan.children(p).len() < self.cfg.topology.max_children(p)
+            });
+            if let Some(p) = kept {
+                let backups: Vec<String> = self
+                    .plan
+                    .backups
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| plan.parent.contains_key(*b))
+                    .cloned()
+                    .collect();
+                plan.parent.insert(id.clone(), Some(p));
+                plan.role.insert(id.clone(), role);
+                plan.backups.insert(id.clone(), backups);
+                continue;
+            }
+            if tree::place(&mut plan, &self.cfg.topology, &id, role).is_none()
+                && role != Role::Master
+            {
+                warn!(node = %id, role = %role, "no parent with room: not placed");
+            }
+        }
+        self.plan = plan;
+        self.children_index = None;
+        self.metrics.rebuilt();
+        self.send_redirects(now_ms);
+    }
+
+    /// The link addresses `id` should take as upstreams now.
+    fn upstreams_of(&self, id: &str) -> Vec<UpstreamRef> {
+        match self.plan.parent.get(id) {
+            Some(None) => self
+                .cfg
+                .topology
+                .encoders
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| UpstreamRef {
+                    id: format!("encoder{i}"),
+                    addr: addr.clone(),
+                })
+                .collect(),
+            Some(Some(_)) => self
+                .plan
+                .upstreams(id)
+                .into_iter()
+                .filter_map(|u| {
+                    let n = self.nodes.get(&u)?;
+                    n.state.in_tree().then(|| UpstreamRef {
+                        id: u.clone(),
+                        addr: n.hello.link.clone(),
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// REDIRECT every connected node of the tree whose upstream list changed, parents
+    /// before children (a moved child then finds its new parent already wired).
+    fn send_redirects(&mut self, now_ms: u64) {
+        let all: Vec<String> = self.nodes.keys().cloned().collect();
+        self.send_redirects_to(all, now_ms);
+    }
+
+    /// [`Controller::send_redirects`] for the nodes `ids` only: an event touches a few
+    /// nodes, and must not cost a sweep of ten thousand.
+    fn send_redirects_to(&mut self, ids: Vec<String>, now_ms: u64) {
+        let mut todo: Vec<(usize, String)> = ids
+            .into_iter()
+            .filter(|id| {
+                self.nodes
+                    .get(id)
+                    .is_some_and(|n| n.state.in_tree() && n.conn.is_some())
+            })
+            .map(|id| (self.plan.depth(&id).unwrap_or(usize::MAX), id))
+            .collect();
+        todo.sort();
+        todo.dedup();
+        for (_, id) in todo {
+            let ups = self.upstreams_of(&id);
+            if ups.is_empty() {
+                // A master without encoders in the topology keeps its own `--upstream`;
+                // an unplaced node keeps what it has.
+                continue;
+            }
+            let addrs: Vec<String> = ups.iter().map(|u| u.addr.clone()).collect();
+            let Some(n) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            if n.sent_upstreams == addrs {
+                continue;
+            }
+            info!(node = %id, upstreams = %addrs.join(","), "REDIRECT");
+            n.sent_upstreams = addrs;
+            self.metrics.redirected_node();
+            self.send_to(&id, Body::Redirect { upstreams: ups }, now_ms);
+        }
+    }
+
+    // ----- timers -----------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if now_ms >= self.next_check_ms {
+            self.next_check_ms = now_ms + check_every(&self.cfg);
+            self.check_liveness(now_ms);
+        }
+        if now_ms >= self.next_ping_ms {
+            self.next_ping_ms = now_ms + self.cfg.ping_ms;
+            self.ping_all(now_ms);
+        }
+        if self.rebuild_at.is_some_and(|t| now_ms >= t) {
+            self.rebuild(now_ms);
+        }
+        if now_ms >= self.next_period_ms {
+            self.next_period_ms = now_ms + self.cfg.stats_ms;
+            self.period(now_ms);
+        }
+    }
+
+    /// PING the masters and the suspects every period, the others once per sweep.
+    fn ping_all(&mut self, now_ms: u64) {
+        let sweep = self.cfg.sweep_ms.max(self.cfg.ping_ms);
+        let targets: Vec<(String, ConnId, u64)> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|(id, n)| {
+                let conn = n.conn?;
+                let due = n.hello.role == Role::Master
+                    || n.suspect_since.is_some()
+                    || now_ms.saturating_sub(n.last_ping_ms) >= sweep;
+                if !due {
+                    return None;
+                }
+                n.ping_seq += 1;
+                n.last_ping_ms = now_ms;
+                Some((id.clone(), conn, n.ping_seq))
+            })
+            .collect();
+        for (id, conn, seq) in targets {
+            self.send(conn, Peer::Node(id), Body::Ping { seq }, now_ms);
+        }
+    }
+
+    fn check_liveness(&mut self, now_ms: u64) {
+        let missed = u64::from(self.cfg.dead_after_missed.max(1));
+        let master_limit = self.cfg.ping_ms * missed;
+        let sweep_limit = self.cfg.sweep_ms.max(self.cfg.ping_ms) * missed + self.cfg.ping_ms;
+        let dead: Vec<(String, &'static str)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.conn.is_some())
+            .filter_map(|(id, n)| {
+                let silent = now_ms.saturating_sub(n.last_heard_ms);
+                if let Some(t) = n.suspect_since {
+                    if now_ms.saturating_sub(t) > self.cfg.ping_ms && n.last_heard_ms < t {
+                        return Some((id.clone(), "lost by its child, silent to PING"));
+                    }
+                }
+                let limit = if n.hello.role == Role::Master {
+                    master_limit
+                } else {
+                    sweep_limit
+                };
+                (silent > limit).then(|| (id.clone(), "missed its PINGs"))
+            })
+            .collect();
+        for (id, why) in dead {
+            self.node_down(&id, NodeState::Dead, why, now_ms);
+        }
+    }
+
+    /// `reporter` lost its primary upstream `addr`: PING that node now, and every period
+    /// until it answers; silent for one period, it is dead.
+    fn lost_upstream(&mut self, reporter: &str, addr: &str, now_ms: u64) {
+        let Some((id, n)) = self
+            .nodes
+            .iter_mut()
+            .find(|(_, n)| n.hello.link == addr && n.conn.is_some())
+        else {
+            debug!(reporter, addr, "LOSTUPSTREAM about no connected node");
+            return;
+        };
+        info!(node = %id, reporter, "LOSTUPSTREAM: checking the node now");
+        if n.suspect_since.is_none() {
+            n.suspect_since = Some(now_ms);
+        }
+        n.ping_seq += 1;
+        n.last_ping_ms = now_ms;
+        let (id, conn, seq) = (id.clone(), n.conn, n.ping_seq);
+        if let Some(conn) = conn {
+            self.send(conn, Peer::Node(id), Body::Ping { seq }, now_ms);
+        }
+    }
+
+    /// Once per statistics period: FULLSTATS requests, drains, the scale policy.
+    fn period(&mut self, now_ms: u64) {
+        // Round-robin over the publics of the tree.
+        let publics: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.hello.role == Role::Public && n.state.in_tree() && n.conn.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !publics.is_empty() {
+            let start = match &self.full_stats_cursor {
+                Some(c) => publics.partition_point(|p| p <= c),
+                None => 0,
+            };
+            let n = self.cfg.full_stats_per_period.min(publics.len());
+            for k in 0..n {
+                let id = publics[(start + k) % publics.len()].clone();
+                self.full_stats_cursor = Some(id.clone());
+                self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
+            }
+        }
+        self.drain_step(now_ms);
+        self.scale_step(now_ms);
+    }
+
+    fn drain_step(&mut self, now_ms: u64) {
+        let drain_max = self.cfg.scale.as_ref().map_or(120_000, |s| s.drain_max_ms);
+        let draining: Vec<(String, u64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| match n.state {
+                NodeState::Draining { since_ms } => Some((id.clone(), since_ms)),
+                _ => None,
+            })
+            .collect();
+        for (id, since) in draining {
+            let empty = self.nodes.get(&id).is_some_and(|n| {
+                n.full
+                    .as_ref()
+                    .is_some_and(|(at, s)| *at > since && s.viewers == 0)
+            });
+            let overdue = now_ms.saturating_sub(since) >= drain_max;
+            if empty || overdue {
+                let reason = if empty {
+                    "drained: its viewers have left".to_string()
+                } else {
+                    format!("drained for {} s: stopping it", drain_max / 1000)
+                };
+                info!(node = %id, "KILL: {reason}");
+                self.metrics.scale_action("kill", &reason);
+                self.send_to(&id, Body::Kill { reason }, now_ms);
+                self.node_down(&id, NodeState::Left, "killed after draining", now_ms);
+            } else {
+                self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
+            }
+        }
+    }
+
+    fn scale_step(&mut self, now_ms: u64) {
+        let Some(policy) = self.scale.as_mut() else {
+            return;
+        };
+        let (mut viewers, mut capacity, mut active) = (0u64, 0u64, 0usize);
+        let mut pool = Vec::new();
+        for (id, n) in &self.nodes {
+            if n.hello.role != Role::Public || n.conn.is_none() {
+                continue;
+            }
+            match n.state {
+                NodeState::Up => {
+                    viewers += n.viewers();
+                    capacity += u64::from(n.hello.max_viewers);
+                    active += 1;
+                }
+                NodeState::Standby => pool.push(id.clone()),
+                _ => {}
+            }
+        }
+        let load = if capacity > 0 {
+            viewers as f64 / capacity as f64
+        } else {
+            0.0
+        };
+        match policy.tick(now_ms, load, active, pool.len()) {
+            Some(ScaleAction::Grow) => {
+                let Some(id) = pool.first().cloned() else {
+                    return;
+                };
+                let reason = format!("public tier load {load:.2} above the high-water mark");
+                info!(node = %id, "scale out: {reason}");
+                self.metrics.scale_action("grow", &reason);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.state = NodeState::Up;
+                }
+                self.place_now(&id);
+                self.send_redirects_to(vec![id], now_ms);
+            }
+            Some(ScaleAction::Shrink) => {
+                let victim = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.hello.role == Role::Public && n.state == NodeState::Up)
+                    .min_by_key(|(id, n)| (n.viewers(), (*id).clone()))
+                    .map(|(id, _)| id.clone());
+                let Some(id) = victim else { return };
+                let reason = format!("public tier load {load:.2} below the low-water mark");
+                info!(node = %id, "scale in: draining, {reason}");
+                self.metrics.scale_action("drain", &reason);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.state = NodeState::Draining { since_ms: now_ms };
+                }
+                self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
+            }
+            None => {}
+        }
+    }
+
+    // ----- statistics -------------------------------------------------------------------
+
+    fn stats(&mut self, id: &str, s: Stats, now_ms: u64) {
+        let Some(n) = self.nodes.get(id) else { return };
+        if n.hello.role != Role::Master {
+            // A node below a master reports to its parent, not here; tolerate it (it may
+            // have no parent yet) as its own figures.
+            return self.full_stats(id, s, now_ms);
+        }
+        // Something looks wrong in the subtree? Ask its publics for their own figures.
+        let subtree: Vec<String> = self.subtree_publics(id);
+        let estimated: u64 = subtree
+            .iter()
+            .filter_map(|p| self.nodes.get(p))
+            .map(Node::viewers)
+            .sum();
+        let diff = estimated.abs_diff(s.viewers);
+        let lost_more = match self.aggregates.get(id) {
+            Some((_, prev)) => s.channels.iter().any(|c| {
+                prev.channels
+                    .iter()
+                    .find(|p| p.id == c.id)
+                    .is_some_and(|p| c.cum_lost > p.cum_lost)
+            }),
+            None => false,
+        };
+        let jittery = s.channels.iter().any(|c| c.jitter_ms > JITTER_SUSPECT_MS);
+        let suspect = diff > 5.max(s.viewers / 10) || lost_more || jittery;
+        self.aggregates.insert(id.to_string(), (now_ms, s));
+        if suspect {
+            debug!(master = %id, estimated, diff, lost_more, jittery, "aggregate looks wrong: asking for FULLSTATS");
+            for p in subtree.into_iter().take(64) {
+                self.send_to(&p, Body::ReqFullStats { channel: None }, now_ms);
+            }
+        }
+    }
+
+    fn subtree_publics(&mut self, root: &str) -> Vec<String> {
+        let plan = &self.plan;
+        let index = self.children_index.get_or_insert_with(|| {
+            let mut idx: HashMap<String, Vec<String>> = HashMap::new();
+            for (child, parent) in &plan.parent {
+                if let Some(p) = parent {
+                    idx.entry(p.clone()).or_default().push(child.clone());
+                }
+            }
+            idx
+        });
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_string()];
+        while let Some(n) = stack.pop() {
+            for c in index.get(&n).into_iter().flatten() {
+                if plan.role.get(c) == Some(&Role::Public) {
+                    out.push(c.clone());
+                }
+                stack.push(c.clone());
+            }
+        }
+        out
+    }
+
+    fn full_stats(&mut self, id: &str, s: Stats, now_ms: u64) {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
+        n.losing = match &n.full {
+            Some((_, prev)) => s.channels.iter().any(|c| {
+                prev.channels
+                    .iter()
+                    .find(|p| p.id == c.id)
+                    .is_some_and(|p| c.cum_lost > p.cum_lost)
+            }),
+            None => false,
+        };
+        n.full = Some((now_ms, s));
+        while n
+            .recent_redirects
+            .front()
+            .is_some_and(|&t| t + REDIRECT_SETTLE_MS < now_ms)
+        {
+            n.recent_redirects.pop_front();
+        }
+    }
+
+    // ----- clients ----------------------------------------------------------------------
+
+    /// Choose the public reflector for a client of `channel` at `client` (see
+    /// [`super::redirect`]), and count it.
+    pub fn redirect(
+        &mut self,
+        channel: &str,
+        client: IpAddr,
+        region: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Target, NoTarget> {
+        let region = region
+            .map(str::to_string)
+            .or_else(|| self.cfg.regions.region_of(client).map(str::to_string));
+        let ids: Vec<&String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.hello.role == Role::Public)
+            .map(|(id, _)| id)
+            .collect();
+        let candidates: Vec<Candidate> = ids
+            .iter()
+            .filter_map(|id| self.nodes.get(*id))
+            .map(|n| Candidate {
+                id: n.hello.id.clone(),
+                up: n.state.in_tree()
+                    && n.conn.is_some()
+                    && self.plan.parent.contains_key(&n.hello.id),
+                draining: matches!(n.state, NodeState::Draining { .. }),
+                region: n.hello.region.clone(),
+                viewers: n.viewers(),
+                max_viewers: n.hello.max_viewers,
+                egress_bps: n.egress_bps(),
+                egress_budget_bps: n.hello.egress_budget_bps,
+                jitter_ms: n.mean_jitter_ms(),
+                losing: n.losing,
+                carries: n.carries(channel),
+            })
+            .collect();
+        let chosen = redirect::choose(&candidates, region.as_deref());
+        let chosen = match chosen {
+            Ok(i) => i,
+            Err(e) => {
+                self.metrics.redirect_refused(&e);
+                return Err(e);
+            }
+        };
+        let id = candidates[chosen].id.clone();
+        let n = self.nodes.get_mut(&id).ok_or(NoTarget::NoneUp)?;
+        if n.recent_redirects.len() >= MAX_RECENT_REDIRECTS {
+            n.recent_redirects.pop_front();
+        }
+        n.recent_redirects.push_back(now_ms);
+        n.redirects += 1;
+        self.metrics.client_redirected(&id);
+        Ok(Target {
+            node: id,
+            rtsp: n.hello.rtsp.clone(),
+            http: n.hello.http.clone(),
+        })
+    }
+
+    // ----- views ------------------------------------------------------------------------
+
+    /// What `/tree` shows.
+    pub fn tree_view(&self, now_ms: u64) -> TreeView {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let c = Candidate {
+                    id: id.clone(),
+                    up: true,
+                    draining: false,
+                    region: String::new(),
+                    viewers: n.viewers(),
+                    max_viewers: n.hello.max_viewers,
+                    egress_bps: n.egress_bps(),
+                    egress_budget_bps: n.hello.egress_budget_bps,
+                    jitter_ms: 0.0,
+                    losing: false,
+                    carries: false,
+                };
+                NodeView {
+                    id: id.clone(),
+                    role: n.hello.role,
+                    state: n.state.as_str().to_string(),
+                    load: if n.hello.role == Role::Public {
+                        c.load()
+                    } else {
+                        n.full.as_ref().map_or(0.0, |(_, s)| s.cpu_load)
+                    },
+                    viewers: n.viewers(),
+                    max_viewers: n.hello.max_viewers,
+                    parent: self.plan.parent.get(id).cloned().flatten(),
+                    region: n.hello.region.clone(),
+                    depth: self.plan.depth(id).unwrap_or(0),
+                }
+            })
+            .collect();
+        let mut links = Vec::new();
+        for (child, parent) in &self.plan.parent {
+            if let Some(p) = parent {
+                links.push(LinkView {
+                    parent: p.clone(),
+                    child: child.clone(),
+                    kind: "active".into(),
+                });
+            }
+            for b in self.plan.backups.get(child).into_iter().flatten() {
+                links.push(LinkView {
+                    parent: b.clone(),
+                    child: child.clone(),
+                    kind: "spare".into(),
+                });
+            }
+        }
+        let aggregate = self
+            .aggregates
+            .values()
+            .map(|(_, s)| AggregateView {
+                master: s.node.clone(),
+                descendants: s.descendants,
+                cpu_load: s.cpu_load,
+                viewers: s.viewers,
+                egress_bps: s.egress_bps,
+                channels: s
+                    .channels
+                    .iter()
+                    .map(|c| AggregateChannel {
+                        id: c.id.clone(),
+                        viewers: c.viewers,
+                        jitter_ms: c.jitter_ms,
+                        cum_lost: c.cum_lost,
+                    })
+                    .collect(),
+            })
+            .collect();
+        TreeView {
+            nodes,
+            links,
+            aggregate,
+            generated_ms: now_ms,
+        }
+    }
+
+    /// `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        let mut by_role_state: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+        for n in self.nodes.values() {
+            *by_role_state
+                .entry((n.hello.role.as_str(), n.state.as_str()))
+                .or_default() += 1;
+        }
+        self.metrics.render(&by_role_state, &self.aggregates)
+    }
+}
+
+/// Liveness is checked ten times per PING period, so a death is seen within a tenth of a
+/// period of its deadline.
+fn check_every(cfg: &ControllerConfig) -> u64 {
+    (cfg.ping_ms / 10).max(10)
+}

@@ -1,0 +1,75 @@
+//! Placing a node the topology file does not list (a reflector that announced itself
+//! with HELLO). With no drawn links to choose from, load is the only criterion.
+
+use std::collections::BTreeMap;
+
+use crate::role::Role;
+
+use super::build::Plan;
+use super::topology::Topology;
+
+/// Adds `node` with `role` to `plan` and returns its parent.
+///
+/// - A public reflector goes under the intermediate with the fewest children that is
+///   below its `max_children`; only when the plan has no intermediate at all does it
+///   go under a master instead (a full intermediate tier does not spill onto masters,
+///   which should feed relays, not viewers).
+/// - An intermediate goes under the least-loaded master with room.
+/// - A master is added with no parent (its upstreams are the encoders); returns `None`.
+///
+/// Ties are broken by id. The runner-up, if any, becomes the node's one backup.
+/// `max_children` comes from [`Topology::max_children`], so nodes placed at run time
+/// get the file's `fan_out`.
+///
+/// Returns `None` and leaves the plan unchanged when every candidate is full (or there
+/// is none). A node already in the plan is left where it is and its current parent is
+/// returned. `plan.weight` is not changed: the new link has no drawn cost.
+pub fn place(plan: &mut Plan, topo: &Topology, node: &str, role: Role) -> Option<String> {
+    if let Some(p) = plan.parent.get(node) {
+        return p.clone();
+    }
+    let tier = match role {
+        Role::Master => {
+            plan.parent.insert(node.to_string(), None);
+            plan.role.insert(node.to_string(), Role::Master);
+            plan.backups.remove(node);
+            return None;
+        }
+        Role::Intermediate => Role::Master,
+        Role::Public if plan.role.values().any(|&r| r == Role::Intermediate) => Role::Intermediate,
+        Role::Public => Role::Master,
+    };
+
+    let mut load: BTreeMap<&str, usize> = plan
+        .role
+        .iter()
+        .filter(|(id, &r)| r == tier && plan.parent.contains_key(*id))
+        .map(|(id, _)| (id.as_str(), 0))
+        .collect();
+    for p in plan.parent.values().flatten() {
+        if let Some(n) = load.get_mut(p.as_str()) {
+            *n += 1;
+        }
+    }
+    // BTreeMap order is id order and the sort is stable: ties go to the smaller id.
+    let mut open: Vec<(&str, usize)> = load
+        .into_iter()
+        .filter(|&(id, n)| n < topo.max_children(id))
+        .collect();
+    open.sort_by_key(|&(_, n)| n);
+    let chosen = open.first()?.0.to_string();
+    let backup: Vec<String> = open
+        .get(1)
+        .map(|(id, _)| id.to_string())
+        .into_iter()
+        .collect();
+
+    plan.parent.insert(node.to_string(), Some(chosen.clone()));
+    plan.role.insert(node.to_string(), role);
+    if backup.is_empty() {
+        plan.backups.remove(node);
+    } else {
+        plan.backups.insert(node.to_string(), backup);
+    }
+    Some(chosen)
+}
