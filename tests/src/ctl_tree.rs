@@ -75,6 +75,8 @@ impl CtlTree {
         };
         let library = t.lan.log_dir.join("library");
         std::fs::create_dir_all(&library)?;
+        let config = t.lan.log_dir.join("encoder.toml");
+        std::fs::write(&config, crate::media::WEB_LIVE_CONFIG)?;
         t.lan.spawn_in(
             ENC,
             ENC,
@@ -82,8 +84,8 @@ impl CtlTree {
             [
                 "--library".into(),
                 library.to_string_lossy().into_owned(),
-                "--live".into(),
-                format!("{CHANNEL}=testsrc"),
+                "--config".into(),
+                path(&config),
                 "--link-listen".into(),
                 format!("0.0.0.0:{ENC_LINK}"),
                 "--http-listen".into(),
@@ -251,6 +253,16 @@ impl CtlTree {
             n.iter()
                 .find(|n| n["id"] == node)
                 .and_then(|n| n["parent"].as_str().map(str::to_string))
+        }))
+    }
+
+    /// The state the controller holds for `node` (`up`, `dead`, ...).
+    pub fn state_of(&self, node: &str) -> Result<Option<String>> {
+        let t = self.tree()?;
+        Ok(t["nodes"].as_array().and_then(|n| {
+            n.iter()
+                .find(|n| n["id"] == node)
+                .and_then(|n| n["state"].as_str().map(str::to_string))
         }))
     }
 

@@ -31,6 +31,26 @@ pub const CLIP_TS: &str = "clip.ts";
 /// Not media: the server must refuse it with 415.
 pub const NOT_MEDIA: &str = "notes.txt";
 
+/// Encoder configuration for one live channel everybody can play: the test source as
+/// `cam` in one browser-safe rendition (`web`: constrained baseline H.264 and Opus), so
+/// ffmpeg, rtspsrc and Chromium watch the same stream (`/play/cam/web` for a browser).
+pub const WEB_LIVE_CONFIG: &str = r#"
+[[rendition]]
+name = "web"
+codec = "h264"
+profile = "baseline"
+width = 640
+height = 360
+bitrate_kbps = 800
+keyint = 50
+audio = "opus"
+
+[[channel]]
+name = "cam"
+source = "testsrc"
+renditions = ["web"]
+"#;
+
 /// Encoder configuration for the browser-facing tests: a test-source channel `cam` with a
 /// browser-safe H.264 rendition (`web`: constrained baseline, 42e01f) and an AV1 one
 /// (`av1`), both with Opus audio, and `web` also offered for VoD.

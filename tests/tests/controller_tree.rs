@@ -6,7 +6,7 @@
 //! One story, in order (each step needs the tree the previous one left):
 //! - the controller wires the designed tree (spare links as backups);
 //! - ffmpeg and `gst-launch-1.0 rtspsrc` open the controller's RTSP URL, follow its 302
-//!   and play; headless Chromium's `/play/cam` follows the 307 and plays over WHEP;
+//!   and play; headless Chromium's `/play/cam/web` follows the 307 and plays over WHEP;
 //! - 60 clients spread over the public reflectors as the policy says;
 //! - the master's aggregate at the controller matches the publics' own `/metrics`;
 //! - bad control input (garbage, a huge frame, a wrong key, a replay, no HELLO) is
@@ -14,7 +14,9 @@
 //! - an intermediate cut off (nftables, silence): its children keep playing on their
 //!   backups and the controller re-parents them within two PING periods; healed, the
 //!   designed tree returns, and no client loses an RTP packet through it all;
-//! - the tree page draws the tree in headless Chromium (screenshot kept in the logs).
+//! - the tree page draws the tree in headless Chromium (screenshot kept in the logs);
+//! - a public reflector cut off is found dead through its parent's CHILDSUPDATE within a
+//!   few statistics periods, and no client is sent to it.
 
 use bytes::BufMut;
 use divisor_reflector::control::{Body, Codec, ControlKey, Limits, Message, Peer};
@@ -23,7 +25,7 @@ use divisor_tests::clients::{
     gst_play_on, progress_frames, spawn_ffmpeg_on, start_capture_on, stop_capture_on,
 };
 use divisor_tests::ctl_tree::{
-    CtlTree, CHANNEL, CLIENT, CONTROL, CTL, CTL_HTTP, MASTER, MAX_VIEWERS, PUBLICS,
+    CtlTree, CHANNEL, CLIENT, CONTROL, CTL, CTL_HTTP, CTL_RTSP, MASTER, MAX_VIEWERS, PUBLICS,
 };
 use divisor_tests::{tshark, Checks};
 use std::collections::BTreeMap;
@@ -177,7 +179,7 @@ fn the_controller_wires_redirects_aggregates_and_repairs_the_tree() {
         || format!("gst-launch-1.0 rtspsrc via {url}: {}", gst.failure_report()),
     );
 
-    let play = format!("http://{}:{CTL_HTTP}/play/{CHANNEL}", t.lan.ip(CTL));
+    let play = format!("http://{}:{CTL_HTTP}/play/{CHANNEL}/web", t.lan.ip(CTL));
     let shot = t.lan.log_dir.join("chromium-play.png");
     match browser::play_on_lan(&t.lan, CLIENT, &play, 6, &shot) {
         Ok(p) => {
@@ -446,6 +448,68 @@ fn the_controller_wires_redirects_aggregates_and_repairs_the_tree() {
         || format!("the tree page at {page}: {report} {}", out.failure_report()),
     );
 
+    // --- A leaf cut off: its parent stops hearing it, and nobody is sent there. -----
+    // pub3 has no children, and the controller does not PING leaves its parent vouches
+    // for; int2's CHILDSUPDATE without it is what brings the check.
+    let cut = Instant::now();
+    t.lan.cut("pub3").unwrap();
+    match t.wait_for(
+        Duration::from_secs(20),
+        "pub3 dead at the controller",
+        |t| Ok(t.state_of("pub3")?.as_deref() == Some("dead")),
+    ) {
+        Ok(_) => {
+            let took = cut.elapsed();
+            eprintln!("pub3 cut off: dead at the controller after {took:?} (statistics every 1 s)");
+            // Three statistics periods of silence, one more for the report, two PINGs.
+            checks.check(took <= Duration::from_secs(8), || {
+                format!("a silent leaf took {took:?} to be found")
+            });
+        }
+        Err(e) => {
+            checks.check(false, || format!("{e:#}"));
+        }
+    }
+    let pub3 = t.lan.ip("pub3").to_string();
+    for _ in 0..6 {
+        let loc = rtsp_location(&t);
+        checks.check(
+            loc.as_deref()
+                .is_some_and(|l| l.starts_with("rtsp://") && !l.contains(&pub3)),
+            || format!("redirect with pub3 dead: {loc:?}"),
+        );
+    }
+    t.lan.heal("pub3").unwrap();
+
     t.lan.check_alive().unwrap();
     checks.finish();
+}
+
+/// The `Location` of the controller's answer to a DESCRIBE of the channel.
+fn rtsp_location(t: &CtlTree) -> Option<String> {
+    let mut s = t
+        .lan
+        .connect(CLIENT, t.lan.addr(CTL, CTL_RTSP), Duration::from_secs(3))
+        .ok()?;
+    let req = format!(
+        "DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n",
+        t.rtsp_url()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_string())
+    })
 }

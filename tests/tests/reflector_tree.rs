@@ -398,30 +398,12 @@ fn two_reflectors_named_as_each_others_upstream_refuse_the_loop() {
     lan.check_alive().unwrap();
 }
 
-/// The encoder's channel for browsers: one H.264 constrained-baseline rendition with Opus.
-const WEB_CONFIG: &str = r#"
-[[rendition]]
-name = "web"
-codec = "h264"
-profile = "baseline"
-width = 640
-height = 360
-bitrate_kbps = 800
-keyint = 50
-audio = "opus"
-
-[[channel]]
-name = "cam"
-source = "testsrc"
-renditions = ["web"]
-"#;
-
 #[test]
 fn chromium_plays_over_whep_at_both_public_reflectors() {
     let tree = Tree::start(
         "reflector-tree-whep",
         TreeOptions {
-            encoder_config: Some(WEB_CONFIG),
+            encoder_config: Some(divisor_tests::media::WEB_LIVE_CONFIG),
             ..TreeOptions::default()
         },
     )

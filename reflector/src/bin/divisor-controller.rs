@@ -23,9 +23,12 @@ use tracing::{info, warn};
 ///
 /// Reflectors join with `divisor-reflector ... --controller ADDR:PORT`. Each says HELLO;
 /// the controller places it (the `--topology` design, or the least-loaded parent of the
-/// right role) and sends it its upstream list, backups included. A node that misses two
-/// PINGs is dead: its children move to their backups at once and the tree is rebuilt on
-/// the surviving graph; when it returns, the designed tree comes back.
+/// right role) and sends it its upstream list, backups included. Masters are PINGed every
+/// `--ping-ms`; a node below them is PINGed at once when a child reports losing it
+/// (LOSTUPSTREAM) or its parent stops hearing its reports (CHILDSUPDATE), and otherwise
+/// once per `--sweep-secs`. A node silent for
+/// `--dead-after` PINGs is dead: its children move to their backups at once and the
+/// tree is rebuilt on the surviving graph; when it returns, the designed tree comes back.
 ///
 /// Clients open `rtsp://CONTROLLER:RTSP-PORT/live/CHANNEL` (302 to a public reflector),
 /// `http://CONTROLLER:HTTP-PORT/play/CHANNEL` (307 to the player page) or
@@ -68,6 +71,14 @@ struct Args {
     /// PING periods of silence after which a node is dead.
     #[arg(long, value_name = "N", default_value_t = 2)]
     dead_after: u32,
+
+    /// PING period of the nodes below the masters. A node's children report losing it
+    /// (LOSTUPSTREAM) and its parent reports no longer hearing from it (CHILDSUPDATE),
+    /// and either makes the controller PING it at once; this slow sweep is only the
+    /// safety net, so the controller's messages grow with masters and events, not with
+    /// the tree.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    sweep_secs: f64,
 
     /// The nodes' statistics period (their `--stats-secs`): FULLSTATS checks and scale
     /// decisions run once per period.
@@ -137,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = ControllerConfig {
         ping_ms: args.ping_ms,
         dead_after_missed: args.dead_after.max(1),
+        sweep_ms: (args.sweep_secs.clamp(0.1, 86_400.0) * 1000.0) as u64,
         stats_ms: (args.stats_secs.clamp(0.1, 3600.0) * 1000.0) as u64,
         topology,
         regions: RegionMap::parse(&args.region)?,

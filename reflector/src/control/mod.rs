@@ -28,6 +28,9 @@
 //! only key holders reach the parser), malformed or hostile XML (DOCTYPEs, custom
 //! entities, deep nesting, too many elements), messages whose time is further from ours
 //! than the replay window, and a second copy of a message already accepted within it.
+//! Senders therefore stamp each message later than their previous one (the controller per
+//! connection, a node per session), so two identical messages are never taken for a
+//! replay.
 //! Every refusal is a [`ControlError`] whose [`ControlError::code`] is the code of the
 //! ERROR message to answer with.
 

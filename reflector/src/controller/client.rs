@@ -9,6 +9,7 @@
 //! Reports from a child are plain XML inside the authenticated link; messages to and from
 //! the controller are sealed ([`crate::control::Codec`]).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -92,12 +93,19 @@ struct Session {
     upstreams: Vec<String>,
     /// The primary upstream while its link is up (to report its loss once).
     primary_up: Option<String>,
+    /// The time of our last message: each gets a later one, so that two identical
+    /// messages are never taken for a replay.
+    last_sent_ms: std::cell::Cell<u64>,
+    /// The children named in our last CHILDSUPDATE.
+    reported_children: BTreeSet<String>,
 }
 
 impl Session {
     fn msg(&self, body: Body) -> Message {
+        let time_ms = now_ms().max(self.last_sent_ms.get() + 1);
+        self.last_sent_ms.set(time_ms);
         Message {
-            time_ms: now_ms(),
+            time_ms,
             from: Peer::Node(self.cfg.hello.id.clone()),
             to: Peer::Root,
             body,
@@ -134,11 +142,17 @@ impl Session {
             return None;
         }
         info!(controller = %self.cfg.controller, "HELLO sent to the controller");
+        // A (re)started controller knows none of our children yet.
+        self.reported_children.clear();
         Some(FramedRead::new(rd, framing(&self.cfg.limits)))
     }
 
     /// Handle one message from the controller; `Some` when the client must stop.
-    async fn handle_controller_message(&mut self, msg: Message, own: &mut Sampler) -> Option<ClientExit> {
+    async fn handle_controller_message(
+        &mut self,
+        msg: Message,
+        own: &mut Sampler,
+    ) -> Option<ClientExit> {
         match msg.body {
             Body::Ping { seq } => {
                 self.send(Body::Pong { seq }).await;
@@ -179,6 +193,15 @@ impl Session {
         let mine = own(start, end);
         let max_age = 3 * self.cfg.stats_every.as_millis() as u64;
         let kids = self.children.fresh(end, max_age);
+        // Tell the controller which children we hear from, when that changes: a child
+        // that drops out is checked at once, so leaves need no PINGs of their own.
+        let ids: BTreeSet<String> = kids.iter().map(|k| k.node.clone()).collect();
+        if ids != self.reported_children && self.writer.is_some() {
+            let children = ids.iter().cloned().collect();
+            if self.send(Body::ChildsUpdate { children }).await {
+                self.reported_children = ids;
+            }
+        }
         let mut s = aggregate(&mine, &kids);
         s.start_ms = start;
         s.end_ms = end;
@@ -246,6 +269,8 @@ async fn run(
         children: ChildReports::default(),
         upstreams: Vec::new(),
         primary_up: None,
+        last_sent_ms: std::cell::Cell::new(0),
+        reported_children: BTreeSet::new(),
     };
     let mut reader: Option<Reader> = None;
     let mut backoff = Duration::from_millis(250);

@@ -11,8 +11,10 @@
 //! 2. The plan places it (the topology's design, or the least-loaded parent for a node
 //!    the file does not name) and it gets REDIRECT: its upstream list, primary first,
 //!    then its backups (the spare links).
-//! 3. Masters get PING every `ping_ms`, other nodes every `sweep_ms`; a child that loses
-//!    its parent says LOSTUPSTREAM and the parent is PINGed at once. Silent too long (or
+//! 3. Masters get PING every `ping_ms`. Below them a node is watched by its neighbours:
+//!    a child that loses its parent says LOSTUPSTREAM, a parent whose child's reports
+//!    stop sends a CHILDSUPDATE without it, and either way the node is PINGed at once.
+//!    A node no parent vouches for is PINGed once per `sweep_ms`. Silent too long (or
 //!    its connection closed, or it said BYE), a node is dead: its children move at once to their
 //!    first live backup (REDIRECT, O(children)), and a full rebuild on the surviving graph
 //!    follows `rebuild_delay_ms` later, coalescing bursts of events.
@@ -37,7 +39,7 @@ use super::redirect::{self, Candidate, RegionMap};
 use super::scale::{ScaleAction, ScaleConfig, ScalePolicy};
 use crate::control::{Body, ControlError, Hello, Message, Peer, Stats, UpstreamRef};
 use crate::role::Role;
-use crate::tree::{self, Plan, Topology};
+use crate::tree::{self, FanOut, Plan, Topology};
 
 /// A control connection, numbered by the driver.
 pub type ConnId = u64;
@@ -51,9 +53,10 @@ pub struct ControllerConfig {
     /// for this many sweeps.
     pub dead_after_missed: u32,
     /// PING period of the nodes below the masters. Their deaths are normally reported
-    /// by their children (LOSTUPSTREAM: the node is PINGed at once and is dead if silent
-    /// for one `ping_ms`), so the controller's messages grow with masters and events,
-    /// not with the tree; the sweep is the safety net for a node without children.
+    /// by their children (LOSTUPSTREAM) or their parent (a CHILDSUPDATE without them):
+    /// the node is PINGed at once and is dead if silent for `dead_after_missed`
+    /// periods. So the controller's messages grow with masters and events, not with
+    /// the tree; the sweep is only the safety net.
     pub sweep_ms: u64,
     /// The statistics period (the nodes' `--stats-secs`): scale ticks and FULLSTATS checks.
     pub stats_ms: u64,
@@ -76,7 +79,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             ping_ms: 1000,
             dead_after_missed: 2,
-            sweep_ms: 30_000,
+            sweep_ms: 300_000,
             stats_ms: 2000,
             rebuild_delay_ms: 200,
             topology: empty_topology(),
@@ -165,6 +168,8 @@ struct Node {
     redirects: u64,
     /// The upstream list last sent in a REDIRECT (link addresses).
     sent_upstreams: Vec<String>,
+    /// The children its latest CHILDSUPDATE named (those whose reports reach it).
+    reported_children: BTreeSet<String>,
 }
 
 impl Node {
@@ -174,7 +179,9 @@ impl Node {
             Some((at, s)) => (at.saturating_sub(REDIRECT_SETTLE_MS), s.viewers),
             None => (0, 0),
         };
-        base + self.recent_redirects.iter().filter(|&&t| t > at).count() as u64
+        // The redirect times are pushed in order: count those after `at` by bisection.
+        let before = self.recent_redirects.partition_point(|&t| t <= at);
+        base + (self.recent_redirects.len() - before) as u64
     }
 
     fn egress_bps(&self) -> u64 {
@@ -210,6 +217,9 @@ impl Node {
 struct Conn {
     node: Option<String>,
     invalid: u32,
+    /// The time of the last message sent here. Each message gets a later one, so two
+    /// identical messages (two ERRORs for two bad frames) never look like a replay.
+    last_sent_ms: u64,
 }
 
 /// The controller core.
@@ -230,13 +240,88 @@ pub struct Controller {
     scale: Option<ScalePolicy>,
     metrics: ControllerMetrics,
     /// Children per node of the current plan, rebuilt lazily after the plan changes.
-    children_index: Option<HashMap<String, Vec<String>>>,
+    /// Children per parent in `plan`, kept up to date by every change to the plan, so an
+    /// event never pays a scan of the whole tree.
+    children: ChildrenIndex,
+    /// Per node, the nodes that have it among their backups (a superset: entries may
+    /// outlive the backup between rebuilds, never the reverse), so a death touches only
+    /// the nodes that leaned on it.
+    backed_by: ChildrenIndex,
+    /// The designed role of every node the topology lists.
+    designed: HashMap<String, Role>,
+    /// `max_children` per node.
+    fan_out: FanOut,
+}
+
+/// Children per parent, for a [`Plan`] (or, built by [`ChildrenIndex::backups_of`],
+/// the nodes that have each node as a backup).
+#[derive(Default)]
+struct ChildrenIndex(HashMap<String, Vec<String>>);
+
+impl ChildrenIndex {
+    fn backups_of(plan: &Plan) -> ChildrenIndex {
+        let mut idx = ChildrenIndex::default();
+        for (node, list) in &plan.backups {
+            for b in list {
+                idx.add(b, node);
+            }
+        }
+        idx
+    }
+
+    fn of(plan: &Plan) -> ChildrenIndex {
+        let mut idx: HashMap<String, Vec<String>> = HashMap::new();
+        for (child, parent) in &plan.parent {
+            if let Some(p) = parent {
+                idx.entry(p.clone()).or_default().push(child.clone());
+            }
+        }
+        ChildrenIndex(idx)
+    }
+
+    fn get(&self, parent: &str) -> &[String] {
+        self.0.get(parent).map_or(&[], Vec::as_slice)
+    }
+
+    fn count(&self, parent: &str) -> usize {
+        self.get(parent).len()
+    }
+
+    fn add(&mut self, parent: &str, child: &str) {
+        self.0
+            .entry(parent.to_string())
+            .or_default()
+            .push(child.to_string());
+    }
+
+    fn remove(&mut self, parent: &str, child: &str) {
+        if let Some(v) = self.0.get_mut(parent) {
+            v.retain(|c| c != child);
+            if v.is_empty() {
+                self.0.remove(parent);
+            }
+        }
+    }
+
+    /// Forget `parent`'s list and return it.
+    fn take(&mut self, parent: &str) -> Vec<String> {
+        self.0.remove(parent).unwrap_or_default()
+    }
 }
 
 impl Controller {
     pub fn new(cfg: ControllerConfig, now_ms: u64) -> Controller {
         let scale = cfg.scale.clone().map(ScalePolicy::new);
         let plan = tree::build(&cfg.topology, &BTreeSet::new());
+        let designed = cfg
+            .topology
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.role))
+            .collect();
+        let fan_out = cfg.topology.fan_outs();
+        let children = ChildrenIndex::of(&plan);
+        let backed_by = ChildrenIndex::backups_of(&plan);
         Controller {
             next_ping_ms: now_ms + cfg.ping_ms,
             next_period_ms: now_ms + cfg.stats_ms,
@@ -251,7 +336,10 @@ impl Controller {
             full_stats_cursor: None,
             scale,
             metrics: ControllerMetrics::default(),
-            children_index: None,
+            children,
+            backed_by,
+            designed,
+            fan_out,
         }
     }
 
@@ -308,6 +396,7 @@ impl Controller {
             Conn {
                 node: None,
                 invalid: 0,
+                last_sent_ms: 0,
             },
         );
     }
@@ -409,9 +498,7 @@ impl Controller {
             Body::Stats(s) => self.stats(&id, s, now_ms),
             Body::FullStats(s) => self.full_stats(&id, s, now_ms),
             Body::LostUpstream { addr } => self.lost_upstream(&id, &addr, now_ms),
-            Body::ChildsUpdate { children } => {
-                debug!(node = %id, ?children, "CHILDSUPDATE");
-            }
+            Body::ChildsUpdate { children } => self.childs_update(&id, children, now_ms),
             Body::Error { code, detail } => {
                 warn!(node = %id, code, "node reports an error: {detail}");
             }
@@ -437,10 +524,17 @@ impl Controller {
 
     fn send(&mut self, conn: ConnId, to: Peer, body: Body, now_ms: u64) {
         self.metrics.message_out(body.type_name());
+        let time_ms = match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.last_sent_ms = now_ms.max(c.last_sent_ms + 1);
+                c.last_sent_ms
+            }
+            None => now_ms,
+        };
         self.out.push_back(Output::Send {
             conn,
             msg: Message {
-                time_ms: now_ms,
+                time_ms,
                 from: Peer::Root,
                 to,
                 body,
@@ -461,11 +555,11 @@ impl Controller {
         if id.is_empty() || id == "^" || id == "*" {
             return self.refuse(conn, 400, "a node id must not be empty, ^ or *", now_ms);
         }
-        if let Some(spec) = self.cfg.topology.node(&id) {
-            if spec.role != hello.role {
+        if let Some(&designed) = self.designed.get(&id) {
+            if designed != hello.role {
                 let detail = format!(
                     "{id} is a {} in the topology, not a {}",
-                    spec.role, hello.role
+                    designed, hello.role
                 );
                 return self.refuse(conn, 409, &detail, now_ms);
             }
@@ -503,7 +597,9 @@ impl Controller {
             conn: None,
             state,
             last_heard_ms: now_ms,
-            last_ping_ms: now_ms,
+            // Spread the nodes' sweeps over the period, so ten thousand nodes that joined
+            // together are not all PINGed in the same millisecond.
+            last_ping_ms: now_ms.saturating_sub(spread(&id, self.cfg.sweep_ms)),
             suspect_since: None,
             ping_seq: 0,
             full: None,
@@ -511,6 +607,7 @@ impl Controller {
             recent_redirects: VecDeque::new(),
             redirects: 0,
             sent_upstreams: Vec::new(),
+            reported_children: BTreeSet::new(),
         });
         node.hello = hello;
         node.conn = Some(conn);
@@ -520,7 +617,7 @@ impl Controller {
         // The node may have restarted: it holds no upstreams until told again.
         node.sent_upstreams.clear();
         if state.in_tree() {
-            if self.cfg.topology.node(&id).is_some() {
+            if self.designed.contains_key(&id) {
                 // A designed node: the design (on the surviving graph) decides where it
                 // goes; the coming rebuild computes it, coalescing a burst of joins.
                 self.schedule_rebuild(now_ms);
@@ -540,8 +637,23 @@ impl Controller {
         if self.plan.parent.contains_key(id) {
             return;
         }
-        self.children_index = None;
-        tree::place(&mut self.plan, &self.cfg.topology, id, role);
+        self.place_in_plan(id, role);
+    }
+
+    /// [`tree::place_with`] on the current plan, keeping the children index in step.
+    fn place_in_plan(&mut self, id: &str, role: Role) -> Option<String> {
+        if let Some(p) = self.plan.parent.get(id) {
+            return p.clone();
+        }
+        let children = &self.children;
+        let parent = tree::place_with(&mut self.plan, &self.fan_out, id, role, |p| {
+            children.count(p)
+        })?;
+        self.children.add(&parent, id);
+        for b in self.plan.backups.get(id).into_iter().flatten() {
+            self.backed_by.add(b, id);
+        }
+        Some(parent)
     }
 
     fn node_down(&mut self, id: &str, state: NodeState, why: &str, now_ms: u64) {
@@ -573,17 +685,21 @@ impl Controller {
     /// least-loaded parent), and drop it from the plan. Returns the nodes whose upstreams
     /// changed. The full rebuild comes later.
     fn repair_now(&mut self, id: &str) -> Vec<String> {
-        self.children_index = None;
-        let children = self.plan.children(id);
+        let children = self.children.take(id);
+        if let Some(Some(p)) = self.plan.parent.get(id) {
+            self.children.remove(&p.clone(), id);
+        }
         self.plan.parent.remove(id);
         self.plan.role.remove(id);
         self.plan.backups.remove(id);
         let mut touched = children.clone();
-        for (node, list) in self.plan.backups.iter_mut() {
-            let before = list.len();
-            list.retain(|b| b != id);
-            if list.len() != before {
-                touched.push(node.clone());
+        for node in self.backed_by.take(id) {
+            if let Some(list) = self.plan.backups.get_mut(&node) {
+                let before = list.len();
+                list.retain(|b| b != id);
+                if list.len() != before {
+                    touched.push(node);
+                }
             }
         }
         for child in children {
@@ -597,6 +713,7 @@ impl Controller {
                     if let Some(list) = self.plan.backups.get_mut(&child) {
                         list.retain(|x| *x != b);
                     }
+                    self.children.add(&b, &child);
                     self.plan.parent.insert(child.clone(), Some(b));
                 }
                 None => {
@@ -604,7 +721,7 @@ impl Controller {
                     let role = self.plan.role.get(&child).copied();
                     self.plan.parent.remove(&child);
                     if let Some(role) = role {
-                        if tree::place(&mut self.plan, &self.cfg.topology, &child, role).is_none() {
+                        if self.place_in_plan(&child, role).is_none() {
                             warn!(node = %child, "no parent left for it");
                         }
                     }
@@ -635,6 +752,7 @@ impl Controller {
         self.rebuild_at = None;
         let alive = self.alive();
         let mut plan = tree::build(&self.cfg.topology, &alive);
+        let mut children = ChildrenIndex::of(&plan);
         for p in &plan.pruned {
             debug!(what = %p.what, "pruned: {}", p.reason);
         }
@@ -654,7 +772,7 @@ impl Controller {
             let kept = self.plan.parent.get(&id).cloned().flatten().filter(|p| {
                 plan.parent.contains_key(p)
                     && plan.role.get(p).is_some_and(|r| *r != Role::Public)
-                    && plan.children(p).len() < self.cfg.topology.max_children(p)
+                    && children.count(p) < self.fan_out.of(p)
             });
             if let Some(p) = kept {
                 let backups: Vec<String> = self
@@ -666,19 +784,23 @@ impl Controller {
                     .filter(|b| plan.parent.contains_key(*b))
                     .cloned()
                     .collect();
+                children.add(&p, &id);
                 plan.parent.insert(id.clone(), Some(p));
                 plan.role.insert(id.clone(), role);
                 plan.backups.insert(id.clone(), backups);
                 continue;
             }
-            if tree::place(&mut plan, &self.cfg.topology, &id, role).is_none()
-                && role != Role::Master
-            {
-                warn!(node = %id, role = %role, "no parent with room: not placed");
+            match tree::place_with(&mut plan, &self.fan_out, &id, role, |p| children.count(p)) {
+                Some(p) => children.add(&p, &id),
+                None if role != Role::Master => {
+                    warn!(node = %id, role = %role, "no parent with room: not placed");
+                }
+                None => {}
             }
         }
+        self.backed_by = ChildrenIndex::backups_of(&plan);
         self.plan = plan;
-        self.children_index = None;
+        self.children = children;
         self.metrics.rebuilt();
         self.send_redirects(now_ms);
     }
@@ -775,28 +897,48 @@ impl Controller {
         }
     }
 
-    /// PING the masters and the suspects every period, the others once per sweep.
+    /// PING the masters and the suspects every period, the others once per sweep,
+    /// except those their parent vouches for: a node its parent's latest CHILDSUPDATE
+    /// names is heard from through the parent (its reports reach it), and the parent
+    /// says so as soon as they stop. So in a steady tree only the masters are PINGed.
     fn ping_all(&mut self, now_ms: u64) {
         let sweep = self.cfg.sweep_ms.max(self.cfg.ping_ms);
-        let targets: Vec<(String, ConnId, u64)> = self
-            .nodes
-            .iter_mut()
-            .filter_map(|(id, n)| {
-                let conn = n.conn?;
-                let due = n.hello.role == Role::Master
-                    || n.suspect_since.is_some()
-                    || now_ms.saturating_sub(n.last_ping_ms) >= sweep;
-                if !due {
-                    return None;
-                }
-                n.ping_seq += 1;
-                n.last_ping_ms = now_ms;
-                Some((id.clone(), conn, n.ping_seq))
-            })
-            .collect();
-        for (id, conn, seq) in targets {
-            self.send(conn, Peer::Node(id), Body::Ping { seq }, now_ms);
+        let mut due: Vec<(String, bool)> = Vec::new();
+        for (id, n) in &self.nodes {
+            if n.conn.is_none() {
+                continue;
+            }
+            if n.hello.role == Role::Master || n.suspect_since.is_some() {
+                due.push((id.clone(), false));
+            } else if now_ms.saturating_sub(n.last_ping_ms) >= sweep {
+                due.push((id.clone(), self.vouched(id)));
+            }
         }
+        for (id, vouched) in due {
+            let Some(n) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            n.last_ping_ms = now_ms;
+            if vouched {
+                n.last_heard_ms = now_ms;
+                continue;
+            }
+            n.ping_seq += 1;
+            let (conn, seq) = (n.conn, n.ping_seq);
+            if let Some(conn) = conn {
+                self.send(conn, Peer::Node(id), Body::Ping { seq }, now_ms);
+            }
+        }
+    }
+
+    /// Its parent in the plan is up and names it in its latest CHILDSUPDATE.
+    fn vouched(&self, id: &str) -> bool {
+        let Some(Some(parent)) = self.plan.parent.get(id) else {
+            return false;
+        };
+        self.nodes.get(parent).is_some_and(|p| {
+            p.state.in_tree() && p.conn.is_some() && p.reported_children.contains(id)
+        })
     }
 
     fn check_liveness(&mut self, now_ms: u64) {
@@ -830,23 +972,59 @@ impl Controller {
     /// `reporter` lost its primary upstream `addr`: PING that node now, and every period
     /// until it answers; silent for one period, it is dead.
     fn lost_upstream(&mut self, reporter: &str, addr: &str, now_ms: u64) {
-        let Some((id, n)) = self
+        let Some(id) = self
             .nodes
-            .iter_mut()
+            .iter()
             .find(|(_, n)| n.hello.link == addr && n.conn.is_some())
+            .map(|(id, _)| id.clone())
         else {
             debug!(reporter, addr, "LOSTUPSTREAM about no connected node");
             return;
         };
         info!(node = %id, reporter, "LOSTUPSTREAM: checking the node now");
+        self.check_now(&id, now_ms);
+    }
+
+    /// A parent's children whose reports reach it. One that drops out of the list while
+    /// the plan still has it there has gone silent or lost its link: it is PINGed at
+    /// once, as for LOSTUPSTREAM. This is how a leaf's death is noticed without the
+    /// controller PINGing every leaf: the parents watch them.
+    fn childs_update(&mut self, parent: &str, children: Vec<String>, now_ms: u64) {
+        let Some(n) = self.nodes.get_mut(parent) else {
+            return;
+        };
+        let now: BTreeSet<String> = children.into_iter().collect();
+        let gone: Vec<String> = n.reported_children.difference(&now).cloned().collect();
+        debug!(node = %parent, children = now.len(), gone = gone.len(), "CHILDSUPDATE");
+        n.reported_children = now;
+        for child in gone {
+            let still_here =
+                self.plan.parent.get(&child).and_then(|p| p.as_deref()) == Some(parent);
+            let up = self
+                .nodes
+                .get(&child)
+                .is_some_and(|c| c.state == NodeState::Up && c.conn.is_some());
+            if still_here && up {
+                info!(node = %child, parent, "its parent stopped hearing from it: checking the node now");
+                self.check_now(&child, now_ms);
+            }
+        }
+    }
+
+    /// PING `id` now and keep PINGing it every `ping_ms` until it answers; silent for
+    /// `dead_after_missed` periods, it is dead.
+    fn check_now(&mut self, id: &str, now_ms: u64) {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
         if n.suspect_since.is_none() {
             n.suspect_since = Some(now_ms);
         }
         n.ping_seq += 1;
         n.last_ping_ms = now_ms;
-        let (id, conn, seq) = (id.clone(), n.conn, n.ping_seq);
+        let (conn, seq) = (n.conn, n.ping_seq);
         if let Some(conn) = conn {
-            self.send(conn, Peer::Node(id), Body::Ping { seq }, now_ms);
+            self.send(conn, Peer::Node(id.to_string()), Body::Ping { seq }, now_ms);
         }
     }
 
@@ -977,12 +1155,8 @@ impl Controller {
             return self.full_stats(id, s, now_ms);
         }
         // Something looks wrong in the subtree? Ask its publics for their own figures.
-        let subtree: Vec<String> = self.subtree_publics(id);
-        let estimated: u64 = subtree
-            .iter()
-            .filter_map(|p| self.nodes.get(p))
-            .map(Node::viewers)
-            .sum();
+        let mut estimated = 0u64;
+        self.each_public_below(id, |n| estimated += n.viewers());
         let diff = estimated.abs_diff(s.viewers);
         let lost_more = match self.aggregates.get(id) {
             Some((_, prev)) => s.channels.iter().any(|c| {
@@ -998,34 +1172,29 @@ impl Controller {
         self.aggregates.insert(id.to_string(), (now_ms, s));
         if suspect {
             debug!(master = %id, estimated, diff, lost_more, jittery, "aggregate looks wrong: asking for FULLSTATS");
-            for p in subtree.into_iter().take(64) {
+            let mut ask = Vec::new();
+            self.each_public_below(id, |n| {
+                if ask.len() < 64 {
+                    ask.push(n.hello.id.clone());
+                }
+            });
+            for p in ask {
                 self.send_to(&p, Body::ReqFullStats { channel: None }, now_ms);
             }
         }
     }
 
-    fn subtree_publics(&mut self, root: &str) -> Vec<String> {
-        let plan = &self.plan;
-        let index = self.children_index.get_or_insert_with(|| {
-            let mut idx: HashMap<String, Vec<String>> = HashMap::new();
-            for (child, parent) in &plan.parent {
-                if let Some(p) = parent {
-                    idx.entry(p.clone()).or_default().push(child.clone());
-                }
-            }
-            idx
-        });
-        let mut out = Vec::new();
-        let mut stack = vec![root.to_string()];
+    /// Calls `f` on every public reflector below `root` in the plan.
+    fn each_public_below(&self, root: &str, mut f: impl FnMut(&Node)) {
+        let mut stack = vec![root];
         while let Some(n) = stack.pop() {
-            for c in index.get(&n).into_iter().flatten() {
-                if plan.role.get(c) == Some(&Role::Public) {
-                    out.push(c.clone());
+            for c in self.children.get(n) {
+                if let Some(node) = self.nodes.get(c).filter(|n| n.hello.role == Role::Public) {
+                    f(node);
                 }
-                stack.push(c.clone());
+                stack.push(c);
             }
         }
-        out
     }
 
     fn full_stats(&mut self, id: &str, s: Stats, now_ms: u64) {
@@ -1065,29 +1234,29 @@ impl Controller {
         let region = region
             .map(str::to_string)
             .or_else(|| self.cfg.regions.region_of(client).map(str::to_string));
-        let ids: Vec<&String> = self
+        // One pass over the registry and the plan together (both are ordered by id), so
+        // no candidate costs a search.
+        let mut placed = self.plan.parent.keys().peekable();
+        let candidates: Vec<Candidate> = self
             .nodes
             .iter()
             .filter(|(_, n)| n.hello.role == Role::Public)
-            .map(|(id, _)| id)
-            .collect();
-        let candidates: Vec<Candidate> = ids
-            .iter()
-            .filter_map(|id| self.nodes.get(*id))
-            .map(|n| Candidate {
-                id: n.hello.id.clone(),
-                up: n.state.in_tree()
-                    && n.conn.is_some()
-                    && self.plan.parent.contains_key(&n.hello.id),
-                draining: matches!(n.state, NodeState::Draining { .. }),
-                region: n.hello.region.clone(),
-                viewers: n.viewers(),
-                max_viewers: n.hello.max_viewers,
-                egress_bps: n.egress_bps(),
-                egress_budget_bps: n.hello.egress_budget_bps,
-                jitter_ms: n.mean_jitter_ms(),
-                losing: n.losing,
-                carries: n.carries(channel),
+            .map(|(id, n)| {
+                while placed.next_if(|p| p.as_str() < id.as_str()).is_some() {}
+                let in_plan = placed.peek().is_some_and(|p| *p == id);
+                Candidate {
+                    id,
+                    up: n.state.in_tree() && n.conn.is_some() && in_plan,
+                    draining: matches!(n.state, NodeState::Draining { .. }),
+                    region: &n.hello.region,
+                    viewers: n.viewers(),
+                    max_viewers: n.hello.max_viewers,
+                    egress_bps: n.egress_bps(),
+                    egress_budget_bps: n.hello.egress_budget_bps,
+                    jitter_ms: n.mean_jitter_ms(),
+                    losing: n.losing,
+                    carries: n.carries(channel),
+                }
             })
             .collect();
         let chosen = redirect::choose(&candidates, region.as_deref());
@@ -1098,7 +1267,7 @@ impl Controller {
                 return Err(e);
             }
         };
-        let id = candidates[chosen].id.clone();
+        let id = candidates[chosen].id.to_string();
         let n = self.nodes.get_mut(&id).ok_or(NoTarget::NoneUp)?;
         if n.recent_redirects.len() >= MAX_RECENT_REDIRECTS {
             n.recent_redirects.pop_front();
@@ -1113,6 +1282,32 @@ impl Controller {
         })
     }
 
+    /// Panics if the incremental indices disagree with the plan (tests call it after
+    /// every step).
+    #[cfg(test)]
+    pub(crate) fn check_indices(&self) {
+        let sorted = |idx: &ChildrenIndex| -> BTreeMap<String, BTreeSet<String>> {
+            idx.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                .filter(|(_, v): &(String, BTreeSet<String>)| !v.is_empty())
+                .collect()
+        };
+        assert_eq!(
+            sorted(&self.children),
+            sorted(&ChildrenIndex::of(&self.plan)),
+            "children index out of step with the plan"
+        );
+        let have = sorted(&self.backed_by);
+        for (b, nodes) in sorted(&ChildrenIndex::backups_of(&self.plan)) {
+            let got = have.get(&b).cloned().unwrap_or_default();
+            assert!(
+                nodes.is_subset(&got),
+                "backed_by misses {b}: {nodes:?} not in {got:?}"
+            );
+        }
+    }
+
     // ----- views ------------------------------------------------------------------------
 
     /// What `/tree` shows.
@@ -1122,10 +1317,10 @@ impl Controller {
             .iter()
             .map(|(id, n)| {
                 let c = Candidate {
-                    id: id.clone(),
+                    id,
                     up: true,
                     draining: false,
-                    region: String::new(),
+                    region: "",
                     viewers: n.viewers(),
                     max_viewers: n.hello.max_viewers,
                     egress_bps: n.egress_bps(),
@@ -1211,6 +1406,15 @@ impl Controller {
 
 /// Liveness is checked ten times per PING period, so a death is seen within a tenth of a
 /// period of its deadline.
+/// A stable offset in `0..period` for `id` (FNV-1a of the id).
+fn spread(id: &str, period: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h % period.max(1)
+}
+
 fn check_every(cfg: &ControllerConfig) -> u64 {
     (cfg.ping_ms / 10).max(10)
 }

@@ -20,13 +20,14 @@ use ipnet::IpNet;
 
 use super::front::NoTarget;
 
-/// What the policy sees of one public reflector.
+/// What the policy sees of one public reflector (borrowed from the caller's registry:
+/// a redirect must not copy ten thousand names).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
-    pub id: String,
+pub struct Candidate<'a> {
+    pub id: &'a str,
     pub up: bool,
     pub draining: bool,
-    pub region: String,
+    pub region: &'a str,
     pub viewers: u64,
     pub max_viewers: u32,
     pub egress_bps: u64,
@@ -39,7 +40,7 @@ pub struct Candidate {
     pub carries: bool,
 }
 
-impl Candidate {
+impl Candidate<'_> {
     /// Full: no room for one more viewer of `bitrate_bps`.
     pub fn full(&self) -> bool {
         self.viewers >= u64::from(self.max_viewers)
@@ -75,21 +76,33 @@ impl Candidate {
 
 /// Pick the best candidate for a client in `region`; returns its index.
 pub fn choose(candidates: &[Candidate], region: Option<&str>) -> Result<usize, NoTarget> {
-    let up: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].up && !candidates[i].draining)
-        .collect();
-    if up.is_empty() {
-        return Err(NoTarget::NoneUp);
+    let mut any_up = false;
+    let mut best: Option<(f64, usize)> = None;
+    for (i, c) in candidates.iter().enumerate() {
+        if !c.up || c.draining {
+            continue;
+        }
+        any_up = true;
+        if c.full() {
+            continue;
+        }
+        let score = c.score(region);
+        let better = match best {
+            None => true,
+            Some((b, j)) => score
+                .total_cmp(&b)
+                .then_with(|| c.id.cmp(candidates[j].id))
+                .is_lt(),
+        };
+        if better {
+            best = Some((score, i));
+        }
     }
-    up.into_iter()
-        .filter(|&i| !candidates[i].full())
-        .min_by(|&a, &b| {
-            let (ca, cb) = (&candidates[a], &candidates[b]);
-            ca.score(region)
-                .total_cmp(&cb.score(region))
-                .then_with(|| ca.id.cmp(&cb.id))
-        })
-        .ok_or(NoTarget::AllFull)
+    match best {
+        Some((_, i)) => Ok(i),
+        None if any_up => Err(NoTarget::AllFull),
+        None => Err(NoTarget::NoneUp),
+    }
 }
 
 /// Client subnets to regions, the most specific prefix winning.
@@ -153,12 +166,12 @@ impl RegionMap {
 mod tests {
     use super::*;
 
-    fn cand(id: &str, viewers: u64) -> Candidate {
+    fn cand(id: &str, viewers: u64) -> Candidate<'_> {
         Candidate {
-            id: id.into(),
+            id,
             up: true,
             draining: false,
-            region: "eu".into(),
+            region: "eu",
             viewers,
             max_viewers: 100,
             egress_bps: viewers * 1_000_000,
@@ -218,7 +231,7 @@ mod tests {
     #[test]
     fn locality_wins_until_the_local_one_is_much_busier() {
         let mut us = cand("us1", 10);
-        us.region = "us".into();
+        us.region = "us";
         let eu = cand("eu1", 30);
         assert_eq!(choose(&[us.clone(), eu.clone()], Some("eu")), Ok(1));
         assert_eq!(choose(&[us.clone(), eu.clone()], Some("us")), Ok(0));

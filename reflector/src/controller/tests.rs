@@ -135,6 +135,7 @@ impl Sim {
     /// Carry out the core's outputs as the driver does: answer PINGs of responsive nodes,
     /// and report a connection the core closed back as closed.
     fn drain(&mut self) {
+        self.c.check_indices();
         while let Some(o) = self.c.poll_output() {
             match o {
                 Output::Send { conn, msg } => {
@@ -294,14 +295,47 @@ fn a_false_alarm_costs_one_ping_and_a_silent_leaf_dies_by_the_sweep() {
     s.advance(5000);
     assert_eq!(s.c.node_state("i1"), Some(NodeState::Up));
     assert_eq!(s.redirects_to("p1"), 1);
-    // A public with no children falls silent: the sweep (30 s, twice, plus a period)
-    // finds it.
+    // A public nobody reports on falls silent: only the sweep (300 s, twice) finds it.
     let p3 = s.conn_of["p3"];
     s.responsive.remove(&p3);
-    s.advance(40_000);
+    s.advance(400_000);
     assert_eq!(s.c.node_state("p3"), Some(NodeState::Up));
-    s.advance(30_000);
+    s.advance(300_000);
     assert_eq!(s.c.node_state("p3"), Some(NodeState::Dead));
+}
+
+#[test]
+fn a_leaf_its_parent_stops_hearing_is_dead_within_two_ping_periods() {
+    let mut s = Sim::with_topology();
+    s.join_all();
+    let children = |ids: &[&str]| Body::ChildsUpdate {
+        children: ids.iter().map(|c| c.to_string()).collect(),
+    };
+    s.send("i1", children(&["p1", "p2"]));
+    s.advance(5000);
+    // p1 goes silent; i1's next report no longer names it.
+    s.responsive.remove(&s.conn_of["p1"]);
+    s.send("i1", children(&["p2"]));
+    let pinged = s.now;
+    s.advance(2500);
+    assert_eq!(s.c.node_state("p1"), Some(NodeState::Dead));
+    assert!(
+        s.sent.iter().any(|(c, m)| *c == s.conn_of["p1"]
+            && matches!(m.body, Body::Ping { .. })
+            && m.time_ms >= pinged
+            && m.time_ms <= pinged + 1),
+        "p1 was not PINGed at once"
+    );
+    // A list that drops p2 while p2 still answers costs one PING and no repair.
+    let before = s.sent.len();
+    s.send("i1", children(&[]));
+    s.drain();
+    let pinged_p2 = s.sent[before..]
+        .iter()
+        .any(|(c, m)| *c == s.conn_of["p2"] && matches!(m.body, Body::Ping { .. }));
+    assert!(pinged_p2, "p2 should be checked once");
+    s.advance(3000);
+    assert_eq!(s.c.node_state("p2"), Some(NodeState::Up));
 }
 
 #[test]
@@ -309,7 +343,7 @@ fn masters_are_pinged_every_period_and_the_rest_once_per_sweep() {
     let mut s = Sim::with_topology();
     s.join_all();
     let start = s.sent.len();
-    s.advance(60_000);
+    s.advance(600_000);
     let pings = |id: &str| {
         let conn = s.conn_of[id];
         s.sent[start..]
@@ -317,8 +351,34 @@ fn masters_are_pinged_every_period_and_the_rest_once_per_sweep() {
             .filter(|(c, m)| *c == conn && matches!(m.body, Body::Ping { .. }))
             .count()
     };
-    assert!((59..=61).contains(&pings("m")), "{}", pings("m"));
+    assert!((599..=601).contains(&pings("m")), "{}", pings("m"));
     assert!((1..=3).contains(&pings("p1")), "{}", pings("p1"));
+}
+
+#[test]
+fn in_a_steady_tree_whose_parents_vouch_only_masters_are_pinged() {
+    let mut s = Sim::with_topology();
+    s.join_all();
+    let children = |ids: &[&str]| Body::ChildsUpdate {
+        children: ids.iter().map(|c| c.to_string()).collect(),
+    };
+    s.send("m", children(&["i1", "i2"]));
+    s.send("i1", children(&["p1", "p2"]));
+    s.send("i2", children(&["p3"]));
+    let start = s.sent.len();
+    s.advance(900_000);
+    let pings = |id: &str| {
+        let conn = s.conn_of[id];
+        s.sent[start..]
+            .iter()
+            .filter(|(c, m)| *c == conn && matches!(m.body, Body::Ping { .. }))
+            .count()
+    };
+    for id in ["i1", "i2", "p1", "p2", "p3"] {
+        assert_eq!(pings(id), 0, "{id} was PINGed");
+        assert_eq!(s.c.node_state(id), Some(NodeState::Up), "{id}");
+    }
+    assert!(pings("m") >= 899, "{}", pings("m"));
 }
 
 #[test]
@@ -356,6 +416,17 @@ fn bad_messages_get_an_error_and_disturb_nobody() {
         .filter(|(c, m)| *c == p1 && matches!(m.body, Body::Error { code: 401, .. }))
         .count();
     assert_eq!(errors, 3);
+    // Three identical ERRORs in one millisecond still carry three times: the node's
+    // replay cache must not take the second for a replay of the first.
+    let mut times: Vec<u64> = s
+        .sent
+        .iter()
+        .filter(|(c, _)| *c == p1)
+        .map(|(_, m)| m.time_ms)
+        .collect();
+    let n = times.len();
+    times.dedup();
+    assert_eq!(times.len(), n, "times to p1 repeat: {times:?}");
     // A stranger without HELLO, and a node speaking for another, are refused.
     s.c.connected(5000);
     let m = s.msg("p2", Body::Pong { seq: 1 });

@@ -1,12 +1,12 @@
 //! Placing a node the topology file does not list (a reflector that announced itself
 //! with HELLO). With no drawn links to choose from, load is the only criterion.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::role::Role;
 
 use super::build::Plan;
-use super::topology::Topology;
+use super::topology::{FanOut, Topology};
 
 /// Adds `node` with `role` to `plan` and returns its parent.
 ///
@@ -25,6 +25,30 @@ use super::topology::Topology;
 /// is none). A node already in the plan is left where it is and its current parent is
 /// returned. `plan.weight` is not changed: the new link has no drawn cost.
 pub fn place(plan: &mut Plan, topo: &Topology, node: &str, role: Role) -> Option<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for p in plan.parent.values().flatten() {
+        *counts.entry(p.as_str()).or_default() += 1;
+    }
+    let counts: HashMap<String, usize> = counts
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    place_with(plan, &topo.fan_outs(), node, role, |id| {
+        counts.get(id).copied().unwrap_or(0)
+    })
+}
+
+/// [`place`] for a caller that keeps its own index: `children_of(id)` is how many
+/// children `id` has in `plan`, and `fan_out` comes from [`Topology::fan_outs`] built
+/// once. It then costs one pass over the plan's roles, with no string searches, where
+/// [`place`] must first count every node's children.
+pub fn place_with(
+    plan: &mut Plan,
+    fan_out: &FanOut,
+    node: &str,
+    role: Role,
+    children_of: impl Fn(&str) -> usize,
+) -> Option<String> {
     if let Some(p) = plan.parent.get(node) {
         return p.clone();
     }
@@ -40,21 +64,13 @@ pub fn place(plan: &mut Plan, topo: &Topology, node: &str, role: Role) -> Option
         Role::Public => Role::Master,
     };
 
-    let mut load: BTreeMap<&str, usize> = plan
+    // Id order (the BTreeMap's) then a stable sort by load: ties go to the smaller id.
+    let mut open: Vec<(&str, usize)> = plan
         .role
         .iter()
         .filter(|(id, &r)| r == tier && plan.parent.contains_key(*id))
-        .map(|(id, _)| (id.as_str(), 0))
-        .collect();
-    for p in plan.parent.values().flatten() {
-        if let Some(n) = load.get_mut(p.as_str()) {
-            *n += 1;
-        }
-    }
-    // BTreeMap order is id order and the sort is stable: ties go to the smaller id.
-    let mut open: Vec<(&str, usize)> = load
-        .into_iter()
-        .filter(|&(id, n)| n < topo.max_children(id))
+        .map(|(id, _)| (id.as_str(), children_of(id)))
+        .filter(|&(id, n)| n < fan_out.of(id))
         .collect();
     open.sort_by_key(|&(_, n)| n);
     let chosen = open.first()?.0.to_string();

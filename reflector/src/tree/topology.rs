@@ -235,4 +235,31 @@ impl Topology {
             .and_then(|n| n.max_children)
             .unwrap_or(self.fan_out)
     }
+
+    /// Every node's `max_children` in a map, for callers asking about many nodes
+    /// ([`max_children`](Topology::max_children) searches the node list each time).
+    pub fn fan_outs(&self) -> FanOut {
+        FanOut {
+            default: self.fan_out,
+            per_node: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.max_children.map(|m| (n.id.clone(), m)))
+                .collect(),
+        }
+    }
+}
+
+/// Max children per node, looked up in constant time (see [`Topology::fan_outs`]).
+#[derive(Debug, Clone, Default)]
+pub struct FanOut {
+    default: usize,
+    per_node: HashMap<String, usize>,
+}
+
+impl FanOut {
+    /// The node's `max_children`, else the file's `fan_out`.
+    pub fn of(&self, id: &str) -> usize {
+        self.per_node.get(id).copied().unwrap_or(self.default)
+    }
 }
