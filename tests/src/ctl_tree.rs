@@ -248,22 +248,22 @@ impl CtlTree {
 
     /// The parent the controller gives `node` now.
     pub fn parent_of(&self, node: &str) -> Result<Option<String>> {
+        self.node_field(node, "parent")
+    }
+
+    /// A string field of `node`'s entry in the controller's `/tree`.
+    fn node_field(&self, node: &str, field: &str) -> Result<Option<String>> {
         let t = self.tree()?;
         Ok(t["nodes"].as_array().and_then(|n| {
             n.iter()
                 .find(|n| n["id"] == node)
-                .and_then(|n| n["parent"].as_str().map(str::to_string))
+                .and_then(|n| n[field].as_str().map(str::to_string))
         }))
     }
 
     /// The state the controller holds for `node` (`up`, `dead`, ...).
     pub fn state_of(&self, node: &str) -> Result<Option<String>> {
-        let t = self.tree()?;
-        Ok(t["nodes"].as_array().and_then(|n| {
-            n.iter()
-                .find(|n| n["id"] == node)
-                .and_then(|n| n["state"].as_str().map(str::to_string))
-        }))
+        self.node_field(node, "state")
     }
 
     /// The upstream addresses of reflector `node`, in order, and the first one's state.

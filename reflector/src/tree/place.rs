@@ -25,14 +25,11 @@ use super::topology::{FanOut, Topology};
 /// is none). A node already in the plan is left where it is and its current parent is
 /// returned. `plan.weight` is not changed: the new link has no drawn cost.
 pub fn place(plan: &mut Plan, topo: &Topology, node: &str, role: Role) -> Option<String> {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
+    // Owned keys: `place_with` mutates the plan while the counts are read.
+    let mut counts: HashMap<String, usize> = HashMap::new();
     for p in plan.parent.values().flatten() {
-        *counts.entry(p.as_str()).or_default() += 1;
+        *counts.entry(p.clone()).or_default() += 1;
     }
-    let counts: HashMap<String, usize> = counts
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
     place_with(plan, &topo.fan_outs(), node, role, |id| {
         counts.get(id).copied().unwrap_or(0)
     })
