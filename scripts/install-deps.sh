@@ -17,6 +17,7 @@ PKGS=(
   gir1.2-gst-rtsp-server-1.0 fonts-dejavu-core util-linux
   chromium nodejs
   janus
+  libvirt-dev libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients
 )
 
 missing=()

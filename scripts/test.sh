@@ -16,6 +16,9 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
+step "start libvirtd (the libvirt deployer's tests use a real daemon)"
+./scripts/start-libvirt.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

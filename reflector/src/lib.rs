@@ -14,6 +14,7 @@
 pub mod child_queue;
 pub mod control;
 pub mod controller;
+pub mod deploy;
 pub mod driver;
 pub mod http;
 pub mod relay;

@@ -11,6 +11,9 @@ use divisor_reflector::controller::front::{self, Directory};
 use divisor_reflector::controller::redirect::RegionMap;
 use divisor_reflector::controller::scale::ScaleConfig;
 use divisor_reflector::controller::{Controller, ControllerConfig, ControllerHandle};
+use divisor_reflector::deploy::libvirt::{LibvirtConfig, LibvirtDeployer};
+use divisor_reflector::deploy::local::LocalDeployer;
+use divisor_reflector::deploy::{Deployer, NetConfig, ReflectorCommand};
 use divisor_reflector::tree::Topology;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -122,6 +125,180 @@ struct Args {
     /// A draining reflector is KILLed after this long even if viewers remain.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     drain_max_secs: u64,
+
+    /// Fewest intermediates kept (deployed if missing, with `--deploy`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    min_intermediate: usize,
+
+    /// Most intermediates deployed when every parent's fan-out is full.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_intermediate: usize,
+
+    /// Start and stop reflectors for the scale policy (implies `--scale`): `local`
+    /// (processes, each in its own network namespace on `--deploy-bridge`) or `libvirt`
+    /// (domains on `--libvirt-uri`, LXC application containers on this machine).
+    /// Deployed reflectors carry this controller's `--deploy-name`; a restarted
+    /// controller adopts those still running.
+    #[arg(long, value_name = "local|libvirt")]
+    deploy: Option<Backend>,
+
+    /// This controller's name, recorded in everything it deploys; only reflectors with
+    /// this name are adopted, stopped or cleaned up.
+    #[arg(long, value_name = "NAME", default_value = "divisor")]
+    deploy_name: String,
+
+    /// The address deployed reflectors reach this controller at (their `--controller`).
+    /// Default: `--control-listen`, unless that is a wildcard.
+    #[arg(long, value_name = "ADDR:PORT")]
+    deploy_controller_addr: Option<String>,
+
+    /// The `divisor-reflector` program deployed reflectors run. Default: the one beside
+    /// this program.
+    #[arg(long, value_name = "FILE")]
+    reflector_bin: Option<PathBuf>,
+
+    /// Link key file of deployed reflectors (their `--link-key-file`).
+    #[arg(long, value_name = "FILE", default_value = "divisor-link.key")]
+    link_key_file: PathBuf,
+
+    /// `--region` of deployed reflectors.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    deploy_region: String,
+
+    /// One more flag for deployed reflectors, as is (repeatable), e.g.
+    /// `--reflector-arg=--max-clients --reflector-arg=200`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    reflector_arg: Vec<String>,
+
+    /// The bridge deployed reflectors' veths join (`local`: in `--deploy-bridge-netns`
+    /// or this controller's namespace; `libvirt`: in libvirtd's).
+    #[arg(long, value_name = "BRIDGE", default_value = "divisor0")]
+    deploy_bridge: String,
+
+    /// The network namespace that holds `--deploy-bridge` (local backend).
+    #[arg(long, value_name = "NETNS")]
+    deploy_bridge_netns: Option<String>,
+
+    /// The bridge's subnet; deployed reflectors get addresses in it.
+    #[arg(long, value_name = "CIDR", default_value = "10.77.0.0/24")]
+    deploy_subnet: ipnet::Ipv4Net,
+
+    /// Host number of the first address handed out (lower ones are left to the LAN).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    deploy_first_host: u32,
+
+    /// Default route of deployed reflectors.
+    #[arg(long, value_name = "IP")]
+    deploy_gateway: Option<std::net::Ipv4Addr>,
+
+    /// State and logs of deployed reflectors (`ID.json`, `ID.log`).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/divisor/deploy")]
+    deploy_dir: PathBuf,
+
+    /// Ports of deployed reflectors: links (masters, intermediates), RTSP (publics),
+    /// HTTP `/metrics`.
+    #[arg(long, value_name = "PORT", default_value_t = 7500)]
+    deploy_link_port: u16,
+    #[arg(long, value_name = "PORT", default_value_t = 8554)]
+    deploy_rtsp_port: u16,
+    #[arg(long, value_name = "PORT", default_value_t = 7580)]
+    deploy_http_port: u16,
+
+    /// A deployed reflector that has not said HELLO within this long is removed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    boot_timeout_secs: u64,
+
+    /// The libvirt connection of `--deploy libvirt`.
+    #[arg(long, value_name = "URI", default_value = "lxc:///system")]
+    libvirt_uri: String,
+
+    /// Memory of each libvirt domain (its cgroup's hard limit).
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    libvirt_memory_mib: u32,
+
+    /// On exit (SIGTERM, SIGINT), stop and remove every reflector deployed under
+    /// `--deploy-name`. Without it they keep running, for the next controller to adopt.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Local,
+    Libvirt,
+}
+
+/// The deployer `--deploy` asks for.
+fn deployer(args: &Args) -> anyhow::Result<Option<Arc<dyn Deployer>>> {
+    let Some(backend) = args.deploy else {
+        return Ok(None);
+    };
+    let controller_addr = match &args.deploy_controller_addr {
+        Some(a) => a.clone(),
+        None if !args.control_listen.ip().is_unspecified() => args.control_listen.to_string(),
+        None => anyhow::bail!(
+            "--deploy needs --deploy-controller-addr (the address deployed reflectors reach \
+             this controller at) when --control-listen is a wildcard ({})",
+            args.control_listen
+        ),
+    };
+    let absolute = |p: &PathBuf, what: &str| {
+        std::fs::canonicalize(p).with_context(|| format!("{what} {} not found", p.display()))
+    };
+    let binary = match &args.reflector_bin {
+        Some(b) => absolute(b, "--reflector-bin")?,
+        None => {
+            let exe = std::env::current_exe().context("cannot find this program's path")?;
+            exe.with_file_name("divisor-reflector")
+        }
+    };
+    anyhow::ensure!(
+        binary.is_file(),
+        "the reflector program {} does not exist (--reflector-bin)",
+        binary.display()
+    );
+    let cmd = ReflectorCommand {
+        binary,
+        controller_addr,
+        control_key_file: absolute(&args.control_key_file, "--control-key-file")?,
+        link_key_file: absolute(&args.link_key_file, "--link-key-file")?,
+        link_port: args.deploy_link_port,
+        rtsp_port: args.deploy_rtsp_port,
+        http_port: args.deploy_http_port,
+        region: args.deploy_region.clone(),
+        extra: args.reflector_arg.clone(),
+    };
+    let net = NetConfig {
+        bridge: args.deploy_bridge.clone(),
+        bridge_netns: args.deploy_bridge_netns.clone(),
+        subnet: args.deploy_subnet,
+        first_host: args.deploy_first_host,
+        gateway: args.deploy_gateway,
+        ns_prefix: format!("dvd-{}-", args.deploy_name),
+    };
+    let d: Arc<dyn Deployer> = match backend {
+        Backend::Local => Arc::new(LocalDeployer::new(
+            &args.deploy_name,
+            &args.deploy_dir,
+            net,
+            cmd,
+        )?),
+        Backend::Libvirt => {
+            anyhow::ensure!(
+                args.deploy_bridge_netns.is_none(),
+                "--deploy-bridge-netns is for the local backend: libvirt plugs domains into a bridge in libvirtd's own namespace"
+            );
+            Arc::new(LibvirtDeployer::new(LibvirtConfig {
+                uri: args.libvirt_uri.clone(),
+                controller: args.deploy_name.clone(),
+                net: Some(net),
+                cmd,
+                log_dir: args.deploy_dir.clone(),
+                memory_mib: args.libvirt_memory_mib,
+            })?)
+        }
+    };
+    Ok(Some(d))
 }
 
 #[tokio::main]
@@ -152,7 +329,7 @@ async fn main() -> anyhow::Result<()> {
         stats_ms: (args.stats_secs.clamp(0.1, 3600.0) * 1000.0) as u64,
         topology,
         regions: RegionMap::parse(&args.region)?,
-        scale: args.scale.then(|| ScaleConfig {
+        scale: (args.scale || args.deploy.is_some()).then(|| ScaleConfig {
             high_water: args.high_water,
             low_water: args.low_water,
             periods: args.scale_periods.max(1),
@@ -160,6 +337,12 @@ async fn main() -> anyhow::Result<()> {
             min_public: args.min_public,
             max_public: args.max_public,
             drain_max_ms: args.drain_max_secs * 1000,
+            deploy: args.deploy.is_some(),
+            min_intermediate: args.min_intermediate,
+            max_intermediate: args.max_intermediate,
+            boot_timeout_ms: args.boot_timeout_secs * 1000,
+            name_prefix: "auto".to_string(),
+            ..ScaleConfig::default()
         }),
         ..ControllerConfig::default()
     };
@@ -169,9 +352,26 @@ async fn main() -> anyhow::Result<()> {
         encoders = %cfg.topology.encoders.join(","),
         "topology loaded"
     );
-    let handle = ControllerHandle::start(
+    let deployer = deployer(&args)?;
+    let deployer = match deployer {
+        Some(d) => {
+            let running = d
+                .list()
+                .with_context(|| format!("cannot list what the {} deployer runs", d.backend()))?;
+            info!(
+                backend = d.backend(),
+                name = %args.deploy_name,
+                adopted = running.len(),
+                "deployer ready"
+            );
+            Some((d, running))
+        }
+        None => None,
+    };
+    let handle = ControllerHandle::start_with(
         Controller::new(cfg, now_ms()),
         Codec::new(key, Limits::default()),
+        deployer,
     );
     let dir: Arc<dyn Directory> = Arc::new(handle.clone());
 
@@ -207,7 +407,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
+    let result = tokio::select! {
         Some(r) = tasks.join_next() => {
             let r = r.context("listener task")?;
             warn!("a listener stopped");
@@ -215,5 +415,15 @@ async fn main() -> anyhow::Result<()> {
         }
         _ = term.recv() => { info!("SIGTERM: exiting"); Ok(()) }
         _ = int.recv() => { info!("SIGINT: exiting"); Ok(()) }
+    };
+    if args.cleanup {
+        match handle.cleanup().await {
+            Ok(n) => info!(
+                removed = n,
+                "--cleanup: deployed reflectors stopped and removed"
+            ),
+            Err(e) => warn!("--cleanup failed: {e}"),
+        }
     }
+    result
 }

@@ -36,10 +36,14 @@ use super::front::{
 };
 use super::metrics::ControllerMetrics;
 use super::redirect::{self, Candidate, RegionMap};
-use super::scale::{ScaleAction, ScaleConfig, ScalePolicy};
+use super::scale::{ScaleConfig, ScalePolicy};
 use crate::control::{Body, ControlError, Hello, Message, Peer, Stats, UpstreamRef};
 use crate::role::Role;
 use crate::tree::{self, FanOut, Plan, Topology};
+
+mod scaling;
+pub use scaling::DeployedView;
+use scaling::Deployment;
 
 /// A control connection, numbered by the driver.
 pub type ConnId = u64;
@@ -108,6 +112,15 @@ pub enum Output {
     Send { conn: ConnId, msg: Message },
     /// Close `conn`.
     Close { conn: ConnId, reason: String },
+    /// Start a reflector `id` of `role` through the deployer; it joins with HELLO. The
+    /// driver reports a failure with [`Controller::deploy_failed`].
+    Deploy {
+        id: String,
+        role: Role,
+        reason: String,
+    },
+    /// Stop and remove the deployed reflector `id` (drained, dead, or never booted).
+    Undeploy { id: String, reason: String },
 }
 
 /// Where a node is in its life.
@@ -163,8 +176,12 @@ struct Node {
     full: Option<(u64, Stats)>,
     /// Its clients lost packets between its last two FULLSTATS.
     losing: bool,
-    /// When recent redirects to it were sent.
-    recent_redirects: VecDeque<u64>,
+    /// Recent redirects to it, in time order: when each was sent and the value of
+    /// `redirects` just before it, so the viewers sent since any time are one
+    /// subtraction (a redirect may send many viewers, see
+    /// [`Controller::redirect_many`]).
+    recent_redirects: VecDeque<(u64, u64)>,
+    /// Viewers ever redirected to it.
     redirects: u64,
     /// The upstream list last sent in a REDIRECT (link addresses).
     sent_upstreams: Vec<String>,
@@ -179,9 +196,14 @@ impl Node {
             Some((at, s)) => (at.saturating_sub(REDIRECT_SETTLE_MS), s.viewers),
             None => (0, 0),
         };
-        // The redirect times are pushed in order: count those after `at` by bisection.
-        let before = self.recent_redirects.partition_point(|&t| t <= at);
-        base + (self.recent_redirects.len() - before) as u64
+        // The redirect times are pushed in order: find the first after `at` by bisection;
+        // the viewers sent since are the running total minus the total before it.
+        let first = self.recent_redirects.partition_point(|&(t, _)| t <= at);
+        let since = self
+            .recent_redirects
+            .get(first)
+            .map_or(0, |&(_, before)| self.redirects - before);
+        base + since
     }
 
     fn egress_bps(&self) -> u64 {
@@ -251,6 +273,11 @@ pub struct Controller {
     designed: HashMap<String, Role>,
     /// `max_children` per node.
     fan_out: FanOut,
+    /// Reflectors the deployer runs for this controller (started or adopted), by id.
+    deployed: BTreeMap<String, Deployment>,
+    /// Numbers deployed names from here on.
+    next_deploy_seq: u64,
+    started_ms: u64,
 }
 
 /// Children per parent, for a [`Plan`] (or, built by [`ChildrenIndex::backups_of`],
@@ -340,6 +367,9 @@ impl Controller {
             backed_by,
             designed,
             fan_out,
+            deployed: BTreeMap::new(),
+            next_deploy_seq: 1,
+            started_ms: now_ms,
         }
     }
 
@@ -623,9 +653,10 @@ impl Controller {
                 self.schedule_rebuild(now_ms);
             } else {
                 self.place_now(&id);
-                self.send_redirects_to(vec![id], now_ms);
+                self.send_redirects_to(vec![id.clone()], now_ms);
             }
         }
+        self.deployed_hello(&id, now_ms);
     }
 
     /// Put `id` in the plan at once (its designed parent if alive, else the least-loaded
@@ -1053,98 +1084,6 @@ impl Controller {
         self.scale_step(now_ms);
     }
 
-    fn drain_step(&mut self, now_ms: u64) {
-        let drain_max = self.cfg.scale.as_ref().map_or(120_000, |s| s.drain_max_ms);
-        let draining: Vec<(String, u64)> = self
-            .nodes
-            .iter()
-            .filter_map(|(id, n)| match n.state {
-                NodeState::Draining { since_ms } => Some((id.clone(), since_ms)),
-                _ => None,
-            })
-            .collect();
-        for (id, since) in draining {
-            let empty = self.nodes.get(&id).is_some_and(|n| {
-                n.full
-                    .as_ref()
-                    .is_some_and(|(at, s)| *at > since && s.viewers == 0)
-            });
-            let overdue = now_ms.saturating_sub(since) >= drain_max;
-            if empty || overdue {
-                let reason = if empty {
-                    "drained: its viewers have left".to_string()
-                } else {
-                    format!("drained for {} s: stopping it", drain_max / 1000)
-                };
-                info!(node = %id, "KILL: {reason}");
-                self.metrics.scale_action("kill", &reason);
-                self.send_to(&id, Body::Kill { reason }, now_ms);
-                self.node_down(&id, NodeState::Left, "killed after draining", now_ms);
-            } else {
-                self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
-            }
-        }
-    }
-
-    fn scale_step(&mut self, now_ms: u64) {
-        let Some(policy) = self.scale.as_mut() else {
-            return;
-        };
-        let (mut viewers, mut capacity, mut active) = (0u64, 0u64, 0usize);
-        let mut pool = Vec::new();
-        for (id, n) in &self.nodes {
-            if n.hello.role != Role::Public || n.conn.is_none() {
-                continue;
-            }
-            match n.state {
-                NodeState::Up => {
-                    viewers += n.viewers();
-                    capacity += u64::from(n.hello.max_viewers);
-                    active += 1;
-                }
-                NodeState::Standby => pool.push(id.clone()),
-                _ => {}
-            }
-        }
-        let load = if capacity > 0 {
-            viewers as f64 / capacity as f64
-        } else {
-            0.0
-        };
-        match policy.tick(now_ms, load, active, pool.len()) {
-            Some(ScaleAction::Grow) => {
-                let Some(id) = pool.first().cloned() else {
-                    return;
-                };
-                let reason = format!("public tier load {load:.2} above the high-water mark");
-                info!(node = %id, "scale out: {reason}");
-                self.metrics.scale_action("grow", &reason);
-                if let Some(n) = self.nodes.get_mut(&id) {
-                    n.state = NodeState::Up;
-                }
-                self.place_now(&id);
-                self.send_redirects_to(vec![id], now_ms);
-            }
-            Some(ScaleAction::Shrink) => {
-                let victim = self
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| n.hello.role == Role::Public && n.state == NodeState::Up)
-                    .min_by_key(|(id, n)| (n.viewers(), (*id).clone()))
-                    .map(|(id, _)| id.clone());
-                let Some(id) = victim else { return };
-                let reason = format!("public tier load {load:.2} below the low-water mark");
-                info!(node = %id, "scale in: draining, {reason}");
-                self.metrics.scale_action("drain", &reason);
-                if let Some(n) = self.nodes.get_mut(&id) {
-                    n.state = NodeState::Draining { since_ms: now_ms };
-                }
-                self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
-            }
-            None => {}
-        }
-    }
-
     // ----- statistics -------------------------------------------------------------------
 
     fn stats(&mut self, id: &str, s: Stats, now_ms: u64) {
@@ -1214,7 +1153,7 @@ impl Controller {
         while n
             .recent_redirects
             .front()
-            .is_some_and(|&t| t + REDIRECT_SETTLE_MS < now_ms)
+            .is_some_and(|&(t, _)| t + REDIRECT_SETTLE_MS < now_ms)
         {
             n.recent_redirects.pop_front();
         }
@@ -1229,6 +1168,22 @@ impl Controller {
         channel: &str,
         client: IpAddr,
         region: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Target, NoTarget> {
+        self.redirect_many(channel, client, region, 1, now_ms)
+    }
+
+    /// [`Controller::redirect`] for `viewers` clients of one region arriving together:
+    /// one decision, and the chosen reflector's estimate grows by `viewers`. The
+    /// simulator sends cohorts of viewers this way, since one decision scans every
+    /// public reflector. The fullness check is the policy's (room for one more), so a
+    /// cohort may take a reflector up to `viewers - 1` past its capacity.
+    pub fn redirect_many(
+        &mut self,
+        channel: &str,
+        client: IpAddr,
+        region: Option<&str>,
+        viewers: u32,
         now_ms: u64,
     ) -> Result<Target, NoTarget> {
         let region = region
@@ -1272,8 +1227,8 @@ impl Controller {
         if n.recent_redirects.len() >= MAX_RECENT_REDIRECTS {
             n.recent_redirects.pop_front();
         }
-        n.recent_redirects.push_back(now_ms);
-        n.redirects += 1;
+        n.recent_redirects.push_back((now_ms, n.redirects));
+        n.redirects += u64::from(viewers);
         self.metrics.client_redirected(&id);
         Ok(Target {
             node: id,

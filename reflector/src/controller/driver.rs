@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::core::{ConnId, Controller, Output};
 use super::front::{Directory, NoTarget, Target, TreeView};
 use crate::control::{framing, Codec, ControlError};
+use crate::deploy::{Deployer, ReflectorSpec};
 
 /// Messages queued for one node before it counts as not reading.
 const CONN_QUEUE: usize = 1024;
@@ -48,6 +49,8 @@ struct Shared {
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
     timer: Notify,
+    /// Starts and stops reflectors for the scale policy; `None`: the standby pool only.
+    deployer: Option<Arc<dyn Deployer>>,
 }
 
 /// A running controller. Cheap to clone; it is the front ends' [`Directory`].
@@ -59,6 +62,22 @@ pub struct ControllerHandle {
 impl ControllerHandle {
     /// Start the core's timer. Needs a tokio runtime.
     pub fn start(core: Controller, codec: Codec) -> ControllerHandle {
+        Self::start_with(core, codec, None)
+    }
+
+    /// [`ControllerHandle::start`] with a deployer. The reflectors it already runs for
+    /// this controller (a restart) are adopted first; the caller lists them (blocking).
+    pub fn start_with(
+        mut core: Controller,
+        codec: Codec,
+        deployer: Option<(Arc<dyn Deployer>, Vec<crate::deploy::Running>)>,
+    ) -> ControllerHandle {
+        let deployer = deployer.map(|(d, running)| {
+            for r in running {
+                core.adopt(&r.id, r.role, now_ms());
+            }
+            d
+        });
         let h = ControllerHandle {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
@@ -66,6 +85,7 @@ impl ControllerHandle {
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 timer: Notify::new(),
+                deployer,
             }),
         };
         let t = h.clone();
@@ -124,6 +144,10 @@ impl ControllerHandle {
                             closed.push(conn);
                         }
                     }
+                    Output::Deploy { id, role, reason } => {
+                        self.deploy(ReflectorSpec { id, role }, reason)
+                    }
+                    Output::Undeploy { id, reason } => self.undeploy(id, reason),
                 }
             }
         }
@@ -131,6 +155,51 @@ impl ControllerHandle {
         for conn in closed {
             self.with_core("close", |c| c.closed(conn, now_ms()));
         }
+    }
+
+    /// Start a reflector on the blocking pool; a failure goes back to the core.
+    fn deploy(&self, spec: ReflectorSpec, reason: String) {
+        let Some(d) = self.shared.deployer.clone() else {
+            warn!(node = %spec.id, "the core asked for a deploy, but no deployer is configured");
+            let id = spec.id;
+            self.with_core("deploy", |c| c.deploy_failed(&id, "no deployer"));
+            return;
+        };
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            info!(node = %spec.id, role = %spec.role, backend = d.backend(), reason, "deploying");
+            match d.start(&spec) {
+                Ok(r) => info!(node = %r.id, ip = %r.ip, "deployed; waiting for its HELLO"),
+                Err(e) => {
+                    warn!(node = %spec.id, "deploy failed: {e}");
+                    let err = e.to_string();
+                    me.with_core("deploy", |c| c.deploy_failed(&spec.id, &err));
+                }
+            }
+        });
+    }
+
+    /// Stop and remove a reflector on the blocking pool.
+    fn undeploy(&self, id: String, reason: String) {
+        let Some(d) = self.shared.deployer.clone() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            info!(node = %id, backend = d.backend(), reason, "undeploying");
+            if let Err(e) = d.stop(&id) {
+                warn!(node = %id, "undeploy failed: {e}");
+            }
+        });
+    }
+
+    /// Stop every reflector the deployer runs for this controller (`--cleanup`).
+    pub async fn cleanup(&self) -> Result<usize, crate::deploy::DeployError> {
+        let Some(d) = self.shared.deployer.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || d.cleanup())
+            .await
+            .unwrap_or(Ok(0))
     }
 
     async fn timer_loop(&self) {

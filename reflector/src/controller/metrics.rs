@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::front::NoTarget;
+use super::scale::ScaleReason;
 use crate::control::{ControlError, Stats};
 
 /// Upper bounds (seconds) of the decision-time histogram's buckets.
@@ -52,7 +53,8 @@ pub struct ControllerMetrics {
     /// Clients sent to each public reflector.
     pub client_redirects: BTreeMap<String, u64>,
     pub redirects_refused: BTreeMap<&'static str, u64>,
-    pub scale_actions: BTreeMap<&'static str, u64>,
+    /// Scale actions by (action, reason).
+    pub scale_actions: BTreeMap<(&'static str, &'static str), u64>,
     pub decisions: BTreeMap<&'static str, Histogram>,
 }
 
@@ -98,8 +100,20 @@ impl ControllerMetrics {
         *self.redirects_refused.entry(k).or_default() += 1;
     }
 
-    pub fn scale_action(&mut self, action: &'static str, _reason: &str) {
-        *self.scale_actions.entry(action).or_default() += 1;
+    pub fn scale_action(&mut self, action: &'static str, reason: ScaleReason) {
+        *self
+            .scale_actions
+            .entry((action, reason.as_str()))
+            .or_default() += 1;
+    }
+
+    /// Scale actions of one kind, whatever the reason.
+    pub fn scale_actions_of(&self, action: &str) -> u64 {
+        self.scale_actions
+            .iter()
+            .filter(|((a, _), _)| *a == action)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// How long handling one event of `kind` took (timed by the driver or the bench).
@@ -246,12 +260,12 @@ impl ControllerMetrics {
             &mut o,
             "divisor_controller_scale_actions",
             "counter",
-            "Scale actions taken (grow, drain, kill).",
+            "Scale actions taken (grow, deploy, drain, kill, undeploy, ...), by reason.",
         );
-        for (k, n) in &self.scale_actions {
+        for ((k, r), n) in &self.scale_actions {
             let _ = writeln!(
                 o,
-                "divisor_controller_scale_actions_total{{action=\"{k}\"}} {n}"
+                "divisor_controller_scale_actions_total{{action=\"{k}\",reason=\"{r}\"}} {n}"
             );
         }
         family(

@@ -3,7 +3,8 @@
 //! - [`core`]: the sans-IO controller: registry, plan, liveness, repair, statistics.
 //! - [`aggregate`]: how statistics fold up the tree (used by every node and the core).
 //! - [`redirect`]: the pure policy choosing a client's public reflector.
-//! - [`scale`]: the pure policy growing and shrinking the public tier.
+//! - [`scale`]: the pure policy growing and shrinking the public tier (carried out by
+//!   `core/scaling.rs`, through a [`crate::deploy::Deployer`] when one is given).
 //! - [`metrics`]: the controller's counters and `/metrics` text.
 //! - [`driver`]: the tokio driver (control connections, timer) and the [`front::Directory`].
 //! - [`sampler`]: a node's own figures per period.

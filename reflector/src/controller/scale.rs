@@ -10,7 +10,9 @@
 //!   viewers (or the drained one lose them) before the load means anything again.
 //!
 //! Which node joins or drains, and the drain itself (no new redirects, KILL once its
-//! viewers have left or `drain_max_ms` passed), is the controller's part.
+//! viewers have left or `drain_max_ms` passed), is the controller's part; so is asking
+//! the deployer for a new reflector when the standby pool is empty (`deploy`), and for an
+//! intermediate first when every parent's fan-out is full (see `core/scaling.rs`).
 
 /// The scale policy's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +29,19 @@ pub struct ScaleConfig {
     pub max_public: usize,
     /// A draining reflector is killed after this long even if viewers remain.
     pub drain_max_ms: u64,
+    /// The controller may start reflectors through its deployer (`Output::Deploy`) when
+    /// the standby pool is empty, and stops the ones it started once drained.
+    pub deploy: bool,
+    /// Fewest and most intermediates the controller keeps or deploys.
+    pub min_intermediate: usize,
+    pub max_intermediate: usize,
+    /// A deployed reflector that has not said HELLO within this long is removed again.
+    pub boot_timeout_ms: u64,
+    /// After start, wait this long before deploying to reach a minimum: reflectors that
+    /// already run (or were adopted) need a moment to reconnect.
+    pub startup_grace_ms: u64,
+    /// Names of deployed reflectors: `PREFIX-public-N`, `PREFIX-intermediate-N`.
+    pub name_prefix: String,
 }
 
 impl Default for ScaleConfig {
@@ -39,6 +54,61 @@ impl Default for ScaleConfig {
             min_public: 1,
             max_public: 1000,
             drain_max_ms: 120_000,
+            deploy: false,
+            min_intermediate: 0,
+            max_intermediate: 64,
+            boot_timeout_ms: 120_000,
+            startup_grace_ms: 10_000,
+            name_prefix: "auto".to_string(),
+        }
+    }
+}
+
+/// Why the controller scaled: the label of `divisor_controller_scale_actions_total`
+/// (bounded, unlike the log line's detail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScaleReason {
+    /// Tier load above the high-water mark.
+    AboveHighWater,
+    /// Tier load below the low-water mark.
+    BelowLowWater,
+    /// Fewer reflectors of a role than the configured minimum.
+    BelowMinimum,
+    /// Every parent's fan-out is full: an intermediate comes first.
+    FanOutFull,
+    /// A new intermediate is up, for the public reflector that needed it.
+    UnderNewIntermediate,
+    /// A draining reflector's viewers have left.
+    Drained,
+    /// A draining reflector kept viewers past `drain_max_ms`.
+    DrainTimeout,
+    /// A deployed reflector never said HELLO.
+    BootTimeout,
+    /// The deployer could not start it.
+    DeployFailed,
+    /// A deployed reflector stayed dead.
+    Dead,
+    /// A deployed intermediate with no children left.
+    Idle,
+    /// Growth wanted, but the maxima allow nothing.
+    AtMaximum,
+}
+
+impl ScaleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleReason::AboveHighWater => "above_high_water",
+            ScaleReason::BelowLowWater => "below_low_water",
+            ScaleReason::BelowMinimum => "below_minimum",
+            ScaleReason::FanOutFull => "fan_out_full",
+            ScaleReason::UnderNewIntermediate => "under_new_intermediate",
+            ScaleReason::Drained => "drained",
+            ScaleReason::DrainTimeout => "drain_timeout",
+            ScaleReason::BootTimeout => "boot_timeout",
+            ScaleReason::DeployFailed => "deploy_failed",
+            ScaleReason::Dead => "dead",
+            ScaleReason::Idle => "idle",
+            ScaleReason::AtMaximum => "at_maximum",
         }
     }
 }

@@ -11,6 +11,8 @@ use crate::control::{Body, ChannelStats, ControlError, Hello, Message, Peer, Sta
 use crate::role::Role;
 use crate::tree::Topology;
 
+mod scaling;
+
 const TOPOLOGY: &str = r#"
 encoders = ["10.0.0.1:7000"]
 [[node]]
@@ -69,6 +71,9 @@ struct Sim {
     conn_of: std::collections::BTreeMap<String, ConnId>,
     sent: Vec<(ConnId, Message)>,
     closed: Vec<ConnId>,
+    /// `Output::Deploy`s and `Output::Undeploy`s, in order.
+    deploys: Vec<(String, Role)>,
+    undeploys: Vec<String>,
 }
 
 fn hello(id: &str, role: Role) -> Hello {
@@ -95,6 +100,8 @@ impl Sim {
             conn_of: Default::default(),
             sent: Vec::new(),
             closed: Vec::new(),
+            deploys: Vec::new(),
+            undeploys: Vec::new(),
         }
     }
 
@@ -160,6 +167,8 @@ impl Sim {
                     self.closed.push(conn);
                     self.c.closed(conn, self.now);
                 }
+                Output::Deploy { id, role, .. } => self.deploys.push((id, role)),
+                Output::Undeploy { id, .. } => self.undeploys.push(id),
             }
         }
     }

@@ -49,27 +49,13 @@ pub fn place_with(
     if let Some(p) = plan.parent.get(node) {
         return p.clone();
     }
-    let tier = match role {
-        Role::Master => {
-            plan.parent.insert(node.to_string(), None);
-            plan.role.insert(node.to_string(), Role::Master);
-            plan.backups.remove(node);
-            return None;
-        }
-        Role::Intermediate => Role::Master,
-        Role::Public if plan.role.values().any(|&r| r == Role::Intermediate) => Role::Intermediate,
-        Role::Public => Role::Master,
-    };
-
-    // Id order (the BTreeMap's) then a stable sort by load: ties go to the smaller id.
-    let mut open: Vec<(&str, usize)> = plan
-        .role
-        .iter()
-        .filter(|(id, &r)| r == tier && plan.parent.contains_key(*id))
-        .map(|(id, _)| (id.as_str(), children_of(id)))
-        .filter(|&(id, n)| n < fan_out.of(id))
-        .collect();
-    open.sort_by_key(|&(_, n)| n);
+    if role == Role::Master {
+        plan.parent.insert(node.to_string(), None);
+        plan.role.insert(node.to_string(), Role::Master);
+        plan.backups.remove(node);
+        return None;
+    }
+    let open = open_parents(plan, fan_out, role, children_of);
     let chosen = open.first()?.0.to_string();
     let backup: Vec<String> = open
         .get(1)
@@ -85,4 +71,39 @@ pub fn place_with(
         plan.backups.insert(node.to_string(), backup);
     }
     Some(chosen)
+}
+
+/// Whether a node of `role` would find a parent with room (what [`place_with`] would
+/// do, without changing the plan): the scale-out asks this before deploying a public
+/// reflector, and deploys an intermediate first when the answer is no.
+pub fn has_room(
+    plan: &Plan,
+    fan_out: &FanOut,
+    role: Role,
+    children_of: impl Fn(&str) -> usize,
+) -> bool {
+    role == Role::Master || !open_parents(plan, fan_out, role, children_of).is_empty()
+}
+
+/// The parents a node of `role` (not a master) may go under, with their child counts,
+/// least loaded first; ties in id order (the BTreeMap's, kept by the stable sort).
+fn open_parents<'p>(
+    plan: &'p Plan,
+    fan_out: &FanOut,
+    role: Role,
+    children_of: impl Fn(&str) -> usize,
+) -> Vec<(&'p str, usize)> {
+    let tier = match role {
+        Role::Public if plan.role.values().any(|&r| r == Role::Intermediate) => Role::Intermediate,
+        _ => Role::Master,
+    };
+    let mut open: Vec<(&str, usize)> = plan
+        .role
+        .iter()
+        .filter(|(id, &r)| r == tier && plan.parent.contains_key(*id))
+        .map(|(id, _)| (id.as_str(), children_of(id)))
+        .filter(|&(id, n)| n < fan_out.of(id))
+        .collect();
+    open.sort_by_key(|&(_, n)| n);
+    open
 }
