@@ -12,6 +12,7 @@ pub mod browser;
 pub mod clients;
 pub mod cmd;
 pub mod control;
+pub mod ctl_scale;
 pub mod ctl_tree;
 pub mod deploy;
 pub mod lan;

@@ -93,8 +93,9 @@ struct Args {
     #[arg(long, value_name = "SUBNET=REGION")]
     region: Vec<String>,
 
-    /// Scale the public tier from the pool of standby reflectors (`--standby`): grow above
-    /// `--high-water`, drain and KILL one below `--low-water`.
+    /// Scale the public tier: grow above `--high-water` (a standby reflector from the
+    /// pool, `--standby`, or with `--deploy` a new one), drain and KILL one below
+    /// `--low-water` (and remove it, if deployed).
     #[arg(long)]
     scale: bool,
 

@@ -278,6 +278,80 @@ pub struct Controller {
     /// Numbers deployed names from here on.
     next_deploy_seq: u64,
     started_ms: u64,
+    /// The redirect's view of the public reflectors, kept between decisions (see
+    /// [`RedirectCache`]); `None` when something it depends on may have changed.
+    redirect_cache: Option<RedirectCache>,
+}
+
+/// What [`Controller::redirect_many`] reads of each public reflector, in id order, so a
+/// decision is one pass over a flat array instead of a walk of the registry and the plan
+/// (10,000 nodes: about 2 ms a decision uncached, with long redirect queues).
+///
+/// It is dropped by every input that may change a candidate: any message but PING, PONG,
+/// STATS, FULLSTATS, CHILDSUPDATE, LOSTUPSTREAM and ERROR (which touch no candidate
+/// field), a closed connection, a node going down, a rebuild, and a timeout that runs
+/// the period (drain, scale) or a rebuild. A FULLSTATS (or a non-master's STATS) and a
+/// redirect refresh the one node they change. Debug builds check every decision's
+/// cache against a fresh walk.
+#[derive(Clone, Debug, PartialEq)]
+struct RedirectCache {
+    channel: String,
+    /// Distinct regions; candidates name them by index (hot in the cache, unlike ten
+    /// thousand separate strings).
+    regions: Vec<String>,
+    publics: Vec<CachedCandidate>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct CachedCandidate {
+    id: String,
+    up: bool,
+    draining: bool,
+    region: usize,
+    viewers: u64,
+    max_viewers: u32,
+    egress_bps: u64,
+    egress_budget_bps: u64,
+    jitter_ms: f64,
+    losing: bool,
+    carries: bool,
+}
+
+impl RedirectCache {
+    fn region_index(&mut self, region: &str) -> usize {
+        match self.regions.iter().position(|r| r == region) {
+            Some(i) => i,
+            None => {
+                self.regions.push(region.to_string());
+                self.regions.len() - 1
+            }
+        }
+    }
+
+    fn entry(&mut self, id: &str, n: &Node, in_plan: bool) -> CachedCandidate {
+        CachedCandidate {
+            id: id.to_string(),
+            up: n.state.in_tree() && n.conn.is_some() && in_plan,
+            draining: matches!(n.state, NodeState::Draining { .. }),
+            region: self.region_index(&n.hello.region),
+            viewers: n.viewers(),
+            max_viewers: n.hello.max_viewers,
+            egress_bps: n.egress_bps(),
+            egress_budget_bps: n.hello.egress_budget_bps,
+            jitter_ms: n.mean_jitter_ms(),
+            losing: n.losing,
+            carries: n.carries(&self.channel),
+        }
+    }
+
+    /// Each candidate with its region's name, for comparing two caches.
+    #[cfg(debug_assertions)]
+    fn resolved(&self) -> Vec<(&CachedCandidate, &str)> {
+        self.publics
+            .iter()
+            .map(|c| (c, self.regions[c.region].as_str()))
+            .collect()
+    }
 }
 
 /// Children per parent, for a [`Plan`] (or, built by [`ChildrenIndex::backups_of`],
@@ -370,6 +444,7 @@ impl Controller {
             deployed: BTreeMap::new(),
             next_deploy_seq: 1,
             started_ms: now_ms,
+            redirect_cache: None,
         }
     }
 
@@ -433,6 +508,7 @@ impl Controller {
 
     /// A connection closed (or failed).
     pub fn closed(&mut self, conn: ConnId, now_ms: u64) {
+        self.redirect_cache = None;
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -490,6 +566,18 @@ impl Controller {
     /// A valid (authenticated, fresh) message on `conn`.
     pub fn message(&mut self, conn: ConnId, msg: Message, now_ms: u64) {
         self.metrics.message_in(msg.body.type_name());
+        if !matches!(
+            msg.body,
+            Body::Ping { .. }
+                | Body::Pong { .. }
+                | Body::Stats(_)
+                | Body::FullStats(_)
+                | Body::ChildsUpdate { .. }
+                | Body::LostUpstream { .. }
+                | Body::Error { .. }
+        ) {
+            self.redirect_cache = None;
+        }
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -688,6 +776,7 @@ impl Controller {
     }
 
     fn node_down(&mut self, id: &str, state: NodeState, why: &str, now_ms: u64) {
+        self.redirect_cache = None;
         let Some(n) = self.nodes.get_mut(id) else {
             return;
         };
@@ -780,6 +869,7 @@ impl Controller {
     /// Rebuild the plan from the design on the surviving graph, place the nodes the design
     /// does not name, and REDIRECT those whose upstreams changed.
     pub fn rebuild(&mut self, now_ms: u64) {
+        self.redirect_cache = None;
         self.rebuild_at = None;
         let alive = self.alive();
         let mut plan = tree::build(&self.cfg.topology, &alive);
@@ -911,6 +1001,9 @@ impl Controller {
     // ----- timers -----------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        if now_ms >= self.next_period_ms || self.rebuild_at.is_some_and(|t| now_ms >= t) {
+            self.redirect_cache = None;
+        }
         if now_ms >= self.next_check_ms {
             self.next_check_ms = now_ms + check_every(&self.cfg);
             self.check_liveness(now_ms);
@@ -1157,6 +1250,46 @@ impl Controller {
         {
             n.recent_redirects.pop_front();
         }
+        self.refresh_redirect_cache(id);
+    }
+
+    /// The redirect's view of every public reflector, from the registry and the plan.
+    fn build_redirect_cache(&self, channel: &str) -> RedirectCache {
+        let mut cache = RedirectCache {
+            channel: channel.to_string(),
+            regions: Vec::new(),
+            publics: Vec::new(),
+        };
+        // One pass over the registry and the plan together (both are ordered by id), so
+        // no candidate costs a search.
+        let mut placed = self.plan.parent.keys().peekable();
+        for (id, n) in self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.hello.role == Role::Public)
+        {
+            while placed.next_if(|p| p.as_str() < id.as_str()).is_some() {}
+            let in_plan = placed.peek().is_some_and(|p| *p == id);
+            let e = cache.entry(id, n, in_plan);
+            cache.publics.push(e);
+        }
+        cache
+    }
+
+    /// Re-read `id`'s entry in the redirect cache, if there is one.
+    fn refresh_redirect_cache(&mut self, id: &str) {
+        let Some(cache) = self.redirect_cache.as_mut() else {
+            return;
+        };
+        let Ok(i) = cache.publics.binary_search_by(|c| c.id.as_str().cmp(id)) else {
+            return;
+        };
+        let Some(n) = self.nodes.get(id) else {
+            self.redirect_cache = None;
+            return;
+        };
+        let in_plan = self.plan.parent.contains_key(id);
+        cache.publics[i] = cache.entry(id, n, in_plan);
     }
 
     // ----- clients ----------------------------------------------------------------------
@@ -1189,52 +1322,61 @@ impl Controller {
         let region = region
             .map(str::to_string)
             .or_else(|| self.cfg.regions.region_of(client).map(str::to_string));
-        // One pass over the registry and the plan together (both are ordered by id), so
-        // no candidate costs a search.
-        let mut placed = self.plan.parent.keys().peekable();
-        let candidates: Vec<Candidate> = self
-            .nodes
+        let cache = match self.redirect_cache.take() {
+            Some(c) if c.channel == channel => c,
+            _ => self.build_redirect_cache(channel),
+        };
+        #[cfg(debug_assertions)]
+        {
+            let fresh = self.build_redirect_cache(channel);
+            assert_eq!(
+                cache.resolved(),
+                fresh.resolved(),
+                "the redirect cache is out of step with the registry"
+            );
+        }
+        let candidates: Vec<Candidate> = cache
+            .publics
             .iter()
-            .filter(|(_, n)| n.hello.role == Role::Public)
-            .map(|(id, n)| {
-                while placed.next_if(|p| p.as_str() < id.as_str()).is_some() {}
-                let in_plan = placed.peek().is_some_and(|p| *p == id);
-                Candidate {
-                    id,
-                    up: n.state.in_tree() && n.conn.is_some() && in_plan,
-                    draining: matches!(n.state, NodeState::Draining { .. }),
-                    region: &n.hello.region,
-                    viewers: n.viewers(),
-                    max_viewers: n.hello.max_viewers,
-                    egress_bps: n.egress_bps(),
-                    egress_budget_bps: n.hello.egress_budget_bps,
-                    jitter_ms: n.mean_jitter_ms(),
-                    losing: n.losing,
-                    carries: n.carries(channel),
-                }
+            .map(|c| Candidate {
+                id: &c.id,
+                up: c.up,
+                draining: c.draining,
+                region: &cache.regions[c.region],
+                viewers: c.viewers,
+                max_viewers: c.max_viewers,
+                egress_bps: c.egress_bps,
+                egress_budget_bps: c.egress_budget_bps,
+                jitter_ms: c.jitter_ms,
+                losing: c.losing,
+                carries: c.carries,
             })
             .collect();
         let chosen = redirect::choose(&candidates, region.as_deref());
-        let chosen = match chosen {
-            Ok(i) => i,
+        let id = chosen.map(|i| candidates[i].id.to_string());
+        drop(candidates);
+        self.redirect_cache = Some(cache);
+        let id = match id {
+            Ok(id) => id,
             Err(e) => {
                 self.metrics.redirect_refused(&e);
                 return Err(e);
             }
         };
-        let id = candidates[chosen].id.to_string();
         let n = self.nodes.get_mut(&id).ok_or(NoTarget::NoneUp)?;
         if n.recent_redirects.len() >= MAX_RECENT_REDIRECTS {
             n.recent_redirects.pop_front();
         }
         n.recent_redirects.push_back((now_ms, n.redirects));
         n.redirects += u64::from(viewers);
-        self.metrics.client_redirected(&id);
-        Ok(Target {
-            node: id,
+        let target = Target {
+            node: id.clone(),
             rtsp: n.hello.rtsp.clone(),
             http: n.hello.http.clone(),
-        })
+        };
+        self.metrics.client_redirected(&id);
+        self.refresh_redirect_cache(&id);
+        Ok(target)
     }
 
     /// Panics if the incremental indices disagree with the plan (tests call it after
