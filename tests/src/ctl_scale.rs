@@ -16,24 +16,15 @@
 
 use crate::lan::Lan;
 use crate::paths::bin;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub const CTL: &str = "ctl";
-pub const ENC: &str = "enc";
-pub const MASTER: &str = "master";
-pub const CLIENT: &str = "client";
-pub const CHANNEL: &str = "cam";
-
-pub const CONTROL: u16 = 7600;
-pub const CTL_RTSP: u16 = 8654;
-pub const CTL_HTTP: u16 = 8680;
-pub const ENC_LINK: u16 = 7400;
-pub const LINK: u16 = 7500;
-pub const HTTP: u16 = 7580;
+pub use crate::ctl_tree::{
+    CHANNEL, CLIENT, CONTROL, CTL, CTL_HTTP, CTL_RTSP, ENC, ENC_LINK, HTTP, LINK, MASTER,
+};
 
 /// Which deployer the controller uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,26 +100,7 @@ impl CtlScale {
         std::fs::write(&link_key, "scale test link key\n")?;
         let control_key = t.lan.log_dir.join("control.key");
         std::fs::write(&control_key, "scale test control key\n")?;
-        let library = t.lan.log_dir.join("library");
-        std::fs::create_dir_all(&library)?;
-        // H.264 without B-frames: ffmpeg's -c copy then has no dts to guess at join.
-        let config = t.lan.log_dir.join("encoder.toml");
-        std::fs::write(&config, crate::media::WEB_LIVE_CONFIG)?;
-        t.lan.spawn_in(
-            ENC,
-            ENC,
-            bin("divisor-encoder")?,
-            [
-                "--library".into(),
-                path(&library),
-                "--config".into(),
-                path(&config),
-                "--link-listen".into(),
-                format!("0.0.0.0:{ENC_LINK}"),
-                "--link-key-file".into(),
-                path(&link_key),
-            ],
-        )?;
+        crate::ctl_tree::spawn_web_encoder(&t.lan, &link_key, None)?;
         let topology = t.lan.log_dir.join("tree.toml");
         std::fs::write(
             &topology,
@@ -291,16 +263,7 @@ impl CtlScale {
     /// The controller's `/tree` JSON.
     pub fn tree(&self) -> Result<Value> {
         let url = format!("http://{}:{CTL_HTTP}/tree", self.lan.ip(CTL));
-        let (code, body) = self.lan.http_get_timeout(
-            CLIENT,
-            &url,
-            Duration::from_secs(2),
-            Duration::from_secs(3),
-        )?;
-        if code != 200 {
-            bail!("GET {url}: {code}");
-        }
-        serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))
+        self.lan.get_json(CLIENT, &url)
     }
 
     /// The controller's `/metrics` text.

@@ -14,7 +14,7 @@
 
 use crate::lan::Lan;
 use crate::paths::bin;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,6 +48,30 @@ pub fn designed_parent(node: &str) -> &'static str {
     }
 }
 
+/// Starts the encoder unit on [`ENC`] with the live channel [`CHANNEL`] in its
+/// browser-safe rendition ([`crate::media::WEB_LIVE_CONFIG`]: H.264 without B-frames, so
+/// ffmpeg's `-c copy` has no dts to guess at a join), links on [`ENC_LINK`].
+pub fn spawn_web_encoder(lan: &Lan, link_key: &std::path::Path, http: Option<u16>) -> Result<()> {
+    let library = lan.log_dir.join("library");
+    std::fs::create_dir_all(&library)?;
+    let config = lan.log_dir.join("encoder.toml");
+    std::fs::write(&config, crate::media::WEB_LIVE_CONFIG)?;
+    let mut args = vec![
+        "--library".into(),
+        path(&library),
+        "--config".into(),
+        path(&config),
+        "--link-listen".into(),
+        format!("0.0.0.0:{ENC_LINK}"),
+        "--link-key-file".into(),
+        path(link_key),
+    ];
+    if let Some(port) = http {
+        args.extend(["--http-listen".into(), format!("0.0.0.0:{port}")]);
+    }
+    lan.spawn_in(ENC, ENC, bin("divisor-encoder")?, args)
+}
+
 pub struct CtlTree {
     pub lan: Lan,
     pub link_key: PathBuf,
@@ -73,27 +97,7 @@ impl CtlTree {
             link_key,
             control_key,
         };
-        let library = t.lan.log_dir.join("library");
-        std::fs::create_dir_all(&library)?;
-        let config = t.lan.log_dir.join("encoder.toml");
-        std::fs::write(&config, crate::media::WEB_LIVE_CONFIG)?;
-        t.lan.spawn_in(
-            ENC,
-            ENC,
-            bin("divisor-encoder")?,
-            [
-                "--library".into(),
-                library.to_string_lossy().into_owned(),
-                "--config".into(),
-                path(&config),
-                "--link-listen".into(),
-                format!("0.0.0.0:{ENC_LINK}"),
-                "--http-listen".into(),
-                format!("0.0.0.0:{ENC_HTTP}"),
-                "--link-key-file".into(),
-                path(&t.link_key),
-            ],
-        )?;
+        spawn_web_encoder(&t.lan, &t.link_key, Some(ENC_HTTP))?;
         let topology = t.lan.log_dir.join("tree.toml");
         std::fs::write(&topology, t.topology())?;
         t.lan.spawn_in(
@@ -234,16 +238,7 @@ impl CtlTree {
     }
 
     fn get_json(&self, url: &str) -> Result<Value> {
-        let (code, body) = self.lan.http_get_timeout(
-            CLIENT,
-            url,
-            Duration::from_secs(2),
-            Duration::from_secs(3),
-        )?;
-        if code != 200 {
-            bail!("GET {url}: {code} {body}");
-        }
-        serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))
+        self.lan.get_json(CLIENT, url)
     }
 
     /// The parent the controller gives `node` now.

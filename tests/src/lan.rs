@@ -501,6 +501,17 @@ impl Lan {
         self.http_get_timeout(from, url, Duration::from_secs(5), Duration::from_secs(10))
     }
 
+    /// GET `url` from `from` (2 s to connect, 3 s in all) and parse its JSON; any status
+    /// but 200 is an error.
+    pub fn get_json(&self, from: &str, url: &str) -> Result<serde_json::Value> {
+        let (code, body) =
+            self.http_get_timeout(from, url, Duration::from_secs(2), Duration::from_secs(3))?;
+        if code != 200 {
+            bail!("GET {url}: {code} {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))
+    }
+
     /// [`Lan::http_get`] with explicit connect and total timeouts.
     pub fn http_get_timeout(
         &self,

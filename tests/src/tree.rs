@@ -16,7 +16,7 @@ use crate::clients::{
 use crate::lan::Lan;
 use crate::paths::bin;
 use crate::CmdOutput;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -212,16 +212,7 @@ impl Tree {
     pub fn status(&self, node: &str) -> Result<Value> {
         let port = if node == ENC { ENC_HTTP } else { HTTP };
         let url = format!("http://{}:{port}/status", self.lan.ip(node));
-        let (code, body) = self.lan.http_get_timeout(
-            CLIENT,
-            &url,
-            Duration::from_secs(2),
-            Duration::from_secs(3),
-        )?;
-        if code != 200 {
-            bail!("GET {url}: {code} {body}");
-        }
-        serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))
+        self.lan.get_json(CLIENT, &url)
     }
 
     /// Live subscriptions the encoder unit holds for [`CHANNEL`], all links together.
