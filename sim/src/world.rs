@@ -250,7 +250,8 @@ impl World {
         let scale = cfg.scale.then(|| ScaleConfig {
             deploy: true,
             min_public: cfg.publics,
-            max_public: cfg.publics * 2,
+            // Room to grow tenfold: the audience, not this cap, should decide.
+            max_public: cfg.publics.max(1) * 10,
             min_intermediate: cfg.intermediates,
             max_intermediate: cfg.intermediates * 2,
             boot_timeout_ms: cfg.boot_ms * 3,

@@ -149,3 +149,36 @@ fn bad_options_are_errors_not_panics() {
     let e = Regions::from_toml("[[region]]\nname = \"a\"\nlatency_ms = [1, 2]\n", "r.toml");
     assert!(e.unwrap_err().to_string().contains("one per region"));
 }
+
+/// A tier too small for the evening: the controller's scale policy deploys public
+/// reflectors (booting 20 s each) as the audience grows, and removes them again, drained,
+/// once it has gone. The same scale code as `divisor-controller --deploy`.
+#[test]
+fn the_controller_deploys_for_the_evening_and_removes_after() {
+    let cfg = cli(&[
+        "--reflectors",
+        "12",
+        "--viewers",
+        "4000",
+        "--capacity",
+        "200",
+        "--hours",
+        "5",
+        "--start-hour",
+        "19",
+        "--seed",
+        "3",
+        "--scale",
+    ]);
+    let s = run(&cfg, |_, _| {}).summary;
+    eprintln!(
+        "deployed {}, removed {}, served {:.4}, peak {}",
+        s.deployed, s.removed, s.served_ratio, s.viewers_peak
+    );
+    assert!(
+        s.deployed >= 10,
+        "4,000 viewers need about 20 publics of 200 at 0.8 load: {s:?}"
+    );
+    assert!(s.removed > 0, "the night shrinks the tier again: {s:?}");
+    assert!(s.served_ratio > 0.95, "{s:?}");
+}

@@ -160,6 +160,8 @@ impl NodeState {
 const REDIRECT_SETTLE_MS: u64 = 1000;
 /// Redirect times kept per node, bounding memory under a flood of clients.
 const MAX_RECENT_REDIRECTS: usize = 4096;
+/// Public reflectors of a subtree asked for FULLSTATS when its aggregate looks wrong.
+const SUSPECT_FULL_STATS: usize = 64;
 /// Jitter (ms) in an aggregate above which the subtree's publics are asked for FULLSTATS.
 const JITTER_SUSPECT_MS: f64 = 30.0;
 
@@ -1204,12 +1206,18 @@ impl Controller {
         self.aggregates.insert(id.to_string(), (now_ms, s));
         if suspect {
             debug!(master = %id, estimated, diff, lost_more, jittery, "aggregate looks wrong: asking for FULLSTATS");
-            let mut ask = Vec::new();
+            // The stalest figures first: asking the same first few every period would
+            // leave the rest of a large subtree with estimates that miss every viewer who
+            // left since (and the redirect policy would pour new viewers onto the few).
+            let mut ask: Vec<(u64, &str)> = Vec::new();
             self.each_public_below(id, |n| {
-                if ask.len() < 64 {
-                    ask.push(n.hello.id.clone());
-                }
+                ask.push((n.full.as_ref().map_or(0, |(at, _)| *at), &n.hello.id));
             });
+            if ask.len() > SUSPECT_FULL_STATS {
+                ask.select_nth_unstable(SUSPECT_FULL_STATS);
+                ask.truncate(SUSPECT_FULL_STATS);
+            }
+            let ask: Vec<String> = ask.into_iter().map(|(_, id)| id.to_string()).collect();
             for p in ask {
                 self.send_to(&p, Body::ReqFullStats { channel: None }, now_ms);
             }
@@ -1217,7 +1225,7 @@ impl Controller {
     }
 
     /// Calls `f` on every public reflector below `root` in the plan.
-    fn each_public_below(&self, root: &str, mut f: impl FnMut(&Node)) {
+    fn each_public_below<'s>(&'s self, root: &'s str, mut f: impl FnMut(&'s Node)) {
         let mut stack = vec![root];
         while let Some(n) = stack.pop() {
             for c in self.children.get(n) {

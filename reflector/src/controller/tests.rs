@@ -676,3 +676,50 @@ fn tree_view_and_metrics_show_the_tree() {
     );
     assert!(text.ends_with("# EOF\n"));
 }
+
+#[test]
+fn a_wrong_aggregate_refreshes_the_stalest_publics_so_every_one_is_asked_in_turn() {
+    let mut s = Sim::new(ControllerConfig {
+        topology: Topology {
+            fan_out: 200,
+            ..super::core::empty_topology()
+        },
+        ..ControllerConfig::default()
+    });
+    let mut m = hello("m", Role::Master);
+    m.max_viewers = 0;
+    s.join(m);
+    let publics: Vec<String> = (0..100).map(|i| format!("p{i:03}")).collect();
+    for p in &publics {
+        s.join(hello(p, Role::Public));
+    }
+    let mut asked_ever = BTreeSet::new();
+    for round in 0..2 {
+        let start = s.sent.len();
+        // 1,000 viewers the controller never sent anywhere: the aggregate disagrees.
+        s.send("m", Body::Stats(stats("m", 1000, 0)));
+        let asked: BTreeSet<ConnId> = s.sent[start..]
+            .iter()
+            .filter(|(_, m)| matches!(m.body, Body::ReqFullStats { .. }))
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(
+            asked.len(),
+            64,
+            "round {round}: a bounded number per report"
+        );
+        asked_ever.extend(asked.iter().copied());
+        s.now += 10;
+        for p in &publics {
+            if asked.contains(&s.conn_of[p]) {
+                s.send(p, Body::FullStats(stats(p, 0, 0)));
+            }
+        }
+        s.now += 1000;
+    }
+    assert_eq!(
+        asked_ever.len(),
+        100,
+        "the second round asks those the first did not"
+    );
+}

@@ -51,5 +51,5 @@ pub mod topology;
 mod tests;
 
 pub use build::{build, link_weight, may_feed, moved, node_weight, Plan, Pruned, MAX_BACKUPS};
-pub use place::{has_room, place, place_with};
+pub use place::{has_room, has_room_for, place, place_with};
 pub use topology::{FanOut, LinkSpec, NodeSpec, Topology, TopologyError, DEFAULT_FAN_OUT};

@@ -82,7 +82,23 @@ pub fn has_room(
     role: Role,
     children_of: impl Fn(&str) -> usize,
 ) -> bool {
-    role == Role::Master || !open_parents(plan, fan_out, role, children_of).is_empty()
+    has_room_for(plan, fan_out, role, 1, children_of)
+}
+
+/// Whether `n` more nodes of `role` would all find a parent with room.
+pub fn has_room_for(
+    plan: &Plan,
+    fan_out: &FanOut,
+    role: Role,
+    n: usize,
+    children_of: impl Fn(&str) -> usize,
+) -> bool {
+    role == Role::Master
+        || open_parents(plan, fan_out, role, children_of)
+            .iter()
+            .map(|&(id, used)| fan_out.of(id).saturating_sub(used))
+            .sum::<usize>()
+            >= n
 }
 
 /// The parents a node of `role` (not a master) may go under, with their child counts,

@@ -4,8 +4,9 @@
 //! - **Grow**: a standby reflector from the pool if there is one; otherwise, with
 //!   `deploy` on, `Output::Deploy` of a new public reflector, or of an intermediate
 //!   first when no parent has room for another public one (the public follows as soon
-//!   as the intermediate says HELLO). One deploy is in flight at a time, so a slow boot
-//!   never turns into a burst of machines.
+//!   as the intermediate says HELLO). A step deploys as many as the audience needs to
+//!   sit at the high-water mark (those still booting count; at most 16 a step), so a
+//!   flash crowd does not wait one cool-down per machine.
 //! - **Shrink**: the least-loaded public reflector (deployed ones first) drains: no new
 //!   redirects, KILL once its viewers have left or `drain_max_ms` passed, then
 //!   `Output::Undeploy` if the deployer runs it.
@@ -23,6 +24,9 @@ use crate::control::Body;
 use crate::controller::scale::{ScaleAction, ScaleReason};
 use crate::role::Role;
 use crate::tree;
+
+/// Most public reflectors deployed in one scale-out step.
+const MAX_BURST: usize = 16;
 
 /// A reflector the deployer runs for this controller.
 #[derive(Clone, Debug)]
@@ -306,8 +310,30 @@ impl Controller {
             }
         }
 
-        // The policy sees one more "pool" reflector when it may deploy one now.
-        let deployable = usize::from(cfg.deploy && booting == 0 && active < cfg.max_public);
+        // How many more public reflectors the audience needs to sit at the high-water
+        // mark, beyond those up and those already booting: a flash crowd gets them in
+        // one step instead of one per cool-down (bounded by `MAX_BURST`).
+        let booting_public = self.booting(Role::Public);
+        let mean_capacity = if active > 0 {
+            capacity as f64 / active as f64
+        } else {
+            0.0
+        };
+        let wanted = if mean_capacity > 0.0 && cfg.high_water > 0.0 {
+            ((viewers as f64 / (cfg.high_water * mean_capacity)).ceil() as usize)
+                .saturating_sub(active + booting_public)
+        } else {
+            0
+        };
+        let room = cfg.max_public.saturating_sub(active + booting_public);
+        let burst = wanted.clamp(1, MAX_BURST).min(room);
+        // The policy sees the pool plus what may be deployed now. An intermediate still
+        // booting holds back new publics (they would find no parent yet).
+        let deployable = if cfg.deploy && self.booting(Role::Intermediate) == 0 && wanted > 0 {
+            burst
+        } else {
+            0
+        };
         let Some(policy) = self.scale.as_mut() else {
             return;
         };
@@ -328,7 +354,13 @@ impl Controller {
                         self.place_now(&id);
                         self.send_redirects_to(vec![id], now_ms);
                     }
-                    None => self.grow_by_deploy(ScaleReason::AboveHighWater, now_ms),
+                    None => {
+                        for _ in 0..deployable {
+                            if !self.grow_by_deploy(ScaleReason::AboveHighWater, now_ms) {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             Some(ScaleAction::Shrink) => {
@@ -355,20 +387,23 @@ impl Controller {
     }
 
     /// Deploy a public reflector, or an intermediate first when no parent has room.
-    fn grow_by_deploy(&mut self, reason: ScaleReason, now_ms: u64) {
+    /// Returns whether a public reflector was deployed (so a burst may go on).
+    fn grow_by_deploy(&mut self, reason: ScaleReason, now_ms: u64) -> bool {
         let Some(cfg) = self.cfg.scale.clone() else {
-            return;
+            return false;
         };
         if !cfg.deploy {
-            return;
+            return false;
         }
+        // Places under parents promised to publics still booting count as taken.
+        let booting = self.booting(Role::Public);
         let children = &self.children;
-        let room = tree::has_room(&self.plan, &self.fan_out, Role::Public, |p| {
+        let room = tree::has_room_for(&self.plan, &self.fan_out, Role::Public, booting + 1, |p| {
             children.count(p)
         });
         if room {
             self.deploy(Role::Public, reason, now_ms);
-            return;
+            return true;
         }
         let intermediates = self.count_up(Role::Intermediate);
         let master_room = tree::has_room(&self.plan, &self.fan_out, Role::Intermediate, |p| {
@@ -387,5 +422,6 @@ impl Controller {
             );
             self.metrics.scale_action("refused", ScaleReason::AtMaximum);
         }
+        false
     }
 }
