@@ -27,6 +27,7 @@
 //! them, when a channel loses packets, or, a few nodes per period, round-robin.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::net::IpAddr;
 
 use tracing::{debug, info, warn};
@@ -35,14 +36,16 @@ use super::front::{
     AggregateChannel, AggregateView, LinkView, NoTarget, NodeView, Target, TreeView,
 };
 use super::metrics::ControllerMetrics;
-use super::redirect::{self, Candidate, RegionMap};
+use super::redirect::{Candidate, RegionMap};
 use super::scale::{ScaleConfig, ScalePolicy};
 use crate::control::{Body, ControlError, Hello, Message, Peer, Stats, UpstreamRef};
 use crate::role::Role;
 use crate::tree::{self, FanOut, Plan, Topology};
 
+mod redirect_cache;
 mod scaling;
 pub use scaling::DeployedView;
+use redirect_cache::{CachedCandidate, RedirectCache};
 use scaling::Deployment;
 
 /// A control connection, numbered by the driver.
@@ -283,76 +286,44 @@ pub struct Controller {
     /// The redirect's view of the public reflectors, kept between decisions (see
     /// [`RedirectCache`]); `None` when something it depends on may have changed.
     redirect_cache: Option<RedirectCache>,
+    /// The channel of the latest redirect: the one a cache built for other needs is for.
+    redirect_channel: String,
+    /// Masters and suspects: the nodes [`Controller::check_liveness`] looks at every
+    /// tick (a superset; the full check prunes it).
+    watched: BTreeSet<String>,
+    next_full_check_ms: u64,
 }
 
-/// What [`Controller::redirect_many`] reads of each public reflector, in id order, so a
-/// decision is one pass over a flat array instead of a walk of the registry and the plan
-/// (10,000 nodes: about 2 ms a decision uncached, with long redirect queues).
+/// What the redirect keeps between decisions: the public reflectors in id order with
+/// an index over them (see [`redirect_cache`]), so a decision is neither a walk of the
+/// registry and the plan nor a pass over every public reflector.
 ///
 /// It is dropped by every input that may change a candidate: any message but PING, PONG,
 /// STATS, FULLSTATS, CHILDSUPDATE, LOSTUPSTREAM and ERROR (which touch no candidate
-/// field), a closed connection, a node going down, a rebuild, and a timeout that runs
-/// the period (drain, scale) or a rebuild. A FULLSTATS (or a non-master's STATS) and a
+/// field), a closed connection, a node going down, a rebuild, and the scale policy taking a
+/// node from the pool. A FULLSTATS (or a non-master's STATS) and a
 /// redirect refresh the one node they change. Debug builds check every decision's
 /// cache against a fresh walk.
-#[derive(Clone, Debug, PartialEq)]
-struct RedirectCache {
-    channel: String,
-    /// Distinct regions; candidates name them by index (hot in the cache, unlike ten
-    /// thousand separate strings).
-    regions: Vec<String>,
-    publics: Vec<CachedCandidate>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct CachedCandidate {
-    id: String,
-    up: bool,
-    draining: bool,
-    region: usize,
-    viewers: u64,
-    max_viewers: u32,
-    egress_bps: u64,
-    egress_budget_bps: u64,
-    jitter_ms: f64,
-    losing: bool,
-    carries: bool,
-}
-
-impl RedirectCache {
-    fn region_index(&mut self, region: &str) -> usize {
-        match self.regions.iter().position(|r| r == region) {
-            Some(i) => i,
-            None => {
-                self.regions.push(region.to_string());
-                self.regions.len() - 1
-            }
-        }
-    }
-
-    fn entry(&mut self, id: &str, n: &Node, in_plan: bool) -> CachedCandidate {
-        CachedCandidate {
-            id: id.to_string(),
-            up: n.state.in_tree() && n.conn.is_some() && in_plan,
-            draining: matches!(n.state, NodeState::Draining { .. }),
-            region: self.region_index(&n.hello.region),
-            viewers: n.viewers(),
-            max_viewers: n.hello.max_viewers,
-            egress_bps: n.egress_bps(),
-            egress_budget_bps: n.hello.egress_budget_bps,
-            jitter_ms: n.mean_jitter_ms(),
-            losing: n.losing,
-            carries: n.carries(&self.channel),
-        }
-    }
-
-    /// Each candidate with its region's name, for comparing two caches.
-    #[cfg(debug_assertions)]
-    fn resolved(&self) -> Vec<(&CachedCandidate, &str)> {
-        self.publics
-            .iter()
-            .map(|c| (c, self.regions[c.region].as_str()))
-            .collect()
+fn candidate_of(
+    cache: &mut RedirectCache,
+    id: &str,
+    n: &Node,
+    in_plan: bool,
+    master: Option<&str>,
+) -> CachedCandidate {
+    CachedCandidate {
+        master: master.map(|m| cache.master_index(m)),
+        id: id.to_string(),
+        up: n.state.in_tree() && n.conn.is_some() && in_plan,
+        draining: matches!(n.state, NodeState::Draining { .. }),
+        region: cache.region_index(&n.hello.region),
+        viewers: n.viewers(),
+        max_viewers: n.hello.max_viewers,
+        egress_bps: n.egress_bps(),
+        egress_budget_bps: n.hello.egress_budget_bps,
+        jitter_ms: n.mean_jitter_ms(),
+        losing: n.losing,
+        carries: n.carries(&cache.channel),
     }
 }
 
@@ -447,6 +418,9 @@ impl Controller {
             next_deploy_seq: 1,
             started_ms: now_ms,
             redirect_cache: None,
+            redirect_channel: String::new(),
+            watched: BTreeSet::new(),
+            next_full_check_ms: now_ms,
         }
     }
 
@@ -729,6 +703,9 @@ impl Controller {
             sent_upstreams: Vec::new(),
             reported_children: BTreeSet::new(),
         });
+        if hello.role == Role::Master {
+            self.watched.insert(id.clone());
+        }
         node.hello = hello;
         node.conn = Some(conn);
         node.state = state;
@@ -1003,9 +980,6 @@ impl Controller {
     // ----- timers -----------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if now_ms >= self.next_period_ms || self.rebuild_at.is_some_and(|t| now_ms >= t) {
-            self.redirect_cache = None;
-        }
         if now_ms >= self.next_check_ms {
             self.next_check_ms = now_ms + check_every(&self.cfg);
             self.check_liveness(now_ms);
@@ -1067,29 +1041,48 @@ impl Controller {
         })
     }
 
+    /// Declare dead the nodes silent too long. Masters and suspects (whose limits are a
+    /// few PING periods) are checked every `check_every`; the rest, whose limit is a
+    /// sweep, once per `ping_ms`, so ten thousand quiet leaves cost no scan every tick.
     fn check_liveness(&mut self, now_ms: u64) {
         let missed = u64::from(self.cfg.dead_after_missed.max(1));
         let master_limit = self.cfg.ping_ms * missed;
         let sweep_limit = self.cfg.sweep_ms.max(self.cfg.ping_ms) * missed + self.cfg.ping_ms;
-        let dead: Vec<(String, &'static str)> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.conn.is_some())
-            .filter_map(|(id, n)| {
-                let silent = now_ms.saturating_sub(n.last_heard_ms);
-                if let Some(t) = n.suspect_since {
-                    if now_ms.saturating_sub(t) > self.cfg.ping_ms && n.last_heard_ms < t {
-                        return Some((id.clone(), "lost by its child, silent to PING"));
-                    }
+        let verdict = |n: &Node| -> Option<&'static str> {
+            n.conn?;
+            if let Some(t) = n.suspect_since {
+                if now_ms.saturating_sub(t) > self.cfg.ping_ms && n.last_heard_ms < t {
+                    return Some("lost by its child, silent to PING");
                 }
-                let limit = if n.hello.role == Role::Master {
-                    master_limit
-                } else {
-                    sweep_limit
-                };
-                (silent > limit).then(|| (id.clone(), "missed its PINGs"))
-            })
-            .collect();
+            }
+            let limit = if n.hello.role == Role::Master {
+                master_limit
+            } else {
+                sweep_limit
+            };
+            (now_ms.saturating_sub(n.last_heard_ms) > limit).then_some("missed its PINGs")
+        };
+        let dead: Vec<(String, &'static str)> = if now_ms >= self.next_full_check_ms {
+            self.next_full_check_ms = now_ms + self.cfg.ping_ms;
+            let nodes = &self.nodes;
+            self.watched.retain(|id| {
+                nodes.get(id).is_some_and(|n| {
+                    n.conn.is_some() && (n.hello.role == Role::Master || n.suspect_since.is_some())
+                })
+            });
+            self.nodes
+                .iter()
+                .filter_map(|(id, n)| verdict(n).map(|why| (id.clone(), why)))
+                .collect()
+        } else {
+            self.watched
+                .iter()
+                .filter_map(|id| {
+                    let why = verdict(self.nodes.get(id)?)?;
+                    Some((id.clone(), why))
+                })
+                .collect()
+        };
         for (id, why) in dead {
             self.node_down(&id, NodeState::Dead, why, now_ms);
         }
@@ -1146,6 +1139,7 @@ impl Controller {
         if n.suspect_since.is_none() {
             n.suspect_since = Some(now_ms);
         }
+        self.watched.insert(id.to_string());
         n.ping_seq += 1;
         n.last_ping_ms = now_ms;
         let (conn, seq) = (n.conn, n.ping_seq);
@@ -1156,24 +1150,25 @@ impl Controller {
 
     /// Once per statistics period: FULLSTATS requests, drains, the scale policy.
     fn period(&mut self, now_ms: u64) {
-        // Round-robin over the publics of the tree.
-        let publics: Vec<String> = self
+        // Round-robin over the publics of the tree, from after the last one asked.
+        let serving =
+            |n: &Node| n.hello.role == Role::Public && n.state.in_tree() && n.conn.is_some();
+        let from = self.full_stats_cursor.take().unwrap_or_default();
+        let after = self
             .nodes
-            .iter()
-            .filter(|(_, n)| n.hello.role == Role::Public && n.state.in_tree() && n.conn.is_some())
+            .range::<str, _>((Bound::Excluded(from.as_str()), Bound::Unbounded));
+        let wrapped = self
+            .nodes
+            .range::<str, _>((Bound::Unbounded, Bound::Included(from.as_str())));
+        let ask: Vec<String> = after
+            .chain(wrapped)
+            .filter(|(_, n)| serving(n))
+            .take(self.cfg.full_stats_per_period)
             .map(|(id, _)| id.clone())
             .collect();
-        if !publics.is_empty() {
-            let start = match &self.full_stats_cursor {
-                Some(c) => publics.partition_point(|p| p <= c),
-                None => 0,
-            };
-            let n = self.cfg.full_stats_per_period.min(publics.len());
-            for k in 0..n {
-                let id = publics[(start + k) % publics.len()].clone();
-                self.full_stats_cursor = Some(id.clone());
-                self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
-            }
+        self.full_stats_cursor = ask.last().cloned().or(Some(from));
+        for id in ask {
+            self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
         }
         self.drain_step(now_ms);
         self.scale_step(now_ms);
@@ -1189,8 +1184,7 @@ impl Controller {
             return self.full_stats(id, s, now_ms);
         }
         // Something looks wrong in the subtree? Ask its publics for their own figures.
-        let mut estimated = 0u64;
-        self.each_public_below(id, |n| estimated += n.viewers());
+        let estimated = self.estimated_below(id);
         let diff = estimated.abs_diff(s.viewers);
         let lost_more = match self.aggregates.get(id) {
             Some((_, prev)) => s.channels.iter().any(|c| {
@@ -1222,6 +1216,24 @@ impl Controller {
                 self.send_to(&p, Body::ReqFullStats { channel: None }, now_ms);
             }
         }
+    }
+
+    /// The estimated viewers of the publics below master `id`: kept summed per master
+    /// in the redirect cache, so checking an aggregate costs no walk of the subtree.
+    fn estimated_below(&mut self, id: &str) -> u64 {
+        let cache = match self.redirect_cache.take() {
+            Some(c) => c,
+            None => self.build_redirect_cache(&self.redirect_channel),
+        };
+        let estimated = cache.viewers_below(id);
+        self.redirect_cache = Some(cache);
+        #[cfg(debug_assertions)]
+        {
+            let mut walked = 0u64;
+            self.each_public_below(id, |n| walked += n.viewers());
+            assert_eq!(estimated, walked, "the per-master sums are out of step");
+        }
+        estimated
     }
 
     /// Calls `f` on every public reflector below `root` in the plan.
@@ -1263,11 +1275,7 @@ impl Controller {
 
     /// The redirect's view of every public reflector, from the registry and the plan.
     fn build_redirect_cache(&self, channel: &str) -> RedirectCache {
-        let mut cache = RedirectCache {
-            channel: channel.to_string(),
-            regions: Vec::new(),
-            publics: Vec::new(),
-        };
+        let mut cache = RedirectCache::new(channel);
         // One pass over the registry and the plan together (both are ordered by id), so
         // no candidate costs a search.
         let mut placed = self.plan.parent.keys().peekable();
@@ -1278,26 +1286,43 @@ impl Controller {
         {
             while placed.next_if(|p| p.as_str() < id.as_str()).is_some() {}
             let in_plan = placed.peek().is_some_and(|p| *p == id);
-            let e = cache.entry(id, n, in_plan);
-            cache.publics.push(e);
+            let e = candidate_of(&mut cache, id, n, in_plan, self.master_of(id));
+            cache.push(e);
         }
         cache
     }
 
+    /// The master above `id` in the plan (through its primary parents).
+    fn master_of(&self, id: &str) -> Option<&str> {
+        let mut at = id;
+        // A plan is a tree of a few levels; the bound only guards against a cycle.
+        for _ in 0..64 {
+            let parent = self.plan.parent.get(at)?.as_deref()?;
+            if self.nodes.get(parent).is_some_and(|n| n.hello.role == Role::Master) {
+                return Some(parent);
+            }
+            at = parent;
+        }
+        None
+    }
+
     /// Re-read `id`'s entry in the redirect cache, if there is one.
     fn refresh_redirect_cache(&mut self, id: &str) {
-        let Some(cache) = self.redirect_cache.as_mut() else {
+        let Some(mut cache) = self.redirect_cache.take() else {
             return;
         };
-        let Ok(i) = cache.publics.binary_search_by(|c| c.id.as_str().cmp(id)) else {
+        let Some(i) = cache.position(id) else {
+            self.redirect_cache = Some(cache);
             return;
         };
+        // A candidate that left the registry: the cache is dropped (rebuilt when needed).
         let Some(n) = self.nodes.get(id) else {
-            self.redirect_cache = None;
             return;
         };
         let in_plan = self.plan.parent.contains_key(id);
-        cache.publics[i] = cache.entry(id, n, in_plan);
+        let e = candidate_of(&mut cache, id, n, in_plan, self.master_of(id));
+        cache.replace(i, e);
+        self.redirect_cache = Some(cache);
     }
 
     // ----- clients ----------------------------------------------------------------------
@@ -1332,7 +1357,10 @@ impl Controller {
             .or_else(|| self.cfg.regions.region_of(client).map(str::to_string));
         let cache = match self.redirect_cache.take() {
             Some(c) if c.channel == channel => c,
-            _ => self.build_redirect_cache(channel),
+            _ => {
+                self.redirect_channel = channel.to_string();
+                self.build_redirect_cache(channel)
+            }
         };
         #[cfg(debug_assertions)]
         {
@@ -1343,26 +1371,7 @@ impl Controller {
                 "the redirect cache is out of step with the registry"
             );
         }
-        let candidates: Vec<Candidate> = cache
-            .publics
-            .iter()
-            .map(|c| Candidate {
-                id: &c.id,
-                up: c.up,
-                draining: c.draining,
-                region: &cache.regions[c.region],
-                viewers: c.viewers,
-                max_viewers: c.max_viewers,
-                egress_bps: c.egress_bps,
-                egress_budget_bps: c.egress_budget_bps,
-                jitter_ms: c.jitter_ms,
-                losing: c.losing,
-                carries: c.carries,
-            })
-            .collect();
-        let chosen = redirect::choose(&candidates, region.as_deref());
-        let id = chosen.map(|i| candidates[i].id.to_string());
-        drop(candidates);
+        let id = cache.choose(region.as_deref()).map(str::to_string);
         self.redirect_cache = Some(cache);
         let id = match id {
             Ok(id) => id,

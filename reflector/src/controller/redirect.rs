@@ -58,7 +58,9 @@ impl Candidate<'_> {
         by_viewers.max(by_egress)
     }
 
-    fn score(&self, region: Option<&str>) -> f64 {
+    /// Lower is better: load, plus quality penalties, less the locality and carrying
+    /// bonuses (see the module doc).
+    pub fn score(&self, region: Option<&str>) -> f64 {
         let mut s = self.load();
         s += 0.25 * (self.jitter_ms / 30.0).clamp(0.0, 1.0);
         if self.losing {

@@ -351,6 +351,7 @@ impl Controller {
                         if let Some(n) = self.nodes.get_mut(&id) {
                             n.state = NodeState::Up;
                         }
+                        self.redirect_cache = None;
                         self.place_now(&id);
                         self.send_redirects_to(vec![id], now_ms);
                     }
@@ -380,6 +381,7 @@ impl Controller {
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.state = NodeState::Draining { since_ms: now_ms };
                 }
+                self.refresh_redirect_cache(&id);
                 self.send_to(&id, Body::ReqFullStats { channel: None }, now_ms);
             }
             None => {}
