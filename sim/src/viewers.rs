@@ -1,10 +1,13 @@
 //! Viewers: the arrival curve (a daily curve plus a flash crowd), session lengths, and
 //! the cohorts the world moves around.
 //!
-//! A cohort is `k` viewers of one region who arrive together, are sent to one public
-//! reflector by one redirect decision, and leave together. At ten million viewers one
-//! decision per viewer would cost hours (each scans every public reflector); cohorts keep
-//! the decisions near a million while the viewer counts stay exact.
+//! A cohort is `k` viewers of one region who arrive together and are sent to one public
+//! reflector by one redirect decision; each then leaves at the end of its own session.
+//! At ten million viewers one decision per viewer would multiply the controller's work
+//! by the cohort size; cohorts keep the decisions near a million while the viewer counts
+//! stay exact. (Leaving together would not: a reflector's count would move in steps of
+//! a cohort, and the spread of load over reflectors would measure the lumps rather than
+//! the redirect policy.)
 
 use rand::Rng;
 
@@ -158,8 +161,8 @@ pub struct Cohort {
     pub k: u32,
     /// The public reflector serving it, and its position in that node's list.
     pub node: Option<(u32, u32)>,
-    /// When it leaves.
-    pub end_ms: u64,
+    /// When each of its viewers leaves, latest first (the next to leave is last).
+    pub ends: Vec<u64>,
     /// Attempts of its current (re)connection.
     pub attempts: u32,
     /// Since when it has been without a reflector because its own failed (None for a
@@ -179,13 +182,15 @@ pub struct Cohorts {
 }
 
 impl Cohorts {
-    pub fn add(&mut self, region: u8, k: u32, end_ms: u64) -> (u32, u32) {
+    /// A cohort of one viewer per entry of `ends` (sorted latest first).
+    pub fn add(&mut self, region: u8, ends: Vec<u64>) -> (u32, u32) {
+        debug_assert!(ends.windows(2).all(|w| w[0] >= w[1]));
         self.live += 1;
         let c = Cohort {
             region,
-            k,
+            k: ends.len() as u32,
             node: None,
-            end_ms,
+            ends,
             attempts: 0,
             rehoming_since: None,
             gen: 0,
@@ -216,6 +221,7 @@ impl Cohorts {
         if c.live {
             c.live = false;
             c.node = None;
+            c.ends = Vec::new();
             self.live -= 1;
             self.free.push(id);
         }

@@ -26,6 +26,7 @@ use divisor_reflector::controller::scale::ScaleConfig;
 use divisor_reflector::controller::{ConnId, Controller, ControllerConfig, Output};
 use divisor_reflector::role::Role;
 use divisor_reflector::tree::Topology;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -482,8 +483,23 @@ impl World {
             }
             Ev::Minute(m) => self.minute(m),
             Ev::Arrive { region, k, dur } => {
-                let (c, gen) = self.cohorts.add(region, k, self.now + dur);
-                self.q.push(self.now + dur, Ev::Leave { c, gen });
+                // A scripted cohort's viewers all stay `dur`; a sampled one's first viewer
+                // stays `dur` and each other its own session.
+                let scripted = matches!(self.cfg.arrivals, Arrivals::Scripted(_));
+                let mut ends: Vec<u64> = (0..k)
+                    .map(|i| {
+                        let d = if i == 0 || scripted {
+                            dur
+                        } else {
+                            self.sessions.sample(&mut self.rng)
+                        };
+                        self.now + d
+                    })
+                    .collect();
+                ends.sort_unstable_by(|a, b| b.cmp(a));
+                let next = *ends.last().unwrap_or(&self.now);
+                let (c, gen) = self.cohorts.add(region, ends);
+                self.q.push(next, Ev::Leave { c, gen });
                 self.attempt(c, gen);
             }
             Ev::Leave { c, gen } => self.leave(c, gen),
@@ -1042,7 +1058,7 @@ impl World {
         if co.node.is_some() {
             return;
         }
-        let (region, k, end, since) = (co.region, co.k, co.end_ms, co.rehoming_since);
+        let (region, k, since) = (co.region, co.k, co.rehoming_since);
         let region_name = &self.region_names[region as usize];
         self.rec.decision(now, k);
         let res = self.ctl.redirect_many(
@@ -1070,12 +1086,23 @@ impl World {
             return self.retry(c, gen);
         }
         if admit < k {
-            // The front-end takes what fits; the others ask again as a cohort of their own.
-            let (c2, g2) = self.cohorts.add(region, k - admit, end);
+            // The front-end takes what fits; the others ask again as a cohort of their own
+            // (which of them: at random, since their sessions are alike).
+            let mut ends = std::mem::take(&mut self.cohorts.all[c as usize].ends);
+            ends.shuffle(&mut self.rng);
+            let mut rest = ends.split_off(admit as usize);
+            ends.sort_unstable_by(|a, b| b.cmp(a));
+            rest.sort_unstable_by(|a, b| b.cmp(a));
+            let (next, next2) = (*ends.last().unwrap_or(&now), *rest.last().unwrap_or(&now));
+            self.cohorts.all[c as usize].ends = ends;
+            let (c2, g2) = self.cohorts.add(region, rest);
             if let Some(c2m) = self.cohorts.all.get_mut(c2 as usize) {
                 c2m.rehoming_since = since;
             }
-            self.q.push(end, Ev::Leave { c: c2, gen: g2 });
+            // The first part's next departure may have moved to the second: a Leave at the
+            // old time finds nobody due and waits for the next.
+            self.q.push(next, Ev::Leave { c, gen });
+            self.q.push(next2, Ev::Leave { c: c2, gen: g2 });
             self.q.push(
                 now + self.cfg.client_retry_ms,
                 Ev::Attempt { c: c2, gen: g2 },
@@ -1124,27 +1151,47 @@ impl World {
             .push(self.now + self.cfg.client_retry_ms, Ev::Attempt { c, gen });
     }
 
+    /// The viewers of cohort `c` whose sessions end now leave; the cohort goes when the
+    /// last one has.
     fn leave(&mut self, c: u32, gen: u32) {
+        let now = self.now;
         let Some(co) = self.cohorts.get_mut(c, gen) else {
             return;
         };
-        let (k, node, rehoming) = (co.k, co.node, co.rehoming_since);
+        let mut gone = 0u32;
+        while co.ends.last().is_some_and(|&t| t <= now) {
+            co.ends.pop();
+            gone += 1;
+        }
+        if gone == 0 {
+            // A stale event: a split moved this departure to the other part, whose own
+            // event and this cohort's next one are queued.
+            return;
+        }
+        co.k -= gone;
+        let (k, node, rehoming, next) = (co.k, co.node, co.rehoming_since, co.ends.last().copied());
+        let gone = u64::from(gone);
         match node {
             Some((p, pos)) => {
-                let list = &mut self.nodes[p as usize].cohorts;
-                list.swap_remove(pos as usize);
-                if let Some(&moved) = list.get(pos as usize) {
-                    if let Some(m) = self.cohorts.all.get_mut(moved as usize) {
-                        m.node = Some((p, pos));
+                if k == 0 {
+                    let list = &mut self.nodes[p as usize].cohorts;
+                    list.swap_remove(pos as usize);
+                    if let Some(&moved) = list.get(pos as usize) {
+                        if let Some(m) = self.cohorts.all.get_mut(moved as usize) {
+                            m.node = Some((p, pos));
+                        }
                     }
                 }
-                self.nodes[p as usize].viewers -= u64::from(k);
-                self.concurrent -= u64::from(k);
+                self.nodes[p as usize].viewers -= gone;
+                self.concurrent -= gone;
             }
-            None if rehoming.is_some() => self.rec.rehome_abandoned += u64::from(k),
-            None => self.rec.left_waiting += u64::from(k),
+            None if rehoming.is_some() => self.rec.rehome_abandoned += gone,
+            None => self.rec.left_waiting += gone,
         }
-        self.cohorts.remove(c);
+        match next {
+            Some(t) if k > 0 => self.q.push(t, Ev::Leave { c, gen }),
+            _ => self.cohorts.remove(c),
+        }
     }
 
     // ----- sampling ----------------------------------------------------------------------

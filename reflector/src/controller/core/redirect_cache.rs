@@ -15,9 +15,9 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use super::super::front::NoTarget;
-use super::super::redirect::Candidate;
 #[cfg(debug_assertions)]
 use super::super::redirect;
+use super::super::redirect::Candidate;
 
 /// A score with a total order ([`f64::total_cmp`], as the policy compares them).
 #[derive(Clone, Copy, Debug)]
@@ -179,8 +179,12 @@ impl RedirectCache {
         if !cand.up || cand.draining {
             return;
         }
-        let keys = (!cand.full())
-            .then(|| (Score(cand.score(Some(cand.region))), Score(cand.score(None))));
+        let keys = (!cand.full()).then(|| {
+            (
+                Score(cand.score(Some(cand.region))),
+                Score(cand.score(None)),
+            )
+        });
         self.up += 1;
         let Some(keys) = keys else { return };
         let r = self.publics[i].region;
@@ -284,13 +288,20 @@ mod tests {
         let regions = ["eu", "us", "ap", ""];
         let mut cache = RedirectCache::new("c");
         for i in 0..200u64 {
-            let mut c = cand(&mut cache, &format!("p{i:03}"), regions[(i % 4) as usize], i % 7);
+            let mut c = cand(
+                &mut cache,
+                &format!("p{i:03}"),
+                regions[(i % 4) as usize],
+                i % 7,
+            );
             c.master = Some(cache.master_index(["m1", "m2"][(i % 2) as usize]));
             cache.push(c);
         }
         let mut x = 12345u64;
         for step in 0..5000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let i = (x >> 33) as usize % 200;
             let mut c = cache.publics[i].clone();
             match (x >> 20) % 6 {
@@ -302,8 +313,14 @@ mod tests {
                 _ => c.viewers += 1,
             }
             cache.replace(i, c);
-            let region = [Some("eu"), Some("us"), Some("ap"), Some(""), None, Some("xx")]
-                [step % 6];
+            let region = [
+                Some("eu"),
+                Some("us"),
+                Some("ap"),
+                Some(""),
+                None,
+                Some("xx"),
+            ][step % 6];
             let _ = cache.choose(region);
             for m in ["m1", "m2"] {
                 let want: u64 = cache
