@@ -109,6 +109,20 @@ pub fn bye(ssrc: u32) -> Bytes {
     marshal(&[Box::new(rr), Box::new(bye)])
 }
 
+/// A BYE packet alone, for `ssrc`, with `reason` (truncated to RTCP's 255 bytes), to
+/// follow a sender report in one compound packet when a live stream ends.
+pub fn goodbye(ssrc: u32, reason: &str) -> Bytes {
+    let mut end = reason.len().min(255);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bye = Goodbye {
+        sources: vec![ssrc],
+        reason: Bytes::copy_from_slice(&reason.as_bytes()[..end]),
+    };
+    marshal(&[Box::new(bye)])
+}
+
 /// One report block of an SR or RR: how a receiver hears one of our SSRCs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceptionStats {
@@ -595,6 +609,27 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_sender_report_then_goodbye_parses_with_its_reason() {
+        let mut b = sender_report(5, SystemTime::now(), 1, 2, 3, "x").to_vec();
+        b.extend_from_slice(&goodbye(5, "stream ends"));
+        let events = parse_incoming(&b).unwrap();
+        assert_eq!(
+            events.last(),
+            Some(&RtcpEvent::Bye {
+                sources: vec![5],
+                reason: "stream ends".into()
+            })
+        );
+        // A reason longer than RTCP allows is cut at a character boundary.
+        let long = "é".repeat(200);
+        let b = goodbye(5, &long);
+        let Some(RtcpEvent::Bye { reason, .. }) = parse_incoming(&b).unwrap().pop() else {
+            panic!("no BYE")
+        };
+        assert_eq!(reason.len(), 254);
     }
 
     fn client_compound() -> Bytes {

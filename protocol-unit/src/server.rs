@@ -88,6 +88,14 @@ pub struct FrontEndArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub live_linger: u64,
 
+    /// Seconds a live channel's viewers are held when its source goes away (the encoder
+    /// unit restarts, the link is cut): the channel shows `stalled` in `/status`, the
+    /// unit subscribes again as the link returns, and the viewers get frames again on
+    /// the same sessions. Past this, every viewer gets an RTCP BYE and its connection
+    /// is closed. 0 ends the channel at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub live_resume_secs: u64,
+
     /// Budgets (`--max-clients`, `--max-egress-mbps`, `--max-sessions-per-ip`): a SETUP
     /// over budget gets 453 Not Enough Bandwidth.
     #[command(flatten)]
@@ -126,6 +134,7 @@ impl FrontEndArgs {
                     .unwrap_or(crate::fanout::live_feed::LIVE_DELAY),
             },
             live_linger: Duration::from_secs(self.live_linger),
+            live_resume: Duration::from_secs(self.live_resume_secs),
             admission: self.admission.config(),
             http_listen: self.http.http_listen,
             webrtc: self.webrtc.config(),
@@ -141,6 +150,8 @@ pub struct FrontEndConfig {
     pub session_timeout: Duration,
     pub fan_out: FanOutConfig,
     pub live_linger: Duration,
+    /// How long a live channel waits for its source to return (`--live-resume-secs`).
+    pub live_resume: Duration,
     pub admission: AdmissionConfig,
     /// Where `/metrics` and `/status` are served; off when `None`.
     pub http_listen: Option<SocketAddr>,
@@ -169,7 +180,12 @@ impl FrontEnd {
                 config.fan_out.rtp_listen
             )
         })?;
-        let live = LiveHub::new(upstream.clone(), fan.clone(), config.live_linger);
+        let live = LiveHub::with_resume(
+            upstream.clone(),
+            fan.clone(),
+            config.live_linger,
+            config.live_resume,
+        );
         let sessions = Sessions::new(config.session_timeout);
         tokio::spawn(sessions.clone().reaper());
         let metrics = Metrics::new();

@@ -54,16 +54,18 @@ enum Ev {
     /// A reflector starts (or restarts, or redials): it connects and says HELLO.
     Boot(u32),
     /// A message reaches the controller; `connect` for the first one on a connection.
+    /// (Messages are boxed: an event is copied at every step of the heap, and the
+    /// queue holds far more departures than messages.)
     ToCtl {
         conn: ConnId,
-        msg: Message,
+        msg: Box<Message>,
         connect: bool,
     },
     /// A message from the controller reaches a reflector.
     ToNode {
         node: u32,
         conn: ConnId,
-        msg: Message,
+        msg: Box<Message>,
     },
     /// The controller's connection `conn` is gone (after a Close or an undeploy).
     CtlClosed(ConnId),
@@ -461,11 +463,11 @@ impl World {
                 }
                 if self.conn_node.contains_key(&conn) {
                     self.rec.ctl_msg(self.now, msg.body.type_name(), true);
-                    self.ctl.message(conn, msg, abs(self.now));
+                    self.ctl.message(conn, *msg, abs(self.now));
                     self.after_ctl();
                 }
             }
-            Ev::ToNode { node, conn, msg } => self.deliver(node, conn, msg),
+            Ev::ToNode { node, conn, msg } => self.deliver(node, conn, *msg),
             Ev::CtlClosed(conn) => {
                 self.ctl.closed(conn, abs(self.now));
                 self.after_ctl();
@@ -566,7 +568,14 @@ impl World {
                     if let Some(&node) = self.conn_node.get(&conn) {
                         let at = self.now
                             + self.lat(self.ctl_region(), self.nodes[node as usize].region);
-                        self.q.push(at, Ev::ToNode { node, conn, msg });
+                        self.q.push(
+                            at,
+                            Ev::ToNode {
+                                node,
+                                conn,
+                                msg: Box::new(msg),
+                            },
+                        );
                     }
                 }
                 Output::Close { conn, .. } => self.ctl_closes(conn),
@@ -654,7 +663,7 @@ impl World {
             at,
             Ev::ToCtl {
                 conn,
-                msg,
+                msg: Box::new(msg),
                 connect: false,
             },
         );
@@ -700,7 +709,7 @@ impl World {
             at,
             Ev::ToCtl {
                 conn,
-                msg,
+                msg: Box::new(msg),
                 connect: true,
             },
         );
@@ -961,7 +970,7 @@ impl World {
                     at,
                     Ev::ToCtl {
                         conn,
-                        msg,
+                        msg: Box::new(msg),
                         connect: false,
                     },
                 );

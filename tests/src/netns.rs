@@ -353,6 +353,17 @@ impl Topology {
         }
     }
 
+    /// Kills the process `name` with SIGKILL at once (a crash: no clean shutdown, no
+    /// goodbye on its connections beyond what the kernel sends).
+    pub fn kill(&self, name: &str) {
+        let mut procs = self.procs.lock().unwrap();
+        if let Some(p) = procs.iter_mut().find(|p| p.name == name) {
+            p.stopped = true;
+            crate::cmd::signal_group(&p.child, libc::SIGKILL);
+            let _ = p.child.wait();
+        }
+    }
+
     /// The log file of process (or capture) `name`.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.log_dir.join(format!("{name}.log"))

@@ -38,6 +38,8 @@ use crate::packetize::{write_rtp_header, RTP_HEADER_LEN};
 use crate::session::playout::{Action, Playout, TrackStart};
 use crate::srtp::SrtpSession;
 
+mod end;
+
 /// Identifies a feed. Chosen by the caller (unique per engine).
 pub type FeedId = u64;
 /// Identifies a client (one RTSP session). Chosen by the caller (unique per engine).
@@ -214,6 +216,12 @@ pub enum Command {
     },
     RemoveFeed {
         feed: FeedId,
+    },
+    /// A live feed's channel ended for good: every client is sent a sender report and a
+    /// BYE with `reason` on each track at once, then the feed is removed.
+    EndLive {
+        feed: FeedId,
+        reason: String,
     },
     /// Install the hook run on frames before packetisation.
     SetPrepare(PrepareFrame),
@@ -654,23 +662,26 @@ impl Engine {
             }
             Command::Nack { client, ssrc, seqs } => self.nack(client, ssrc, &seqs, now),
             Command::RemoveClient { client } => self.remove_client(client),
-            Command::RemoveFeed { feed } => {
-                if let Some(state) = self.feeds.remove(&feed) {
-                    match state {
-                        FeedState::Vod(v) => {
-                            self.client_feed.remove(&v.client);
-                        }
-                        FeedState::Live(l) => {
-                            debug!(feed, name = %l.name, clients = l.clients.len(), "live feed removed");
-                            for c in &l.clients {
-                                self.client_feed.remove(&c.id);
-                            }
-                        }
+            Command::RemoveFeed { feed } => self.remove_feed(feed),
+            Command::EndLive { feed, reason } => self.end_live(feed, &reason),
+            Command::SetPrepare(p) => self.prepare = Some(p),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn remove_feed(&mut self, feed: FeedId) {
+        if let Some(state) = self.feeds.remove(&feed) {
+            match state {
+                FeedState::Vod(v) => {
+                    self.client_feed.remove(&v.client);
+                }
+                FeedState::Live(l) => {
+                    debug!(feed, name = %l.name, clients = l.clients.len(), "live feed removed");
+                    for c in &l.clients {
+                        self.client_feed.remove(&c.id);
                     }
                 }
             }
-            Command::SetPrepare(p) => self.prepare = Some(p),
-            Command::Shutdown => {}
         }
     }
 

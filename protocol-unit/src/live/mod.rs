@@ -130,7 +130,21 @@ pub struct LiveHub {
     /// Serialises subscriptions so two first viewers do not subscribe twice.
     subscribing: tokio::sync::Mutex<()>,
     linger: Duration,
+    /// How long a channel whose source went away holds its viewers (see
+    /// [`LiveHub::with_resume`]).
+    resume: Duration,
 }
+
+/// The default of [`LiveHub::with_resume`]: long enough for an encoder unit to restart
+/// (a few seconds) or a cut link to heal, short enough that a viewer whose channel is
+/// really gone is told within half a minute.
+pub const DEFAULT_RESUME: Duration = Duration::from_secs(30);
+
+/// While a channel's source is away: how often it looks for the link, and the first and
+/// longest wait after a failed subscription.
+const RESUBSCRIBE_POLL: Duration = Duration::from_millis(50);
+const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(200);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
 
 /// A viewer's hold on a channel; dropping it may end the subscription (after the linger).
 pub struct Viewer {
@@ -163,12 +177,25 @@ impl LiveHub {
     /// A hub subscribing through `upstream` and sending through `fan`; a channel without
     /// viewers stays subscribed for `linger`.
     pub fn new(upstream: Upstream, fan: Arc<FanOut>, linger: Duration) -> Arc<LiveHub> {
+        Self::with_resume(upstream, fan, linger, DEFAULT_RESUME)
+    }
+
+    /// As [`LiveHub::new`]; a channel whose source goes away (link down, encoder unit
+    /// restarting) keeps its viewers for up to `resume` while it subscribes again, then
+    /// ends: its viewers are sent RTCP BYE and their connections close.
+    pub fn with_resume(
+        upstream: Upstream,
+        fan: Arc<FanOut>,
+        linger: Duration,
+        resume: Duration,
+    ) -> Arc<LiveHub> {
         Arc::new(LiveHub {
             upstream,
             fan,
             channels: Mutex::new(HashMap::new()),
             subscribing: tokio::sync::Mutex::new(()),
             linger,
+            resume,
         })
     }
 
@@ -285,11 +312,13 @@ impl LiveHub {
     }
 }
 
-/// Move one channel's frames into the engine until it ends or is closed.
+/// Move one channel's frames into the engine until it ends or is closed. A lost link
+/// stalls the channel rather than ending it: the viewers stay, and the channel subscribes
+/// again when the link returns (see [`resubscribe`]).
 async fn run_channel(
     hub: Arc<LiveHub>,
     channel: Arc<LiveChannel>,
-    upstream: Channel,
+    mut upstream: Channel,
     mut events: mpsc::UnboundedReceiver<ChannelEvent>,
     mut control: mpsc::UnboundedReceiver<Control>,
     ended: watch::Sender<bool>,
@@ -299,18 +328,9 @@ async fn run_channel(
     // Edge encryption happens here, as frames arrive in link order, so each frame left to
     // the edge is encrypted under the key the encoder announced last before it.
     let mut edge = EdgeCrypto::new();
-    for k in upstream
-        .keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        if let Err(e) = edge.add_key(k.key_id, k.cipher, &k.key) {
-            warn!(channel = %name, key_id = k.key_id, "content key ignored: {e}");
-        }
-    }
+    add_keys(&mut edge, &upstream, &name);
     let mut edge_failures: u64 = 0;
-    loop {
+    let reason = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ChannelEvent::Message(Message::Frame(frame))) => {
@@ -333,9 +353,9 @@ async fn run_channel(
                         ChannelState::Stalled => warn!(channel = %name, "live input stalled: {detail}"),
                         ChannelState::Ended => info!(channel = %name, "live channel ended: {detail}"),
                     }
-                    channel.set_state(state, detail);
+                    channel.set_state(state, detail.clone());
                     if state == ChannelState::Ended {
-                        break;
+                        break format!("stream ends: {detail}");
                     }
                 }
                 Some(ChannelEvent::Message(Message::ContentKey { key_id, cipher, key, .. })) => {
@@ -347,14 +367,34 @@ async fn run_channel(
                 }
                 Some(ChannelEvent::Message(Message::Error { code, message, .. })) => {
                     warn!(channel = %name, ?code, "encoder unit ends the live channel: {message}");
-                    break;
+                    break format!("stream ends: {message}");
                 }
                 Some(ChannelEvent::Message(other)) => {
                     debug!(channel = %name, "ignored from encoder: {other:?}");
                 }
                 Some(ChannelEvent::LinkDown) | None => {
-                    warn!(channel = %name, "link to the encoder unit lost; live channel ends");
-                    break;
+                    let viewers = channel.viewers.load(Ordering::Relaxed);
+                    warn!(channel = %name, viewers, resume_secs = hub.resume.as_secs(), "link to the encoder unit lost; the viewers wait while the channel subscribes again");
+                    channel.set_state(ChannelState::Stalled, "link to the encoder unit lost; subscribing again".into());
+                    match resubscribe(&hub, &channel, &mut control).await {
+                        Ok(mut again) => {
+                            let Some(new_events) = again.take_events() else {
+                                break "stream ends: channel without events".to_string();
+                            };
+                            info!(channel = %name, "live channel subscribed again; the viewers resume on their sessions");
+                            channel.set_state(ChannelState::Live, "subscribed again after the link returned".into());
+                            // The key list stays the one the status and the sessions read.
+                            let fresh = std::mem::replace(&mut again.keys, channel.keys.clone());
+                            for k in fresh.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                                again.add_key(k.clone());
+                            }
+                            add_keys(&mut edge, &again, &name);
+                            upstream = again;
+                            events = new_events;
+                        }
+                        Err(Some(why)) => break why,
+                        Err(None) => break "no viewers left".to_string(),
+                    }
                 }
             },
             c = control.recv() => match c {
@@ -364,14 +404,125 @@ async fn run_channel(
                         let _ = upstream.send(Message::KeyframeRequest { channel: upstream.id, track }).await;
                     }
                 }
-                Some(Control::Close) | None => break,
+                Some(Control::Close) | None => break "no viewers left".to_string(),
             },
         }
-    }
+    };
+    // The engine tells every viewer (BYE) before the sessions see the end and go: its
+    // commands run in order, so no session's removal overtakes the BYE.
+    hub.fan.engine.send(EngineCommand::EndLive {
+        feed: channel.feed,
+        reason: reason.clone(),
+    });
+    channel.set_state(ChannelState::Ended, reason);
     let _ = ended.send(true);
     hub.forget(&channel);
-    hub.fan
-        .engine
-        .send(EngineCommand::RemoveFeed { feed: channel.feed });
     drop(upstream); // sends Close to the encoder unit
+}
+
+/// Give `edge` the content keys `upstream` holds.
+fn add_keys(edge: &mut EdgeCrypto, upstream: &Channel, name: &str) {
+    for k in upstream
+        .keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        if let Err(e) = edge.add_key(k.key_id, k.cipher, &k.key) {
+            warn!(channel = %name, key_id = k.key_id, "content key ignored: {e}");
+        }
+    }
+}
+
+/// Subscribe to `channel` again after its link went down, until [`LiveHub::resume`]
+/// runs out. `Err(None)`: the last viewer left meanwhile; `Err(Some(why))`: the channel
+/// ends. It must come back with the media it had (the viewers' SDP described it);
+/// frames then continue on the same feed, whose timeline re-maps the new source's
+/// timestamps, so every viewer's RTP clock and sequence numbers run on.
+async fn resubscribe(
+    hub: &LiveHub,
+    channel: &LiveChannel,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+) -> Result<Channel, Option<String>> {
+    let deadline = tokio::time::Instant::now() + hub.resume;
+    let mut last_error = String::from("no link to the encoder unit");
+    // Look for the link every poll; after a failed attempt wait longer (backoff).
+    let mut not_before = tokio::time::Instant::now();
+    let mut backoff = RESUBSCRIBE_FIRST;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Some(format!(
+                "stream ends: its source did not return within {} s ({last_error})",
+                hub.resume.as_secs()
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESUBSCRIBE_POLL.min(deadline - now)) => {}
+            c = control.recv() => match c {
+                Some(Control::KeyframeRequest(_)) => continue,
+                Some(Control::Close) | None => return Err(None),
+            },
+        }
+        let now = tokio::time::Instant::now();
+        if !hub.upstream.is_up() || now < not_before || now >= deadline {
+            continue;
+        }
+        let attempt = hub.upstream.subscribe(&channel.name, &channel.rendition);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(again)) if same_media(&again.tracks, &channel.tracks) => return Ok(again),
+            Ok(Ok(_)) => {
+                return Err(Some(
+                    "stream ends: its source returned with other media".to_string(),
+                ))
+            }
+            Ok(Err(e)) => {
+                debug!(channel = %channel.name, "subscribing again failed: {e}");
+                last_error = e.to_string();
+            }
+            Err(_) => {}
+        }
+        not_before = tokio::time::Instant::now() + backoff;
+        backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
+    }
+}
+
+/// Whether two announces describe the same media (the bit rate estimate may differ).
+fn same_media(a: &[TrackInfo], b: &[TrackInfo]) -> bool {
+    let shape = |t: &TrackInfo| TrackInfo {
+        bitrate: 0,
+        ..t.clone()
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| shape(x) == shape(y))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use divisor_link::Codec;
+
+    fn track(codec: Codec, bitrate: u32) -> TrackInfo {
+        TrackInfo {
+            track: 0,
+            codec,
+            clock_rate: 90_000,
+            width: 640,
+            height: 360,
+            sample_rate: 0,
+            channels: 0,
+            bitrate,
+            params: vec![Bytes::from_static(b"sps")],
+        }
+    }
+
+    #[test]
+    fn a_source_back_with_the_same_media_resumes_and_other_media_does_not() {
+        let a = [track(Codec::H264, 1_000_000)];
+        assert!(same_media(&a, &[track(Codec::H264, 900_000)]));
+        let mut other = track(Codec::H264, 1_000_000);
+        other.params = vec![Bytes::from_static(b"other sps")];
+        assert!(!same_media(&a, &[other]));
+        assert!(!same_media(&a, &[]));
+    }
 }

@@ -27,6 +27,8 @@ pub struct LiveSessionContext {
     /// This session's share of the admission budgets, released when the session's
     /// task ends and drops its context.
     pub admission: Ticket,
+    /// Notified when the channel ends, to close the viewer's connection (RTSP).
+    pub close_connection: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Spawn the session of `viewer`.
@@ -89,7 +91,10 @@ impl LiveSession {
                 }
                 r = ended.changed() => {
                     if r.is_err() || *ended.borrow() {
-                        warn!(session = %self.ctx.label, "live channel ended; session ends");
+                        warn!(session = %self.ctx.label, "live channel ended (BYE sent); session and connection end");
+                        if let Some(close) = &self.ctx.close_connection {
+                            close.notify_one();
+                        }
                         return;
                     }
                 }

@@ -595,6 +595,7 @@ async fn create_live_session(
             last_seen,
             label: session.id.clone(),
             admission,
+            close_connection: Some(conn.closing.clone()),
         },
     );
     info!(session = %session.id, %asset, tier = ?live.tier, peer = %conn.peer, "live session created");

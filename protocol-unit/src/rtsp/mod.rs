@@ -104,6 +104,9 @@ pub struct Connection {
     pub interleaved: Mutex<HashMap<u8, InterleavedRoute>>,
     /// SRTP keys the last `?srtp=1` DESCRIBE announced, by track: SETUP protects with them.
     pub srtp_keys: Mutex<HashMap<u8, crate::srtp::SrtpKeys>>,
+    /// Notified when a session of this connection ended for good (its live channel
+    /// ended): the connection closes, so no client is left waiting on it.
+    pub closing: Arc<tokio::sync::Notify>,
 }
 
 /// The session track an interleaved RTCP channel belongs to.
@@ -140,6 +143,7 @@ async fn connection(
         ctx: ctx.clone(),
         interleaved: Mutex::new(HashMap::new()),
         srtp_keys: Mutex::new(HashMap::new()),
+        closing: Arc::new(tokio::sync::Notify::new()),
     };
     debug!(%peer, connection = conn.id, "RTSP connection");
     let result = read_loop(&conn, &mut rd).await;
@@ -196,8 +200,16 @@ async fn read_loop(
             let _ = conn.writer.send(reply).await;
             return Ok(());
         }
-        if rd.read_buf(&mut buf).await? == 0 {
-            return Ok(());
+        tokio::select! {
+            n = rd.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+            }
+            _ = conn.closing.notified() => {
+                info!(peer = %conn.peer, connection = conn.id, "closing the RTSP connection: its stream ended");
+                return Ok(());
+            }
         }
     }
 }

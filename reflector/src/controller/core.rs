@@ -13,7 +13,9 @@
 //!    then its backups (the spare links).
 //! 3. Masters get PING every `ping_ms`. Below them a node is watched by its neighbours:
 //!    a child that loses its parent says LOSTUPSTREAM, a parent whose child's reports
-//!    stop sends a CHILDSUPDATE without it, and either way the node is PINGed at once.
+//!    stop sends a CHILDSUPDATE without it, and either way the node is PINGed at once;
+//!    a second neighbour's report, with nothing heard from the node in between, makes it
+//!    dead without waiting for the PING.
 //!    A node no parent vouches for is PINGed once per `sweep_ms`. Silent too long (or
 //!    its connection closed, or it said BYE), a node is dead: its children move at once to their
 //!    first live backup (REDIRECT, O(children)), and a full rebuild on the surviving graph
@@ -172,6 +174,10 @@ const SUSPECT_FULL_STATS: usize = 64;
 /// and 1M viewers showed the busiest public at 1.23x the mean; at 1/30, 1.14x, for
 /// 2.3x the FULLSTATS (still a rate set by the tree and the sessions, not the viewers).
 const AGGREGATE_TOLERANCE: u64 = 30;
+/// Neighbours that must report a node lost, with nothing heard from it since the first
+/// report, for it to be dead without waiting for its PING (see
+/// [`Controller::check_now`]). One child's report alone could be its own link's fault.
+const LOST_QUORUM: usize = 2;
 /// Jitter (ms) in an aggregate above which the subtree's publics are asked for FULLSTATS.
 const JITTER_SUSPECT_MS: f64 = 30.0;
 
@@ -183,6 +189,9 @@ struct Node {
     last_ping_ms: u64,
     /// A child reported losing it: PINGed every `ping_ms` until it answers.
     suspect_since: Option<u64>,
+    /// The neighbours that reported losing it since `suspect_since` (children by
+    /// LOSTUPSTREAM, its parent by a CHILDSUPDATE without it).
+    lost_by: BTreeSet<String>,
     ping_seq: u64,
     /// The latest FULLSTATS, and when it came.
     full: Option<(u64, Stats)>,
@@ -331,6 +340,7 @@ fn candidate_of(
         jitter_ms: n.mean_jitter_ms(),
         losing: n.losing,
         carries: n.carries(&cache.channel),
+        full_at_ms: n.full.as_ref().map_or(0, |(at, _)| *at),
     }
 }
 
@@ -587,6 +597,7 @@ impl Controller {
         n.last_heard_ms = now_ms;
         if n.suspect_since.is_some_and(|t| now_ms >= t) {
             n.suspect_since = None;
+            n.lost_by.clear();
         }
         match msg.body {
             Body::Hello(_) => {}
@@ -702,6 +713,7 @@ impl Controller {
             // together are not all PINGed in the same millisecond.
             last_ping_ms: now_ms.saturating_sub(spread(&id, self.cfg.sweep_ms)),
             suspect_since: None,
+            lost_by: BTreeSet::new(),
             ping_seq: 0,
             full: None,
             losing: false,
@@ -718,6 +730,7 @@ impl Controller {
         node.state = state;
         node.last_heard_ms = now_ms;
         node.suspect_since = None;
+        node.lost_by.clear();
         // The node may have restarted: it holds no upstreams until told again.
         node.sent_upstreams.clear();
         if state.in_tree() {
@@ -1108,7 +1121,7 @@ impl Controller {
             return;
         };
         info!(node = %id, reporter, "LOSTUPSTREAM: checking the node now");
-        self.check_now(&id, now_ms);
+        self.check_now(&id, reporter, now_ms);
     }
 
     /// A parent's children whose reports reach it. One that drops out of the list while
@@ -1132,19 +1145,27 @@ impl Controller {
                 .is_some_and(|c| c.state == NodeState::Up && c.conn.is_some());
             if still_here && up {
                 info!(node = %child, parent, "its parent stopped hearing from it: checking the node now");
-                self.check_now(&child, now_ms);
+                self.check_now(&child, parent, now_ms);
             }
         }
     }
 
-    /// PING `id` now and keep PINGing it every `ping_ms` until it answers; silent for
-    /// `dead_after_missed` periods, it is dead.
-    fn check_now(&mut self, id: &str, now_ms: u64) {
+    /// `reporter` lost `id`: PING it now and keep PINGing it every `ping_ms` until it
+    /// answers; silent for one period, it is dead. Lost by [`LOST_QUORUM`] neighbours
+    /// and silent since the first report, it is dead at once: two children that each
+    /// heard nothing on the whole link for the data plane's silence time are better
+    /// evidence than a PING, and waiting a PING period would put the controller's repair
+    /// a second behind the data plane's own switch.
+    fn check_now(&mut self, id: &str, reporter: &str, now_ms: u64) {
         let Some(n) = self.nodes.get_mut(id) else {
             return;
         };
         if n.suspect_since.is_none() {
             n.suspect_since = Some(now_ms);
+        }
+        n.lost_by.insert(reporter.to_string());
+        if n.lost_by.len() >= LOST_QUORUM {
+            return self.node_down(id, NodeState::Dead, "lost by two neighbours", now_ms);
         }
         self.watched.insert(id.to_string());
         n.ping_seq += 1;
@@ -1210,15 +1231,7 @@ impl Controller {
             // The stalest figures first: asking the same first few every period would
             // leave the rest of a large subtree with estimates that miss every viewer who
             // left since (and the redirect policy would pour new viewers onto the few).
-            let mut ask: Vec<(u64, &str)> = Vec::new();
-            self.each_public_below(id, |n| {
-                ask.push((n.full.as_ref().map_or(0, |(at, _)| *at), &n.hello.id));
-            });
-            if ask.len() > SUSPECT_FULL_STATS {
-                ask.select_nth_unstable(SUSPECT_FULL_STATS);
-                ask.truncate(SUSPECT_FULL_STATS);
-            }
-            let ask: Vec<String> = ask.into_iter().map(|(_, id)| id.to_string()).collect();
+            let ask = self.stalest_below(id, SUSPECT_FULL_STATS);
             for p in ask {
                 self.send_to(&p, Body::ReqFullStats { channel: None }, now_ms);
             }
@@ -1243,7 +1256,36 @@ impl Controller {
         estimated
     }
 
-    /// Calls `f` on every public reflector below `root` in the plan.
+    /// Up to `k` publics below master `id` with the oldest figures, from the redirect
+    /// cache's per-master index (a walk of the subtree on every suspect aggregate was
+    /// the simulator's hottest path at ten million viewers).
+    fn stalest_below(&mut self, id: &str, k: usize) -> Vec<String> {
+        let cache = match self.redirect_cache.take() {
+            Some(c) => c,
+            None => self.build_redirect_cache(&self.redirect_channel),
+        };
+        let ask: Vec<String> = cache
+            .stalest_below(id, k)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        self.redirect_cache = Some(cache);
+        #[cfg(debug_assertions)]
+        {
+            let at = |n: &Node| n.full.as_ref().map_or(0, |(at, _)| *at);
+            let mut walked: Vec<u64> = Vec::new();
+            self.each_public_below(id, |n| walked.push(at(n)));
+            walked.sort_unstable();
+            walked.truncate(k);
+            let picked: Vec<u64> = ask.iter().map(|p| at(&self.nodes[p])).collect();
+            assert_eq!(picked, walked, "the staleness index is out of step");
+        }
+        ask
+    }
+
+    /// Calls `f` on every public reflector below `root` in the plan (the debug builds'
+    /// check of the per-master indices).
+    #[cfg(debug_assertions)]
     fn each_public_below<'s>(&'s self, root: &'s str, mut f: impl FnMut(&'s Node)) {
         let mut stack = vec![root];
         while let Some(n) = stack.pop() {

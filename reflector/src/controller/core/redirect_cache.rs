@@ -56,6 +56,8 @@ pub(super) struct CachedCandidate {
     pub carries: bool,
     /// The master whose subtree holds it in the plan (index into the masters).
     pub master: Option<usize>,
+    /// When its latest FULLSTATS came (0: never).
+    pub full_at_ms: u64,
 }
 
 /// Index keys of an eligible candidate: its score for a client of its own region, and
@@ -81,6 +83,9 @@ pub(super) struct RedirectCache {
     /// a master's STATS is checked against the estimates without a walk of its subtree.
     masters: Vec<String>,
     viewers_below: Vec<u64>,
+    /// Per master, its publics by (time of their latest FULLSTATS, position): whom to
+    /// ask first when the master's aggregate looks wrong.
+    stalest_below: Vec<BTreeSet<(u64, usize)>>,
 }
 
 impl RedirectCache {
@@ -95,6 +100,7 @@ impl RedirectCache {
             up: 0,
             masters: Vec::new(),
             viewers_below: Vec::new(),
+            stalest_below: Vec::new(),
         }
     }
 
@@ -105,6 +111,7 @@ impl RedirectCache {
             None => {
                 self.masters.push(master.to_string());
                 self.viewers_below.push(0);
+                self.stalest_below.push(BTreeSet::new());
                 self.masters.len() - 1
             }
         }
@@ -116,6 +123,18 @@ impl RedirectCache {
             .iter()
             .position(|m| m == master)
             .map_or(0, |i| self.viewers_below[i])
+    }
+
+    /// Up to `k` publics below `master` whose figures are the oldest, oldest first.
+    pub fn stalest_below(&self, master: &str, k: usize) -> Vec<&str> {
+        let Some(m) = self.masters.iter().position(|x| x == master) else {
+            return Vec::new();
+        };
+        self.stalest_below[m]
+            .iter()
+            .take(k)
+            .map(|&(_, i)| self.publics[i].id.as_str())
+            .collect()
     }
 
     /// The index of `region`, added if new.
@@ -174,6 +193,7 @@ impl RedirectCache {
     fn index(&mut self, i: usize) {
         if let Some(m) = self.publics[i].master {
             self.viewers_below[m] += self.publics[i].viewers;
+            self.stalest_below[m].insert((self.publics[i].full_at_ms, i));
         }
         let cand = self.candidate(i);
         if !cand.up || cand.draining {
@@ -197,6 +217,7 @@ impl RedirectCache {
         let c = &self.publics[i];
         if let Some(m) = c.master {
             self.viewers_below[m] -= c.viewers;
+            self.stalest_below[m].remove(&(c.full_at_ms, i));
         }
         if c.up && !c.draining {
             self.up -= 1;
@@ -278,6 +299,7 @@ mod tests {
             losing: false,
             carries: true,
             master: None,
+            full_at_ms: 0,
         }
     }
 
