@@ -98,7 +98,12 @@ fn live_viewers_keep_their_sessions_across_an_encoder_restart() {
     let d = start("live-resume", 30);
     let mut c = Checks::new();
     control::wait_live(&d, "x", &[""], Duration::from_secs(20)).expect("channel x is up");
-    let viewers: Vec<String> = (0..12)
+    // 12 in CI; `DIVISOR_RESUME_VIEWERS=50` for the full run.
+    let n: usize = std::env::var("DIVISOR_RESUME_VIEWERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let viewers: Vec<String> = (0..n)
         .map(|i| {
             let name = format!("viewer{i}");
             spawn_ffmpeg(&d, &name, if i % 3 == 0 { "udp" } else { "tcp" }, 60);
