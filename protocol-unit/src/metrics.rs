@@ -201,6 +201,7 @@ pub struct Metrics {
     webrtc_status: Arc<OnceLock<WebRtcStatusSource>>,
     rtcp_dropped: Family<ReasonLabel, Counter>,
     admission_refusals: Family<ReasonLabel, Counter>,
+    auth_failures: Family<ReasonLabel, Counter>,
     registry: Arc<Mutex<Registry>>,
     status: Arc<OnceLock<Arc<dyn StatusSource>>>,
     fanout: Arc<OnceLock<Arc<ServerStats>>>,
@@ -244,6 +245,7 @@ impl Metrics {
             webrtc_status: Arc::new(OnceLock::new()),
             rtcp_dropped: Family::default(),
             admission_refusals: Family::default(),
+            auth_failures: Family::default(),
             registry: Arc::new(Mutex::new(Registry::with_prefix("divisor"))),
             status: Arc::new(OnceLock::new()),
             fanout: Arc::new(OnceLock::new()),
@@ -342,6 +344,11 @@ impl Metrics {
                 "Sessions refused by admission control (453), by reason",
                 m.admission_refusals.clone(),
             );
+            r.register(
+                "auth_failures",
+                "RTSP requests refused by authentication: wrong credentials (401) or a path the user may not read (403)",
+                m.auth_failures.clone(),
+            );
             r.register_collector(Box::new(FanOutCollector {
                 fanout: Arc::clone(&m.fanout),
             }));
@@ -421,6 +428,13 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: refused.kind(),
             })
+            .inc();
+    }
+
+    /// Count a refused authentication (`reason`: `credentials` or `forbidden`).
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -96,6 +96,14 @@ pub struct FrontEndArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub live_resume_secs: u64,
 
+    /// Require RTSP Digest authentication (MD5, as ffmpeg and GStreamer send it) against
+    /// this file: one `user:password:/path-prefix[,/path-prefix...]` per line, `#` for
+    /// comments. A user reads the paths at or below its prefixes (`/live/cam`,
+    /// `/vod/`; `/` is everything); another path gets 403, wrong credentials 401.
+    /// OPTIONS stays open. Repeated failures from one address are answered slower.
+    #[arg(long, value_name = "FILE")]
+    pub rtsp_users_file: Option<std::path::PathBuf>,
+
     /// Budgets (`--max-clients`, `--max-egress-mbps`, `--max-sessions-per-ip`): a SETUP
     /// over budget gets 453 Not Enough Bandwidth.
     #[command(flatten)]
@@ -135,6 +143,7 @@ impl FrontEndArgs {
             },
             live_linger: Duration::from_secs(self.live_linger),
             live_resume: Duration::from_secs(self.live_resume_secs),
+            rtsp_users_file: self.rtsp_users_file.clone(),
             admission: self.admission.config(),
             http_listen: self.http.http_listen,
             webrtc: self.webrtc.config(),
@@ -152,6 +161,8 @@ pub struct FrontEndConfig {
     pub live_linger: Duration,
     /// How long a live channel waits for its source to return (`--live-resume-secs`).
     pub live_resume: Duration,
+    /// RTSP Digest authentication's users (`--rtsp-users-file`); open when `None`.
+    pub rtsp_users_file: Option<std::path::PathBuf>,
     pub admission: AdmissionConfig,
     /// Where `/metrics` and `/status` are served; off when `None`.
     pub http_listen: Option<SocketAddr>,
@@ -239,6 +250,15 @@ impl FrontEnd {
                 .map(|w| w.status())
                 .unwrap_or_default()
         }));
+        let auth = match &config.rtsp_users_file {
+            Some(path) => {
+                let users = crate::rtsp::auth::Users::load(path)
+                    .with_context(|| format!("--rtsp-users-file {}", path.display()))?;
+                info!(users = users.len(), file = %path.display(), "RTSP requires Digest authentication");
+                Some(crate::rtsp::auth::DigestAuth::new(users))
+            }
+            None => None,
+        };
         let ctx = RtspContext::new(
             upstream,
             sessions.clone(),
@@ -246,6 +266,7 @@ impl FrontEnd {
             live.clone(),
             metrics.clone(),
             admission,
+            auth,
         );
         Ok(FrontEnd {
             sessions,

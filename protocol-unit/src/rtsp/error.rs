@@ -10,6 +10,8 @@ use divisor_link::ErrorCode;
 pub struct RtspError {
     pub status: u16,
     pub reason: String,
+    /// A 401's `WWW-Authenticate` challenge.
+    pub challenge: Option<String>,
 }
 
 impl RtspError {
@@ -17,6 +19,14 @@ impl RtspError {
         RtspError {
             status,
             reason: reason.into(),
+            challenge: None,
+        }
+    }
+    /// 401 with `challenge` in `WWW-Authenticate`.
+    pub fn unauthorized(challenge: String, reason: impl Into<String>) -> RtspError {
+        RtspError {
+            challenge: Some(challenge),
+            ..RtspError::new(401, reason)
         }
     }
     pub fn bad_request(reason: impl Into<String>) -> RtspError {

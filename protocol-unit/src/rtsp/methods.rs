@@ -1,7 +1,7 @@
 //! What each RTSP method does. [`respond`] turns one request into one complete reply.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rtsp_types::headers::{
@@ -10,8 +10,9 @@ use rtsp_types::headers::{
 };
 use rtsp_types::{Method, Request, Response, StatusCode, Version};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::auth::Verdict;
 use super::error::RtspError;
 use super::target::{self, LiveTarget};
 use super::{serialize, Connection, InterleavedRoute, SERVER_NAME};
@@ -61,7 +62,10 @@ pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Responded {
         Some(_) if req.version() != Version::V1_0 => {
             Err(RtspError::new(505, "only RTSP/1.0 is spoken here"))
         }
-        Some(_) => handle(conn, req).await,
+        Some(_) => match authorize(conn, req).await {
+            Ok(()) => handle(conn, req).await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(reply) => {
@@ -87,11 +91,63 @@ pub async fn respond(conn: &Connection, req: &Request<Vec<u8>>) -> Responded {
             }
         }
         Err(e) => {
-            warn!(peer = %conn.peer, method = ?req.method(), %url, "RTSP {e}");
+            // A client's first, credential-less try is routine; failures are warned of
+            // where they are found.
+            if e.status == 401 {
+                debug!(peer = %conn.peer, method = ?req.method(), %url, "RTSP {e}");
+            } else {
+                warn!(peer = %conn.peer, method = ?req.method(), %url, "RTSP {e}");
+            }
             Responded {
                 bytes: super::error_response(cseq.as_deref(), &e),
                 start: None,
             }
+        }
+    }
+}
+
+/// With `--rtsp-users-file`, every method but OPTIONS needs Digest credentials of a user
+/// who may read the path (see [`super::auth`]).
+async fn authorize(conn: &Connection, req: &Request<Vec<u8>>) -> Result<(), RtspError> {
+    let Some(auth) = &conn.ctx.auth else {
+        return Ok(());
+    };
+    if req.method() == Method::Options {
+        return Ok(());
+    }
+    let path = req.request_uri().map_or("/", |u| u.path());
+    let method: &str = req.method().into();
+    let header = req.header(&headers::AUTHORIZATION).map(|v| v.as_str());
+    let now = SystemTime::now();
+    match auth.check(method, path, header, now) {
+        Verdict::Allowed { user } => {
+            debug!(peer = %conn.peer, user, method, path, "authenticated");
+            Ok(())
+        }
+        Verdict::Challenge => Err(RtspError::unauthorized(
+            auth.challenge(now, false),
+            "authentication required",
+        )),
+        Verdict::Stale => Err(RtspError::unauthorized(
+            auth.challenge(now, true),
+            "nonce expired",
+        )),
+        Verdict::Failed { why } => {
+            conn.ctx.metrics.auth_failed("credentials");
+            let wait = auth.failed(conn.peer.ip(), Instant::now());
+            warn!(peer = %conn.peer, method, path, slowed_ms = wait.as_millis() as u64, "RTSP authentication failed: {why}");
+            // Held back on this connection only: a guesser slows itself, nobody else.
+            tokio::time::sleep(wait).await;
+            Err(RtspError::unauthorized(
+                auth.challenge(now, false),
+                "wrong credentials",
+            ))
+        }
+        Verdict::Forbidden { user } => {
+            conn.ctx.metrics.auth_failed("forbidden");
+            Err(RtspError::forbidden(format!(
+                "user {user} may not read {path}"
+            )))
         }
     }
 }

@@ -5,6 +5,7 @@
 //! messages, enforces a size limit and keeps one misbehaving connection from touching
 //! anyone else's sessions.
 
+pub mod auth;
 pub mod error;
 pub mod methods;
 pub mod target;
@@ -47,6 +48,8 @@ pub struct RtspContext {
     pub metrics: Metrics,
     /// Budgets checked on a session's first SETUP.
     pub admission: Admission,
+    /// Digest authentication, when a users file was given.
+    pub auth: Option<auth::DigestAuth>,
     next_connection: AtomicU64,
 }
 
@@ -58,6 +61,7 @@ impl RtspContext {
         live: Arc<LiveHub>,
         metrics: Metrics,
         admission: Admission,
+        auth: Option<auth::DigestAuth>,
     ) -> Arc<RtspContext> {
         Arc::new(RtspContext {
             upstream,
@@ -66,6 +70,7 @@ impl RtspContext {
             live,
             metrics,
             admission,
+            auth,
             next_connection: AtomicU64::new(1),
         })
     }
@@ -322,6 +327,9 @@ pub fn error_response(cseq: Option<&str>, err: &RtspError) -> Bytes {
         .header(headers::SERVER, SERVER_NAME);
     if let Some(cseq) = cseq {
         builder = builder.header(headers::CSEQ, cseq);
+    }
+    if let Some(challenge) = &err.challenge {
+        builder = builder.header(headers::WWW_AUTHENTICATE, challenge.as_str());
     }
     let mut response = builder.build(Vec::new());
     // rtsp-types knows the standard reason phrases; keep ours for the log only when it
