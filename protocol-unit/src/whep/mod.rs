@@ -67,6 +67,13 @@ pub struct WebRtcArgs {
     /// Empty: no adaptation.
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     pub webrtc_adapt_renditions: Vec<String>,
+
+    /// Require `Authorization: Bearer TOKEN` on WHEP requests (the offer POST, and PATCH
+    /// and DELETE of its resource), as the WHEP specification does; 401 otherwise.
+    /// Repeatable: any token listed is accepted. The player page sends the `?token=`
+    /// of its own URL (`/play/<channel>?token=TOKEN`). Off when none is given.
+    #[arg(long = "whep-token", value_name = "TOKEN")]
+    pub whep_tokens: Vec<String>,
 }
 
 impl Default for WebRtcArgs {
@@ -76,6 +83,7 @@ impl Default for WebRtcArgs {
             webrtc_udp_port: 0,
             webrtc_timeout_secs: 10,
             webrtc_adapt_renditions: Vec::new(),
+            whep_tokens: Vec::new(),
         }
     }
 }
@@ -93,6 +101,12 @@ impl WebRtcArgs {
                 .filter(|r| !r.is_empty())
                 .collect(),
             adapt: adapt::Policy::default(),
+            tokens: self
+                .whep_tokens
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
         }
     }
 }
@@ -106,6 +120,8 @@ pub struct WhepConfig {
     /// Renditions a channel viewer may be moved between (see [`adapt`]).
     pub adapt_renditions: Vec<String>,
     pub adapt: adapt::Policy,
+    /// Bearer tokens a WHEP request must carry one of; empty: open.
+    pub tokens: Vec<String>,
 }
 
 impl Default for WhepConfig {

@@ -7,6 +7,8 @@
 //! - `DELETE /whep/resource/<id>`: 200, or 404 for an unknown id.
 //! - `PATCH /whep/resource/<id>` (`application/trickle-ice-sdpfrag`): 204.
 //! - `GET /play/<channel>[/<rendition>]`: the player page.
+//! - With `--whep-token`, every WHEP request (not the page) needs
+//!   `Authorization: Bearer <token>`: 401 with a `WWW-Authenticate: Bearer` challenge.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::session::{self, MAX_OFFER_BYTES};
 use super::{Whep, WhepError};
@@ -55,6 +57,51 @@ fn error(whep: &Whep, e: WhepError) -> Response {
     text(status, e.to_string())
 }
 
+/// With `--whep-token`, the request must carry `Authorization: Bearer <one of them>`.
+/// The refusal is a 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750).
+fn authorized(whep: &Whep, headers: &HeaderMap) -> Result<(), Response> {
+    let tokens = &whep.config.tokens;
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        tokens
+            .iter()
+            .any(|t| crate::rtsp::auth::constant_time_eq(t.as_bytes(), g.as_bytes()))
+    });
+    if ok {
+        return Ok(());
+    }
+    whep.metrics.webrtc_refused("unauthorized");
+    let why = if given.is_some() {
+        whep.metrics.auth_failed("whep_token");
+        warn!("WHEP request with a wrong bearer token refused");
+        "invalid_token"
+    } else {
+        "invalid_request"
+    };
+    Err((
+        StatusCode::UNAUTHORIZED,
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::WWW_AUTHENTICATE,
+                format!("Bearer realm=\"Divisor\", error=\"{why}\""),
+            ),
+        ],
+        "a WHEP request needs Authorization: Bearer <token>\n",
+    )
+        .into_response())
+}
+
 /// Whether the request's content type is `want` (parameters such as charset ignored).
 fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
     headers
@@ -81,6 +128,9 @@ async fn post_rendition(
 }
 
 async fn offer(whep: Arc<Whep>, channel: String, rendition: String, req: Request) -> Response {
+    if let Err(refused) = authorized(&whep, req.headers()) {
+        return refused;
+    }
     if !content_type_is(req.headers(), "application/sdp") {
         whep.metrics.webrtc_refused("content_type");
         return text(
@@ -122,14 +172,28 @@ async fn offer(whep: Arc<Whep>, channel: String, rendition: String, req: Request
     }
 }
 
-async fn resource_get(State(whep): State<Arc<Whep>>, Path(id): Path<String>) -> Response {
+async fn resource_get(
+    State(whep): State<Arc<Whep>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = authorized(&whep, &headers) {
+        return refused;
+    }
     match whep.get(&id) {
         Some(s) => axum::Json(s.status()).into_response(),
         None => error(&whep, WhepError::NoSession(id)),
     }
 }
 
-async fn delete(State(whep): State<Arc<Whep>>, Path(id): Path<String>) -> Response {
+async fn delete(
+    State(whep): State<Arc<Whep>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = authorized(&whep, &headers) {
+        return refused;
+    }
     match whep.stop(&id) {
         Ok(()) => text(StatusCode::OK, format!("WHEP session {id} ended")),
         Err(e) => error(&whep, e),
@@ -137,6 +201,9 @@ async fn delete(State(whep): State<Arc<Whep>>, Path(id): Path<String>) -> Respon
 }
 
 async fn patch(State(whep): State<Arc<Whep>>, Path(id): Path<String>, req: Request) -> Response {
+    if let Err(refused) = authorized(&whep, req.headers()) {
+        return refused;
+    }
     let Some(s) = whep.get(&id) else {
         return error(&whep, WhepError::NoSession(id));
     };
