@@ -59,10 +59,11 @@ fn error(whep: &Whep, e: WhepError) -> Response {
 
 /// With `--whep-token`, the request must carry `Authorization: Bearer <one of them>`.
 /// The refusal is a 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750).
-fn authorized(whep: &Whep, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the request may go on, else the refusal to send.
+fn refusal(whep: &Whep, headers: &HeaderMap) -> Option<Response> {
     let tokens = &whep.config.tokens;
     if tokens.is_empty() {
-        return Ok(());
+        return None;
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -75,7 +76,7 @@ fn authorized(whep: &Whep, headers: &HeaderMap) -> Result<(), Response> {
             .any(|t| crate::rtsp::auth::constant_time_eq(t.as_bytes(), g.as_bytes()))
     });
     if ok {
-        return Ok(());
+        return None;
     }
     whep.metrics.webrtc_refused("unauthorized");
     let why = if given.is_some() {
@@ -85,21 +86,23 @@ fn authorized(whep: &Whep, headers: &HeaderMap) -> Result<(), Response> {
     } else {
         "invalid_request"
     };
-    Err((
-        StatusCode::UNAUTHORIZED,
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/plain; charset=utf-8".to_string(),
-            ),
-            (
-                header::WWW_AUTHENTICATE,
-                format!("Bearer realm=\"Divisor\", error=\"{why}\""),
-            ),
-        ],
-        "a WHEP request needs Authorization: Bearer <token>\n",
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
+                (
+                    header::WWW_AUTHENTICATE,
+                    format!("Bearer realm=\"Divisor\", error=\"{why}\""),
+                ),
+            ],
+            "a WHEP request needs Authorization: Bearer <token>\n",
+        )
+            .into_response(),
     )
-        .into_response())
 }
 
 /// Whether the request's content type is `want` (parameters such as charset ignored).
@@ -128,7 +131,7 @@ async fn post_rendition(
 }
 
 async fn offer(whep: Arc<Whep>, channel: String, rendition: String, req: Request) -> Response {
-    if let Err(refused) = authorized(&whep, req.headers()) {
+    if let Some(refused) = refusal(&whep, req.headers()) {
         return refused;
     }
     if !content_type_is(req.headers(), "application/sdp") {
@@ -177,7 +180,7 @@ async fn resource_get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorized(&whep, &headers) {
+    if let Some(refused) = refusal(&whep, &headers) {
         return refused;
     }
     match whep.get(&id) {
@@ -191,7 +194,7 @@ async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorized(&whep, &headers) {
+    if let Some(refused) = refusal(&whep, &headers) {
         return refused;
     }
     match whep.stop(&id) {
@@ -201,7 +204,7 @@ async fn delete(
 }
 
 async fn patch(State(whep): State<Arc<Whep>>, Path(id): Path<String>, req: Request) -> Response {
-    if let Err(refused) = authorized(&whep, req.headers()) {
+    if let Some(refused) = refusal(&whep, req.headers()) {
         return refused;
     }
     let Some(s) = whep.get(&id) else {
