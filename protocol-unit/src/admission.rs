@@ -29,6 +29,11 @@ pub struct AdmissionArgs {
     #[arg(long, value_name = "N")]
     pub max_sessions_per_ip: Option<usize>,
 
+    /// Most RTSP connections open at once from one client IP address; more are answered
+    /// 503 and closed. Unlimited by default (load generators share one address).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
     /// Bitrate assumed for a session whose channel announces none, in kbit/s.
     #[arg(long, value_name = "KBIT/S", default_value_t = 2000)]
     pub default_session_kbps: u64,
@@ -43,6 +48,7 @@ impl AdmissionArgs {
                 .filter(|m| m.is_finite() && *m >= 0.0)
                 .map(|m| (m * 1_000_000.0) as u64),
             max_sessions_per_ip: self.max_sessions_per_ip,
+            max_connections_per_ip: self.max_connections_per_ip,
             default_session_bps: self.default_session_kbps.saturating_mul(1000),
         }
     }
@@ -54,6 +60,8 @@ pub struct AdmissionConfig {
     pub max_clients: Option<usize>,
     pub max_egress_bps: Option<u64>,
     pub max_sessions_per_ip: Option<usize>,
+    /// RTSP connections per client address (see [`crate::rtsp::limits`]).
+    pub max_connections_per_ip: Option<usize>,
     /// Estimate for a session whose tracks announce no bitrate.
     pub default_session_bps: u64,
 }
@@ -279,6 +287,7 @@ mod tests {
                 max_clients: clients,
                 max_egress_mbps: mbps,
                 max_sessions_per_ip: per_ip,
+                max_connections_per_ip: None,
                 default_session_kbps: 1000,
             }
             .config(),

@@ -202,6 +202,7 @@ pub struct Metrics {
     rtcp_dropped: Family<ReasonLabel, Counter>,
     admission_refusals: Family<ReasonLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
+    rtsp_limit_refusals: Family<ReasonLabel, Counter>,
     registry: Arc<Mutex<Registry>>,
     status: Arc<OnceLock<Arc<dyn StatusSource>>>,
     fanout: Arc<OnceLock<Arc<ServerStats>>>,
@@ -246,6 +247,7 @@ impl Metrics {
             rtcp_dropped: Family::default(),
             admission_refusals: Family::default(),
             auth_failures: Family::default(),
+            rtsp_limit_refusals: Family::default(),
             registry: Arc::new(Mutex::new(Registry::with_prefix("divisor"))),
             status: Arc::new(OnceLock::new()),
             fanout: Arc::new(OnceLock::new()),
@@ -349,6 +351,11 @@ impl Metrics {
                 "RTSP requests refused by authentication: wrong credentials (401) or a path the user may not read (403)",
                 m.auth_failures.clone(),
             );
+            r.register(
+                "rtsp_limit_refusals",
+                "RTSP connections or requests refused by a limit: connections_per_ip (503), request_timeout (408), request_too_large (400)",
+                m.rtsp_limit_refusals.clone(),
+            );
             r.register_collector(Box::new(FanOutCollector {
                 fanout: Arc::clone(&m.fanout),
             }));
@@ -428,6 +435,13 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: refused.kind(),
             })
+            .inc();
+    }
+
+    /// Count a connection or request refused by an RTSP limit.
+    pub fn rtsp_limit_refused(&self, reason: &'static str) {
+        self.rtsp_limit_refusals
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

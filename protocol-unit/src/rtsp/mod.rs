@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod methods;
 pub mod target;
 
@@ -50,6 +51,8 @@ pub struct RtspContext {
     pub admission: Admission,
     /// Digest authentication, when a users file was given.
     pub auth: Option<auth::DigestAuth>,
+    /// Open connections per client address.
+    pub connections: limits::ConnectionLimit,
     next_connection: AtomicU64,
 }
 
@@ -69,6 +72,7 @@ impl RtspContext {
             fan,
             live,
             metrics,
+            connections: limits::ConnectionLimit::new(admission.config().max_connections_per_ip),
             admission,
             auth,
             next_connection: AtomicU64::new(1),
@@ -88,13 +92,31 @@ pub async fn serve(listener: TcpListener, ctx: Arc<RtspContext>) -> std::io::Res
                 continue;
             }
         };
+        let Some(slot) = ctx.connections.admit(peer.ip()) else {
+            ctx.metrics.rtsp_limit_refused("connections_per_ip");
+            warn!(%peer, open = ctx.connections.open_from(peer.ip()), "RTSP connection refused: too many from this address");
+            tokio::spawn(refuse(
+                stream,
+                503,
+                "too many connections from your address",
+            ));
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(stream, peer, ctx).await {
                 debug!(%peer, "RTSP connection ended: {e}");
             }
+            drop(slot);
         });
     }
+}
+
+/// Answer a connection that will not be served with `status` and close it.
+async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
+    let reply = error_response(None, &RtspError::new(status, reason));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.write_all(&reply)).await;
+    let _ = stream.shutdown().await;
 }
 
 /// One client connection, as the method handlers see it.
@@ -167,6 +189,7 @@ async fn read_loop(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(8192);
+    let mut begun: Option<tokio::time::Instant> = None;
     loop {
         // Answer every complete message in the buffer.
         loop {
@@ -198,6 +221,7 @@ async fn read_loop(
         if buf.len() > MAX_REQUEST_BYTES {
             let cseq = sniff_cseq(&buf);
             warn!(peer = %conn.peer, bytes = buf.len(), "RTSP request too large");
+            conn.ctx.metrics.rtsp_limit_refused("request_too_large");
             let reply = error_response(
                 cseq.as_deref(),
                 &RtspError::bad_request(format!("request larger than {MAX_REQUEST_BYTES} bytes")),
@@ -205,11 +229,25 @@ async fn read_loop(
             let _ = conn.writer.send(reply).await;
             return Ok(());
         }
+        // A request begun must arrive whole within the limit (slowloris).
+        if buf.is_empty() {
+            begun = None;
+        } else if begun.is_none() {
+            begun = Some(tokio::time::Instant::now());
+        }
+        let deadline = begun.map(|t| t + limits::REQUEST_TIMEOUT);
         tokio::select! {
             n = rd.read_buf(&mut buf) => {
                 if n? == 0 {
                     return Ok(());
                 }
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                conn.ctx.metrics.rtsp_limit_refused("request_timeout");
+                warn!(peer = %conn.peer, bytes = buf.len(), "RTSP request not complete within {:?}: closing", limits::REQUEST_TIMEOUT);
+                let reply = error_response(sniff_cseq(&buf).as_deref(), &RtspError::new(408, "request not complete in time"));
+                let _ = conn.writer.send(reply).await;
+                return Ok(());
             }
             _ = conn.closing.notified() => {
                 info!(peer = %conn.peer, connection = conn.id, "closing the RTSP connection: its stream ended");
@@ -219,7 +257,8 @@ async fn read_loop(
     }
 }
 
-enum Framed {
+/// What [`next_message`] cut off the front of a connection's buffer.
+pub enum Framed {
     Request(Request<Vec<u8>>),
     Interleaved {
         channel: u8,
@@ -233,8 +272,9 @@ enum Framed {
     },
 }
 
-/// Cut the next message off the front of `buf`.
-fn next_message(buf: &mut BytesMut) -> Framed {
+/// Cut the next message off the front of `buf` (a request or an interleaved frame).
+/// Public for the fuzz target; nothing in `buf` makes it panic.
+pub fn next_message(buf: &mut BytesMut) -> Framed {
     if buf.is_empty() {
         return Framed::NeedMore;
     }
