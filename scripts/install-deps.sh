@@ -66,3 +66,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 echo "install-deps: $(cargo --version)"
+
+# Fuzzing (scripts/fuzz.sh): cargo-fuzz drives libFuzzer with sanitizers, which need the
+# nightly toolchain.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "install-deps: installing the nightly toolchain (for cargo fuzz)"
+  if ! rustup toolchain install nightly --profile minimal; then
+    echo "install-deps: cannot install the nightly toolchain; scripts/fuzz.sh needs it" >&2
+    exit 1
+  fi
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+echo "install-deps: $(cargo fuzz --version)"

@@ -31,4 +31,7 @@ cargo build --release --workspace --bins
 step "cargo test"
 export DIVISOR_BIN_DIR=${DIVISOR_BIN_DIR:-$PWD/target/release}
 cargo test --release --workspace --no-fail-fast -- --test-threads=2
+
+step "fuzz every parser briefly (scripts/fuzz.sh; the long runs are in bench/RESULTS.md)"
+./scripts/fuzz.sh "${FUZZ_SECS:-15}"
 step "all tests passed"

@@ -1,0 +1,10 @@
+//! Fuzz target: MIKEY in an RTSP KeyMgmt header. Any input must give a value or an error, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = divisor_protocol::srtp::mikey::parse_key_mgmt_header(text);
+    }
+});
